@@ -1,0 +1,217 @@
+"""The command line: thin wrappers over the core modules.
+
+One place (`main`) turns SandrunError into `sandrun: error: ...` and an exit
+code. Heavy modules are imported inside the commands so that `sandrun exec`
+pays only for what the launch path needs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from sandrun import __version__
+from sandrun.errors import EXIT_REFUSED, EXIT_USAGE, SandrunError
+
+
+def _fail(exc: SandrunError, verbose: bool) -> NoReturn:
+    if verbose:
+        traceback.print_exception(exc)
+    text = exc.diagnostics()
+    click.echo(f"sandrun: error: {text}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _progress_printer() -> Any:
+    if sys.stderr.isatty():
+        return lambda msg: click.echo(f"sandrun: {msg}...", err=True)
+    return lambda msg: None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sandrun")
+@click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Bundle Python apps reproducibly and run them under Landlock and seccomp."""
+    ctx.obj = {"verbose": verbose}
+
+
+@cli.command()
+@click.argument("requirements", nargs=-1, metavar="[REQ]...")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output bundle (.pyz), written atomically with mode 0444.")
+@click.option("-e", "--entry-point", metavar="MOD:FUNC", help="Function to run.")
+@click.option("-c", "--console-script", metavar="NAME", help="Console script to run.")
+@click.option("-r", "--requirement", "requirement_files", multiple=True,
+              type=click.Path(path_type=Path), metavar="FILE",
+              help="Requirements file (repeatable); --hash pins are enforced.")
+@click.option("--find-links", multiple=True, metavar="DIR", help="Extra wheel locations.")
+@click.option("--no-index", is_flag=True, help="Do not use the package index.")
+@click.option("--index-url", metavar="URL", help="Package index to use.")
+@click.option("-p", "--profile", default="default", show_default=True, metavar="NAME|FILE",
+              help="Profile to validate and embed.")
+@click.option("--name", metavar="NAME", help="App name (default: from the script or entry).")
+@click.option("--python-version", metavar="X.Y", help="Target Python version.")
+@click.option("--platform", "platforms", multiple=True, metavar="TAG",
+              help="Target platform tag (repeatable).")
+@click.pass_context
+def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
+           entry_point: str | None, console_script: str | None,
+           requirement_files: tuple[Path, ...], find_links: tuple[str, ...], no_index: bool,
+           index_url: str | None, profile: str, name: str | None, python_version: str | None,
+           platforms: tuple[str, ...]) -> None:
+    """Freeze REQs (wheels only) into a reproducible, verifiable zipapp."""
+    from sandrun.builder import BundleRequest, build_bundle
+
+    request = BundleRequest(
+        output=output, requirements=requirements, requirement_files=requirement_files,
+        entry_point=entry_point, console_script=console_script, find_links=find_links,
+        no_index=no_index, index_url=index_url, profile=profile, name=name,
+        python_version=python_version, platforms=platforms)
+    result = build_bundle(request, progress=_progress_printer(),
+                          warn=lambda msg: click.echo(f"sandrun: warning: {msg}", err=True))
+    m = result.manifest
+    click.echo(f"{result.path}\n"
+               f"  sha256       {result.sha256}\n"
+               f"  app          {m.app_name} {m.app_version}\n"
+               f"  entry point  {m.entry_point}"
+               + (f" (console script {m.console_script})" if m.console_script else "") + "\n"
+               f"  target       Python {m.target.python} ({m.target.abi}, "
+               f"{m.target.platforms[0]})\n"
+               f"  contents     {len(m.dependencies)} wheels, {len(m.entries)} files, "
+               f"{m.total_size} bytes uncompressed, {result.path.stat().st_size} bytes on disk")
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True,
+                                            "allow_interspersed_args": False})
+@click.option("-p", "--profile", metavar="NAME|FILE", help="Operator profile (replaces the "
+              "embedded one).")
+@click.option("-u", "--user", metavar="NAME", help="Existing user to run as.")
+@click.option("--python", metavar="PATH", help="Interpreter for the app.")
+@click.option("--store", metavar="DIR", envvar="SANDRUN_STORE",
+              help="Root-owned store (default /var/lib/sandrun).")
+@click.option("--dry-run", is_flag=True, help="Print the launch plan and exit.")
+@click.option("--verify", "verify_mode", type=click.Choice(["cheap", "full"]), default="cheap",
+              show_default=True, help="How to re-check the installed tree.")
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def exec_(profile: str | None, user: str | None, python: str | None, store: str | None,
+          dry_run: bool, verify_mode: str, bundle_path: str, args: tuple[str, ...]) -> int:
+    """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
+    from sandrun.launcher import ExecOptions, launch, prepare, render_plan
+
+    options = ExecOptions(bundle=bundle_path, args=args, profile=profile, user=user,
+                          python=python, store=store, dry_run=dry_run,
+                          verify_full=verify_mode == "full")
+    plan = prepare(options)
+    if dry_run:
+        click.echo(render_plan(plan))
+        return 0
+    return launch(plan)
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE")
+def verify(bundle_path: str) -> int:
+    """Check a bundle's integrity; list every problem (exit 1 if any)."""
+    from sandrun.verify import verify_bundle
+
+    result = verify_bundle(bundle_path)
+    if result.ok:
+        m = result.manifest
+        assert m is not None
+        click.echo(f"{bundle_path}: OK ({len(m.entries)} entries, manifest {m.digest()[:16]})")
+        return 0
+    click.echo(f"{bundle_path}: {len(result.problems)} problem(s)")
+    for problem in result.problems:
+        click.echo(f"  - {problem}")
+    return 1
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(bundle_path: str, as_json: bool) -> None:
+    """Show a bundle's metadata, dependencies, profile and manifest summary."""
+    from sandrun.inspect import describe_bundle, render_text
+
+    info = describe_bundle(bundle_path)
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else render_text(info))
+
+
+@cli.group()
+def profile() -> None:
+    """List, show and check profiles."""
+
+
+@profile.command(name="list")
+def profile_list() -> None:
+    """Shipped profiles and what they are for."""
+    from sandrun.profile import shipped_profiles
+
+    items = shipped_profiles()
+    width = max((len(n) for n, _ in items), default=0)
+    for name, description in items:
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@profile.command(name="show")
+@click.argument("name_or_file", metavar="NAME|FILE")
+def profile_show(name_or_file: str) -> None:
+    """The fully resolved profile, and what this kernel enforces of it."""
+    from sandrun.profile import load_profile, render_toml
+    from sandrun.profile_report import enforcement_summary
+
+    resolved = load_profile(name_or_file)
+    click.echo(render_toml(resolved).rstrip())
+    click.echo("")
+    for line in enforcement_summary(resolved):
+        click.echo(f"# {line}")
+
+
+@profile.command(name="check")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+def profile_check(files: tuple[str, ...]) -> int:
+    """Validate profile files; report every problem (exit 1 if any)."""
+    from sandrun.profile import check_files
+
+    problems = check_files(list(files))
+    for problem in problems:
+        click.echo(f"{problem}", err=True)
+    if problems:
+        click.echo(f"sandrun: {len(problems)} problem(s) in {len(files)} file(s)", err=True)
+        return 1
+    click.echo(f"{len(files)} profile(s) OK")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    verbose = "--verbose" in (argv if argv is not None else sys.argv[1:])
+    try:
+        result = cli.main(args=argv, prog_name="sandrun", standalone_mode=False)
+    except SandrunError as exc:
+        _fail(exc, verbose)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.Abort:
+        click.echo("sandrun: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a sandrun bug, not a user mistake: still no raw traceback
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"sandrun: internal error: {type(exc).__name__}: {exc}\n"
+                   "  hint: run again with --verbose for the traceback and report it",
+                   err=True)
+        sys.exit(EXIT_REFUSED)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,111 @@
+"""The one error family of sandrun.
+
+Core modules raise these and never print or exit; the CLI turns them into
+`sandrun: error: ...` lines and an exit code (sigstore-python's pattern).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# Exit codes fixed by DESIGN.md.
+EXIT_USAGE = 2
+EXIT_REFUSED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of a check that reports everything at once.
+
+    `where` names the place: a file (with line), a dotted key or an entry name.
+    """
+
+    where: str
+    what: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class SandrunError(Exception):
+    """Root of every error sandrun raises on purpose."""
+
+    exit_code: int = EXIT_REFUSED
+
+    def __init__(self, message: str, hint: str = "", *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def diagnostics(self) -> str:
+        """What went wrong and how to fix it, for a human."""
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class ProblemsError(SandrunError):
+    """An error that carries several findings, all reported at once."""
+
+    def __init__(self, message: str, problems: Iterable[Problem], hint: str = "",
+                 *, exit_code: int | None = None) -> None:
+        self.problems: Sequence[Problem] = tuple(problems)
+        super().__init__(message, hint, exit_code=exit_code)
+
+    def diagnostics(self) -> str:
+        lines = [self.message]
+        lines += [f"  - {p}" for p in self.problems]
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class UsageError(SandrunError):
+    """The command line is wrong (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class BundleError(SandrunError):
+    """A bundle cannot be built or read."""
+
+
+class ResolveError(BundleError):
+    """A requirement cannot be satisfied by wheels for the target."""
+
+
+class ArchiveError(BundleError):
+    """The file is not a zip archive sandrun's strict parser accepts at all."""
+
+
+class VerificationError(ProblemsError):
+    """A bundle or installed tree differs from its manifest."""
+
+
+class ProfileError(ProblemsError):
+    """A profile is invalid; every problem is listed."""
+
+
+class StoreError(SandrunError):
+    """The store cannot be used or an installed tree was tampered with."""
+
+
+class UserError(SandrunError):
+    """The app user is missing, privileged or cannot be created."""
+
+
+class EnforcementError(SandrunError):
+    """A protection the profile requires cannot be applied: refuse to start."""
+
+
+class InterpreterNotFound(SandrunError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class InterpreterNotExecutable(SandrunError):
+    exit_code = EXIT_CANNOT_EXECUTE

@@ -1,0 +1,86 @@
+"""`sandrun inspect`: what a bundle contains, as text or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sandrun.errors import BundleError
+from sandrun.manifest import PROFILE_NAME, SIGNATURE_NAME
+
+
+def describe_bundle(path: str) -> dict[str, Any]:
+    from sandrun.profile import load_profile_text
+    from sandrun.verify import verify_bundle
+
+    result = verify_bundle(path)
+    m = result.manifest
+    if m is None:
+        raise BundleError(f"{path} has no readable manifest",
+                          "run `sandrun verify` for details; rebuild with `sandrun bundle`")
+    archive = result.archive
+    by_name = {e.name: e for e in archive.entries}
+    profile_info: dict[str, Any] = {}
+    if PROFILE_NAME in by_name:
+        text = archive.read(by_name[PROFILE_NAME]).decode("utf-8", "replace")
+        try:
+            p = load_profile_text(text, f"{path}:{PROFILE_NAME}", None)
+            profile_info = {
+                "name": p.name, "description": p.description,
+                "read": list(p.read), "read_write": list(p.read_write),
+                "execute": list(p.execute), "bind_tcp": list(p.bind_tcp),
+                "connect_tcp": list(p.connect_tcp), "subprocess": p.subprocess,
+                "landlock_min_abi": p.landlock_min_abi,
+            }
+        except BundleError as exc:
+            profile_info = {"error": exc.message}
+        except Exception as exc:  # a bad embedded profile is reported, not fatal here
+            profile_info = {"error": str(exc)}
+    return {
+        "bundle": path,
+        "verified": result.ok,
+        "problems": [str(p) for p in result.problems],
+        "app": {"name": m.app_name, "version": m.app_version, "entry_point": m.entry_point,
+                "console_script": m.console_script},
+        "target": m.target.to_json(),
+        "source_date_epoch": m.source_date_epoch,
+        "sandrun_version": m.sandrun_version,
+        "manifest_sha256": m.digest(),
+        "dependencies": [d.to_json() for d in m.dependencies],
+        "profile": profile_info,
+        "manifest": {"entries": len(m.entries), "total_size": m.total_size,
+                     "executable_entries": sum(1 for r in m.entries.values()
+                                               if r.mode & 0o111)},
+        "signed": SIGNATURE_NAME in by_name,
+    }
+
+
+def render_text(info: dict[str, Any]) -> str:
+    app, target = info["app"], info["target"]
+    lines = [
+        f"bundle        {info['bundle']}",
+        f"verified      {'yes' if info['verified'] else 'NO: ' + str(len(info['problems']))}"
+        + ("" if info["verified"] else " problem(s); run `sandrun verify`"),
+        f"app           {app['name']} {app['version']}",
+        f"entry point   {app['entry_point']}"
+        + (f" (console script {app['console_script']})" if app["console_script"] else ""),
+        f"target        Python {target['python']} {target['abi']} "
+        f"({', '.join(target['platforms'][:3])}"
+        + (", ..." if len(target["platforms"]) > 3 else "") + ")",
+        f"manifest      {info['manifest']['entries']} entries, "
+        f"{info['manifest']['total_size']} bytes, sha256 {info['manifest_sha256']}",
+        f"signature     {'present' if info['signed'] else 'none (unsigned)'}",
+        f"dependencies  {len(info['dependencies'])}",
+    ]
+    for dep in info["dependencies"]:
+        lines.append(f"  {dep['name']} {dep['version']}  {dep['wheel']}  sha256:{dep['sha256']}")
+    prof = info["profile"]
+    if "error" in prof:
+        lines.append(f"profile       INVALID: {prof['error']}")
+    elif prof:
+        lines.append(f"profile       {prof['name']}: {prof['description']}")
+        for key in ("read", "read_write", "execute", "bind_tcp", "connect_tcp"):
+            if prof[key]:
+                lines.append(f"  {key:<11} {', '.join(str(x) for x in prof[key])}")
+        lines.append(f"  subprocess  {'yes' if prof['subprocess'] else 'no'}; "
+                     f"landlock ABI >= {prof['landlock_min_abi']}")
+    return "\n".join(lines)

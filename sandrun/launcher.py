@@ -1,0 +1,577 @@
+"""`sandrun exec`: the privileged launch path.
+
+`prepare()` does everything that needs privileges or may fail with a clear
+message (open + verify the bundle, install or re-check the store tree, resolve
+profile, user and interpreter, build the environment and the rules) and
+returns a LaunchPlan. `launch()` then forks; the child applies the protections
+in DESIGN.md's fixed order (`_enter_sandbox`) and execs the interpreter. This
+module imports only the standard library and sandrun's enforcement modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import signal
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandrun import landlock, seccomp
+from sandrun.errors import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    BundleError,
+    EnforcementError,
+    SandrunError,
+    VerificationError,
+)
+from sandrun.interpreter import Interpreter, find_interpreter
+from sandrun.manifest import BOOTSTRAP_NAME, MANIFEST_NAME, PROFILE_NAME, Manifest
+from sandrun.store import Store, default_store_path
+from sandrun.users import AppUser, invoking_user, resolve_user
+
+# prctl(2) and unshare(2) constants (linux/prctl.h, linux/sched.h, linux/mount.h).
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_MDWE = 65
+PR_GET_MDWE = 66
+PR_MDWE_REFUSE_EXEC_GAIN = 1
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+
+# Signals an operator sends to a service; forwarded when sent by a process (not the tty,
+# whose signals reach the app directly through the foreground process group).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM,
+                     signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+# Files most apps need to read; absent ones are skipped (marked so in --dry-run).
+SYSTEM_READ = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/etc/resolv.conf",
+               "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
+               "/etc/passwd", "/etc/group", "/etc/ssl/certs", "/etc/ssl/openssl.cnf",
+               "/usr/lib/ssl", "/usr/share/ca-certificates", "/etc/mime.types",
+               "/sys/devices/system/cpu", "/dev/urandom", "/dev/random")
+SYSTEM_READ_WRITE = ("/dev/null", "/dev/zero", "/dev/full")
+# Where shared libraries live: read is all dlopen needs (Landlock's EXECUTE governs execve).
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
+                "/usr/local/lib")
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    bundle: str
+    args: tuple[str, ...] = ()
+    profile: str | None = None
+    user: str | None = None
+    python: str | None = None
+    store: str | None = None
+    dry_run: bool = False
+    verify_full: bool = False
+
+
+@dataclass
+class Protection:
+    name: str
+    status: str  # "enforced" | "partial" | "not enforced"
+    detail: str = ""
+
+
+@dataclass
+class LaunchPlan:
+    bundle: str
+    bundle_sha256: str
+    manifest: Manifest
+    store: Store
+    tree: Path
+    installed: bool  # False in a dry run of a bundle not yet installed
+    profile: object
+    user: AppUser
+    privileged: bool
+    interpreter: Interpreter
+    state_dir: Path
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    landlock_policy: landlock.LandlockPolicy
+    seccomp_policy: seccomp.SeccompPolicy
+    rlimits: dict[str, int | None]
+    mdwe: bool
+    protections: list[Protection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def read_bundle(path: str) -> tuple[bytes, str]:
+    """Read the bundle once, without following a symlink, and hash it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BundleError(f"bundle {path} does not exist", "check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"bundle {path} is a symbolic link",
+                              "pass the real file: sandrun never follows a link to a bundle"
+                              ) from None
+        raise BundleError(f"cannot open bundle {path}: {exc.strerror}",
+                          "check the path and its permissions") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"bundle {path} is not a regular file", "pass a .pyz file")
+        data = f.read()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def prepare(options: ExecOptions) -> LaunchPlan:
+    from sandrun.archive import parse_archive
+    from sandrun.profile import load_profile, load_profile_text
+    from sandrun.verify import verify_archive
+
+    privileged = os.geteuid() == 0
+    data, sha256 = read_bundle(options.bundle)
+    archive = parse_archive(data)
+    store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
+    tree = store.tree(sha256)
+    installed = tree.is_dir()
+    manifest_entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
+    if installed and manifest_entry is not None and not archive.problems:
+        # Same bytes as the bundle installed before (the dir is named by its sha256):
+        # the cheap tree check is enough unless --verify=full.
+        manifest_bytes = archive.read(manifest_entry)
+        manifest = Manifest.from_bytes(manifest_bytes)
+        store.check_ancestry()
+        store.check_tree(tree, manifest, manifest_bytes, full=options.verify_full)
+    else:
+        result = verify_archive(archive)
+        if not result.ok or result.manifest is None:
+            raise VerificationError(f"bundle {options.bundle} failed verification",
+                                    result.problems,
+                                    "rebuild it with `sandrun bundle`; run `sandrun verify` "
+                                    "for the full report")
+        manifest = result.manifest
+        manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
+        if not options.dry_run:
+            store.ensure_layout()
+            tree = store.install(sha256, archive, manifest)
+            store.check_tree(tree, manifest, manifest_bytes, full=False)
+            installed = True
+
+    if options.profile:
+        profile = load_profile(options.profile)
+    else:
+        entry = next(e for e in archive.entries if e.name == PROFILE_NAME)
+        profile = load_profile_text(archive.read(entry).decode("utf-8"),
+                                    f"{options.bundle}:{PROFILE_NAME}", None)
+
+    app = manifest.app_name
+    if privileged:
+        user = resolve_user(options.user, app, create=not options.dry_run)
+    else:
+        if options.user:
+            raise EnforcementError("--user needs root: sandrun can switch users only when "
+                                   "started as root", "run sandrun exec as root, or drop --user")
+        user = invoking_user()
+    gids = os.getgrouplist(user.name, user.gid) if user.exists else [user.gid]
+    if user.exists:
+        interp = find_interpreter(options.python, manifest.target.python, user.uid, gids)
+    else:
+        interp = find_interpreter(options.python, manifest.target.python, 65534, [65534])
+
+    state = store.state_dir(app, user.uid, user.gid, create=not options.dry_run and user.exists)
+    placeholders = {"app": app, "state": str(state), "tmp": str(state / "tmp"),
+                    "store": str(tree), "home": str(state), "cwd": os.getcwd()}
+    profile = profile.expand(placeholders)
+    uses_cwd = os.getcwd() in (*profile.read, *profile.read_write)
+    cwd = os.getcwd() if uses_cwd else str(state)
+
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(state),
+           "TMPDIR": str(state / "tmp"), "LANG": "C.UTF-8"}
+    for name in profile.env_pass:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(profile.env_set)
+
+    plan = LaunchPlan(
+        bundle=options.bundle, bundle_sha256=sha256, manifest=manifest, store=store, tree=tree,
+        installed=installed, profile=profile, user=user, privileged=privileged,
+        interpreter=interp, state_dir=state,
+        argv=[interp.path, "-I", "-B", str(tree / BOOTSTRAP_NAME), *options.args],
+        env=env, cwd=cwd,
+        landlock_policy=_landlock_policy(profile, interp, tree, state),
+        seccomp_policy=_seccomp_policy(profile),
+        rlimits=dict(profile.rlimits), mdwe=profile.mdwe)
+    _assess(plan)
+    return plan
+
+
+def _landlock_policy(profile: object, interp: Interpreter, tree: Path,
+                     state: Path) -> landlock.LandlockPolicy:
+    A = landlock.Access
+    rules: list[landlock.PathRule] = []
+    exec_paths = [interp.real_path]
+    if interp.elf_interpreter:
+        exec_paths.append(interp.elf_interpreter)
+    rules += [landlock.PathRule(p, A.READ_EXEC) for p in dict.fromkeys(exec_paths)]
+    rules.append(landlock.PathRule(interp.stdlib, A.READ))
+    rules += [landlock.PathRule(p, A.READ, required=False) for p in LIBRARY_DIRS]
+    rules += [landlock.PathRule(p, A.READ, required=False) for p in SYSTEM_READ]
+    rules += [landlock.PathRule(p, A.READ_WRITE, required=False) for p in SYSTEM_READ_WRITE]
+    rules.append(landlock.PathRule(str(tree), A.READ))
+    rules.append(landlock.PathRule(str(state), A.READ_WRITE))
+    rules += [landlock.PathRule(p, A.READ) for p in profile.read]  # type: ignore[attr-defined]
+    rules += [landlock.PathRule(p, A.READ_WRITE)
+              for p in profile.read_write]  # type: ignore[attr-defined]
+    rules += [landlock.PathRule(p, A.READ_EXEC)
+              for p in profile.execute]  # type: ignore[attr-defined]
+    return landlock.LandlockPolicy(
+        paths=tuple(rules), bind_tcp=tuple(profile.bind_tcp),  # type: ignore[attr-defined]
+        connect_tcp=tuple(profile.connect_tcp),  # type: ignore[attr-defined]
+        scope_abstract_unix=True, scope_signal=True,
+        min_abi=profile.landlock_min_abi)  # type: ignore[attr-defined]
+
+
+def _seccomp_policy(profile: object) -> seccomp.SeccompPolicy:
+    p = profile
+    inet = bool(p.bind_tcp or p.connect_tcp or p.dns)  # type: ignore[attr-defined]
+    families = ("AF_UNIX", "AF_INET", "AF_INET6") if inet else ("AF_UNIX",)
+    return seccomp.SeccompPolicy(allow=tuple(p.syscalls_allow),  # type: ignore[attr-defined]
+                                 deny=tuple(p.syscalls_deny),  # type: ignore[attr-defined]
+                                 socket_families=families,
+                                 allow_subprocess=bool(p.subprocess))  # type: ignore[attr-defined]
+
+
+def mdwe_supported() -> bool:
+    return _libc().prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
+
+
+def _assess(plan: LaunchPlan) -> None:
+    """Fill in what this kernel enforces; refuse (EnforcementError) what the profile
+    requires but cannot be applied."""
+    P = Protection
+    prot = plan.protections
+    if plan.privileged:
+        prot.append(P("user switch", "enforced", f"runs as {plan.user.name} "
+                      f"(uid {plan.user.uid}); setuid(0) is proven to fail before exec"))
+        prot.append(P("capabilities", "enforced", "bounding, ambient and effective sets empty"))
+        prot.append(P("code ownership", "enforced",
+                      "store tree owned by root, dirs 0555, files 0444/0555"))
+        prot.append(P("pid namespace", "enforced",
+                      "nothing the app starts outlives it; other processes are invisible"))
+        prot.append(P("noexec state dir", "enforced",
+                      "the state dir is mounted noexec,nosuid,nodev in a private mount "
+                      "namespace: files the app writes cannot be executed or mmap'd executable"))
+    else:
+        prot.append(P("user switch", "not enforced",
+                      f"sandrun is not root: the app runs as the invoking user {plan.user.name}"))
+        prot.append(P("code ownership", "partial",
+                      "the store belongs to the invoking user: code is protected by Landlock "
+                      "alone (no write rights), not by file ownership"))
+        prot.append(P("pid namespace", "partial", "not root: a subreaper kills what the app "
+                      "leaves behind instead"))
+        prot.append(P("noexec state dir", "not enforced",
+                      "not root: no private mount namespace; Landlock still denies execve "
+                      "of written files, but not mmap(PROT_EXEC) of them"))
+    prot.append(P("no_new_privs", "enforced", "setuid binaries and file caps cannot elevate"))
+    prot.append(P("fds and environment", "enforced",
+                  "every fd above 2 closed; environment built from scratch"))
+    if plan.mdwe:
+        if not mdwe_supported():
+            raise EnforcementError("the profile asks for memory-deny-write-execute but this "
+                                   "kernel lacks PR_SET_MDWE (Linux >= 6.3)",
+                                   "upgrade the kernel, or set [process] mdwe = false")
+        prot.append(P("memory-deny-write-execute", "enforced",
+                      "no writable+executable mappings, no W->X mprotect"))
+    else:
+        prot.append(P("memory-deny-write-execute", "not enforced", "profile: mdwe = false"))
+    for st in landlock.plan(plan.landlock_policy):
+        prot.append(P(f"landlock: {st.name}", st.status, st.detail))
+    abi = landlock.abi_version()
+    if abi < plan.landlock_policy.min_abi:
+        raise EnforcementError(
+            f"the profile requires Landlock ABI {plan.landlock_policy.min_abi} but this kernel "
+            f"offers {abi or 'none'}",
+            "upgrade the kernel (Landlock ABI 6 needs Linux 6.12), or lower [kernel] "
+            "landlock_min_abi in the profile if you accept weaker isolation")
+    sec = seccomp.status()
+    if sec.status != "enforced":
+        raise EnforcementError(f"seccomp cannot be enforced: {sec.detail}",
+                               "use a kernel with CONFIG_SECCOMP_FILTER")
+    prot.append(P("seccomp", sec.status, sec.detail))
+    if plan.manifest.target.python != plan.interpreter.version:
+        raise EnforcementError(f"bundle targets Python {plan.manifest.target.python}, "
+                               f"interpreter is {plan.interpreter.version}",
+                               "pass a matching --python")
+
+
+def render_plan(plan: LaunchPlan) -> str:
+    m = plan.manifest
+    lines = [
+        f"bundle       {plan.bundle}",
+        f"  sha256     {plan.bundle_sha256}",
+        f"  app        {m.app_name} {m.app_version}  entry {m.entry_point}",
+        f"store tree   {plan.tree}" + ("" if plan.installed else "  (not installed yet: "
+                                        "would be extracted and verified)"),
+        f"state dir    {plan.state_dir}  (HOME, TMPDIR={plan.state_dir}/tmp)",
+        f"user         {plan.user.name}" + (f" (uid {plan.user.uid}, gid {plan.user.gid})"
+                                            if plan.user.exists else
+                                            "  (missing: would be created as a system user)"),
+        f"interpreter  {plan.interpreter.path} (Python {plan.interpreter.version}, "
+        f"stdlib {plan.interpreter.stdlib})",
+        f"command      {' '.join(plan.argv)}",
+        f"cwd          {plan.cwd}",
+        f"profile      {plan.profile.source}",  # type: ignore[attr-defined]
+        "environment  " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())),
+        "rlimits      " + (" ".join(f"{k}={'infinity' if v is None else v}"
+                                    for k, v in sorted(plan.rlimits.items())) or "(inherited)"),
+        "",
+        "protections",
+    ]
+    width = max(len(p.name) for p in plan.protections)
+    for p in plan.protections:
+        lines.append(f"  {p.name:<{width}}  {p.status:<12}  {p.detail}")
+    lines += ["", "landlock rules"]
+    lines += [f"  {line}" for line in landlock.describe_rules(plan.landlock_policy)]
+    lines += ["", "seccomp"]
+    lines += [f"  {line}" for line in seccomp.describe(plan.seccomp_policy)]
+    lines += ["", "signature    none: this bundle is unsigned (no trust policy in force)"]
+    lines += plan.notes
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the launch itself
+
+
+@dataclass
+class _ChildSetup:
+    bpf: bytes
+    prepared: landlock.Prepared
+    err_fd: int
+    cap_last: int
+
+
+def launch(plan: LaunchPlan) -> int:
+    """Fork, sandbox the child, exec the app; return its exit code (128+N if killed)."""
+    libc = _libc()
+    bpf = seccomp.compile_filter(plan.seccomp_policy)
+    prepared = landlock.prepare(plan.landlock_policy)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    setup = _ChildSetup(bpf, prepared, err_w, cap_last)
+    waited = {*FORWARDED_SIGNALS, signal.SIGCHLD}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if plan.privileged:
+        if libc.unshare(CLONE_NEWPID) != 0:
+            raise EnforcementError(f"unshare(CLONE_NEWPID) failed: "
+                                   f"{os.strerror(ctypes.get_errno())}",
+                                   "sandrun needs root with CAP_SYS_ADMIN to isolate the app")
+    else:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_REFUSED
+        try:
+            if plan.privileged:
+                code = _init_process(plan, setup)
+            else:
+                _enter_sandbox(plan, setup)
+        except BaseException as exc:  # report, never return into the parent's code
+            _report(err_w, "launch", exc)
+        os._exit(code)
+    os.close(err_w)
+    os.close(prepared.ruleset_fd)
+    status = _supervise(pid, kill_leftovers=not plan.privileged)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    report = _read_report(err_r)
+    if report:
+        code = report.get("exit", EXIT_REFUSED)
+        raise EnforcementError(f"the sandbox could not be set up ({report['stage']}): "
+                               f"{report['message']}", report.get("hint", ""),
+                               exit_code=code)
+    return status
+
+
+def _report(fd: int, stage: str, exc: BaseException) -> None:
+    exit_code = EXIT_REFUSED
+    hint = ""
+    if isinstance(exc, SandrunError):
+        message, hint, exit_code = exc.message, exc.hint, exc.exit_code
+    elif isinstance(exc, OSError):
+        message = f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    payload = json.dumps({"stage": stage, "message": message, "hint": hint,
+                          "exit": exit_code}).encode()
+    with contextlib.suppress(OSError):
+        os.write(fd, payload)
+
+
+def _read_report(fd: int) -> dict | None:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    if not chunks:
+        return None
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return {"stage": "launch", "message": b"".join(chunks).decode(errors="replace")}
+
+
+def _supervise(child: int, *, kill_leftovers: bool) -> int:
+    """Wait for `child`, forwarding signals sent by processes; return its exit code."""
+    while True:
+        info = signal.sigwaitinfo({*FORWARDED_SIGNALS, signal.SIGCHLD})
+        if info.si_signo == signal.SIGCHLD:
+            code = _reap(child)
+            if code is not None:
+                if kill_leftovers:
+                    _kill_orphans()
+                return code
+            continue
+        # si_code <= 0 (SI_USER, SI_QUEUE, SI_TKILL): sent by a process; positive codes come
+        # from the kernel (tty), which already delivered them to the whole foreground group.
+        if info.si_code <= 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, info.si_signo)
+
+
+def _reap(child: int) -> int | None:
+    result = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return result
+        if pid == 0:
+            return result
+        if pid == child:
+            result = os.waitstatus_to_exitcode(status)
+            result = 128 - result if result < 0 else result
+
+
+def _kill_orphans() -> None:
+    """Non-root fallback for the PID namespace: kill what got reparented to us."""
+    me = str(os.getpid())
+    for _ in range(10):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                found = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry), signal.SIGKILL)
+        _reap(-2)
+        if not found:
+            return
+
+
+def _init_process(plan: LaunchPlan, setup: _ChildSetup) -> int:
+    """PID 1 of the app's PID namespace (root): private mounts, then supervise the app."""
+    libc = _libc()
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
+    state = str(plan.state_dir).encode()
+    _check(libc.mount(state, state, None, MS_BIND, None), "bind the state dir")
+    _check(libc.mount(None, state, None, MS_BIND | MS_REMOUNT | MS_NOEXEC | MS_NOSUID |
+                      MS_NODEV, None), "remount the state dir noexec,nosuid,nodev")
+    _check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      b"hidepid=invisible"), "mount a private /proc")
+    app = os.fork()
+    if app == 0:
+        try:
+            _enter_sandbox(plan, setup)
+        except BaseException as exc:
+            _report(setup.err_fd, "sandbox", exc)
+        os._exit(EXIT_REFUSED)
+    os.close(setup.err_fd)
+    os.close(setup.prepared.ruleset_fd)
+    return _supervise(app, kill_leftovers=False)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise EnforcementError(f"{what} failed: {os.strerror(err)}",
+                               "sandrun needs root (CAP_SYS_ADMIN) for its private namespaces")
+
+
+def _enter_sandbox(plan: LaunchPlan, setup: _ChildSetup) -> None:
+    """The fixed order of DESIGN.md; on success this never returns (execve)."""
+    import resource
+
+    libc = _libc()
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED_SIGNALS):
+        signal.signal(sig, signal.SIG_DFL)
+    keep = sorted({setup.err_fd, *setup.prepared.keep_fds})
+    low = 3
+    for fd in keep:
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+    for name, value in plan.rlimits.items():
+        limit = resource.RLIM_INFINITY if value is None else value
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, limit))
+
+    if plan.privileged:
+        for cap in range(setup.cap_last + 1):
+            _check_prctl(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+        os.setgroups([])
+        os.setresgid(plan.user.gid, plan.user.gid, plan.user.gid)
+        os.setresuid(plan.user.uid, plan.user.uid, plan.user.uid)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise EnforcementError("setuid(0) still succeeds after dropping privileges",
+                                   "refusing to run; report this as a sandrun bug")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _check_prctl(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+    if plan.mdwe:
+        _check_prctl(libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0),
+                     "set memory-deny-write-execute")
+    os.chdir(plan.cwd)
+    os.umask(0o077)
+    landlock.restrict_self(setup.prepared)
+    seccomp.load_filter(setup.bpf)  # last: nothing after this but execve
+    try:
+        os.execve(plan.interpreter.path, plan.argv, plan.env)
+    except OSError as exc:
+        code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_EXECUTE
+        raise EnforcementError(f"cannot execute {plan.interpreter.path}: {exc.strerror}",
+                               "check the interpreter and the profile's rules",
+                               exit_code=code) from None
+
+
+def _check_prctl(result: int, what: str) -> None:
+    if result != 0:
+        raise EnforcementError(f"{what} failed: {os.strerror(ctypes.get_errno())}",
+                               "this kernel lacks a protection the profile requires")

@@ -1,0 +1,151 @@
+"""Verify a bundle: its zip structure and every entry against the embedded manifest.
+
+Every problem is reported, never only the first: structural findings of the strict
+parser, unreadable or corrupt entries, and each difference from the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from sandrun.archive import (
+    ARCHIVE,
+    MAX_TOTAL_SIZE,
+    PREAMBLE,
+    StrictArchive,
+    ZipEntry,
+    display_name,
+    open_archive,
+)
+from sandrun.errors import ArchiveError, BundleError, Problem, VerificationError
+from sandrun.manifest import MANIFEST_NAME, NORMALISED_MODES, UNLISTED_ENTRIES, Manifest
+
+REBUILD_HINT = "rebuild the bundle with `sandrun bundle` and do not modify it afterwards"
+ADDED_HINT = ("an entry added after the build (such as a .pth file, which Python runs at "
+              "start-up) would run with the app; rebuild the bundle from trusted inputs")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    manifest: Manifest | None  # None when missing or malformed (that is then a problem)
+    problems: tuple[Problem, ...]  # archive-wide first, then by entry name; deterministic
+    archive: StrictArchive
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_for_problems(self, what: str = "bundle") -> None:
+        """Raise VerificationError listing every problem, unless there are none."""
+        if self.problems:
+            count = len(self.problems)
+            raise VerificationError(
+                f"{what} failed verification ({count} problem{'s' if count != 1 else ''})",
+                self.problems, "never run a bundle that fails verification; " + REBUILD_HINT)
+
+
+def verify_bundle(source: str | os.PathLike[str] | int) -> VerifyResult:
+    """open_archive + verify_archive; ArchiveError (not a readable zip) propagates."""
+    return verify_archive(open_archive(source))
+
+
+def verify_archive(archive: StrictArchive) -> VerifyResult:
+    """Structural problems plus every difference between the entries and the manifest."""
+    problems = list(archive.problems)
+    manifest = _load_manifest(archive, problems)
+
+    hashes = _hash_entries(archive, problems)
+    if manifest is not None:
+        present = {entry.name for entry in archive.entries}
+        for name, record in manifest.entries.items():
+            where = display_name(name)
+            if name in UNLISTED_ENTRIES:
+                problems.append(Problem(where, "listed in the manifest, which must not list "
+                                               "itself or the signature", REBUILD_HINT))
+            if record.mode not in NORMALISED_MODES:
+                problems.append(Problem(where, f"manifest lists mode {record.mode:04o}, not a "
+                                               "normalised mode (0644 or 0755)", REBUILD_HINT))
+            if name not in present and name not in UNLISTED_ENTRIES:
+                problems.append(Problem(where, "missing entry: listed in the manifest but not "
+                                               "in the archive", REBUILD_HINT))
+        for index, entry in enumerate(archive.entries):
+            if entry.name in UNLISTED_ENTRIES:
+                continue
+            where = display_name(entry.name)
+            record = manifest.entries.get(entry.name)
+            if record is None:
+                problems.append(Problem(where, "not in manifest: entry was added to the bundle",
+                                        ADDED_HINT))
+                continue
+            mode = entry.mode & 0o7777
+            if mode != record.mode:
+                problems.append(Problem(where, f"mode {mode:04o} differs from manifest "
+                                               f"({record.mode:04o})", REBUILD_HINT))
+            digest = hashes.get(index)
+            if digest is None:
+                continue  # unreadable: already reported
+            sha256, size = digest
+            if size != record.size:
+                problems.append(Problem(where, f"size differs from manifest ({size} bytes, "
+                                               f"manifest says {record.size})", REBUILD_HINT))
+            elif sha256 != record.sha256:
+                problems.append(Problem(where, f"content differs from manifest (sha256 "
+                                               f"{sha256}, manifest says {record.sha256})",
+                                        REBUILD_HINT))
+        preamble_sha256 = hashlib.sha256(archive.preamble).hexdigest()
+        if preamble_sha256 != manifest.preamble_sha256:
+            problems.append(Problem(PREAMBLE, f"preamble (shebang) changed: now "
+                                              f"{archive.preamble[:80]!r}, sha256 "
+                                              f"{preamble_sha256} differs from the manifest's "
+                                              f"{manifest.preamble_sha256}", REBUILD_HINT))
+    return VerifyResult(manifest, _ordered(problems), archive)
+
+
+def _load_manifest(archive: StrictArchive, problems: list[Problem]) -> Manifest | None:
+    entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
+    if entry is None:
+        problems.append(Problem(MANIFEST_NAME, "missing: the bundle has no manifest, so its "
+                                               "contents cannot be checked", REBUILD_HINT))
+        return None
+    if archive.read_problem(entry) is not None:
+        problems.append(Problem(MANIFEST_NAME, "cannot be read, so the contents cannot be "
+                                               "checked", REBUILD_HINT))
+        return None
+    try:
+        return Manifest.from_bytes(archive.read(entry))
+    except ArchiveError as exc:
+        problems.append(_entry_problem(entry, exc))
+    except BundleError as exc:
+        problems.append(Problem(MANIFEST_NAME, exc.message, exc.hint))
+    return None
+
+
+def _hash_entries(archive: StrictArchive,
+                  problems: list[Problem]) -> dict[int, tuple[str, int]]:
+    """sha256 and size of every readable entry, by index; read failures become problems."""
+    if sum(entry.size for entry in archive.entries) > MAX_TOTAL_SIZE:
+        problems.append(Problem(ARCHIVE, "contents were not hashed: the declared total size "
+                                         "exceeds the limit", REBUILD_HINT))
+        return {}
+    hashes = {}
+    for index, entry in enumerate(archive.entries):
+        if archive.read_problem(entry) is not None:
+            continue  # the parser reported why it cannot be read
+        try:
+            hashes[index] = archive.sha256(entry)
+        except ArchiveError as exc:
+            problems.append(_entry_problem(entry, exc))
+    return hashes
+
+
+def _entry_problem(entry: ZipEntry, exc: ArchiveError) -> Problem:
+    where = display_name(entry.name)
+    return Problem(where, exc.message.removeprefix(f"{where}: "), exc.hint)
+
+
+def _ordered(problems: list[Problem]) -> tuple[Problem, ...]:
+    """Archive-wide problems first, then grouped by entry name; each problem once."""
+    unique = list(dict.fromkeys(problems))
+    return tuple(sorted(unique, key=lambda p: (not p.where.startswith("<"), p.where)))

@@ -1,0 +1,182 @@
+"""Wheels: check them against the target and their own RECORD, then unpack them.
+
+sandrun installs wheels itself instead of calling `pip install`: unpacking is
+all a wheel needs, it runs no code, writes no build paths (pip writes
+direct_url.json and script shebangs naming the build machine) and lets us
+normalise every mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import stat
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from packaging.tags import Tag
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from sandrun.errors import BundleError
+from sandrun.manifest import normalise_mode
+
+# What a RECORD may leave unhashed: itself and its signatures.
+_RECORD_SELF = ("RECORD", "RECORD.jws", "RECORD.p7s")
+
+
+@dataclass(frozen=True)
+class Wheel:
+    path: Path
+    name: str  # canonical project name
+    version: str
+    tags: frozenset[Tag]
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+
+def read_wheel(path: Path) -> Wheel:
+    """Parse a wheel's file name and hash its bytes."""
+    try:
+        name, version, _build, tags = parse_wheel_filename(path.name)
+    except InvalidWheelFilename as exc:
+        raise BundleError(f"{path.name}: not a valid wheel file name ({exc})",
+                          "pass wheel files as produced by `pip wheel` or PyPI") from None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return Wheel(path, str(name), str(version), frozenset(tags), digest.hexdigest())
+
+
+def check_target(wheel: Wheel, supported: Iterable[Tag], target_text: str) -> None:
+    """Refuse a wheel that the target interpreter and platform cannot use."""
+    if wheel.tags.isdisjoint(set(supported)):
+        tags = ", ".join(sorted(str(t) for t in wheel.tags))
+        raise BundleError(
+            f"{wheel.filename}: built for {tags}, which the target ({target_text}) cannot load",
+            "pick a wheel for the target, or change --python-version/--platform")
+
+
+def _safe_member(name: str, wheel: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
+            or any(part in ("", ".", "..") for part in name.rstrip("/").split("/"))):
+        raise BundleError(f"{wheel}: unsafe path {name!r} in the wheel",
+                          "this wheel is malformed or malicious; do not use it")
+    return path
+
+
+def _record_digest(data: bytes, algorithm: str) -> str:
+    digest = hashlib.new(algorithm, data).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def install_wheel(wheel: Wheel, site_packages: Path) -> list[str]:
+    """Verify every file against RECORD, then unpack into site_packages.
+
+    Returns the installed paths relative to site_packages. Nothing is written
+    when the RECORD check fails.
+    """
+    with zipfile.ZipFile(wheel.path) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise BundleError(f"{wheel.filename}: duplicate file names in the wheel",
+                              "this wheel is malformed; do not use it")
+        for name in names:
+            _safe_member(name, wheel.filename)
+        dist_info = _dist_info_dir(names, wheel)
+        record = _read_record(zf, f"{dist_info}/RECORD", wheel)
+        files: list[tuple[str, bytes, int]] = []
+        for info in infos:
+            data = zf.read(info)
+            base = info.filename.rsplit("/", 1)[-1]
+            if info.filename.startswith(f"{dist_info}/") and base in _RECORD_SELF:
+                continue
+            expected = record.pop(info.filename, None)
+            if expected is None:
+                raise BundleError(f"{wheel.filename}: {info.filename} is not listed in RECORD",
+                                  "the wheel was altered after it was built; do not use it")
+            algorithm, _, want = expected[0].partition("=")
+            if algorithm not in ("sha256", "sha384", "sha512") or not want:
+                raise BundleError(
+                    f"{wheel.filename}: {info.filename} has no strong hash in RECORD "
+                    f"({expected[0] or 'empty'})", "rebuild the wheel with a current build tool")
+            if _record_digest(data, algorithm) != want or (
+                    expected[1] and int(expected[1]) != len(data)):
+                raise BundleError(f"{wheel.filename}: {info.filename} does not match its RECORD "
+                                  "hash", "the wheel was altered after it was built; do not use it")
+            mode = normalise_mode((info.external_attr >> 16) & 0o777)
+            files.append((info.filename, data, mode))
+        missing = [n for n in record if not n.endswith("/") and
+                   n.rsplit("/", 1)[-1] not in _RECORD_SELF]
+        if missing:
+            raise BundleError(f"{wheel.filename}: RECORD lists files the wheel lacks: "
+                              f"{', '.join(sorted(missing)[:5])}",
+                              "the wheel is truncated or altered; download it again")
+
+    installed: list[str] = []
+    data_dir = f"{dist_info[: -len('.dist-info')]}.data/"
+    for name, data, mode in files:
+        if name.startswith(data_dir):
+            scheme, _, rest = name[len(data_dir):].partition("/")
+            if scheme not in ("purelib", "platlib"):
+                continue  # scripts, headers and data are not part of an importable app
+            name = rest
+        _write_new(site_packages / name, data, mode, wheel.filename)
+        installed.append(name)
+    # RECORD goes along unchanged so that `sandrun inspect` and SBOMs can read it.
+    rec_data = _read_raw(wheel.path, f"{dist_info}/RECORD")
+    _write_new(site_packages / dist_info / "RECORD", rec_data, 0o644, wheel.filename)
+    installed.append(f"{dist_info}/RECORD")
+    return installed
+
+
+def _write_new(target: Path, data: bytes, mode: int, wheel: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        raise BundleError(f"{wheel}: {target.name} is also installed by another wheel",
+                          "two distributions ship the same file; drop one of them") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(target, mode & ~stat.S_IFMT(mode))
+
+
+def _read_raw(path: Path, member: str) -> bytes:
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(member)
+
+
+def _dist_info_dir(names: list[str], wheel: Wheel) -> str:
+    dirs = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")
+            and "/" in n}
+    if len(dirs) != 1:
+        raise BundleError(f"{wheel.filename}: expected exactly one .dist-info directory, "
+                          f"found {len(dirs)}", "this wheel is malformed; do not use it")
+    return dirs.pop()
+
+
+def _read_record(zf: zipfile.ZipFile, name: str, wheel: Wheel) -> dict[str, tuple[str, str]]:
+    try:
+        text = zf.read(name).decode("utf-8")
+    except KeyError:
+        raise BundleError(f"{wheel.filename}: no {name}",
+                          "this wheel is malformed; do not use it") from None
+    record: dict[str, tuple[str, str]] = {}
+    for row in csv.reader(io.StringIO(text)):
+        if not row:
+            continue
+        path = row[0]
+        record[path] = (row[1] if len(row) > 1 else "", row[2] if len(row) > 2 else "")
+    return record
