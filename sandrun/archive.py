@@ -13,7 +13,7 @@ directly followed by an end record without comment. Offsets are absolute file of
 
 from __future__ import annotations
 
-import calendar
+import datetime
 import errno
 import hashlib
 import os
@@ -46,6 +46,7 @@ MAX_COMPONENT_BYTES = 255  # NAME_MAX
 # `where` of problems that concern no single entry.
 ARCHIVE = "<archive>"
 PREAMBLE = "<preamble>"
+EMPTY_NAME = "<empty name>"
 
 FLAG_ENCRYPTED = 0x0001
 FLAG_DEFLATE_OPTIONS = 0x0006  # compression level hints, harmless
@@ -81,6 +82,7 @@ CHUNK = 1 << 20
 
 REBUILD_HINT = "rebuild the bundle with `sandrun bundle` and do not modify it afterwards"
 ZIP64_HINT = "sandrun bundles are plain zips: at most 65535 entries and 4 GiB"
+ZIP64_UNSUPPORTED = "zip64 is not supported"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,11 @@ class StrictArchive:
     def __repr__(self) -> str:
         return (f"<StrictArchive size={self.size} entries={len(self.entries)} "
                 f"problems={len(self.problems)}>")
+
+    @property
+    def total_size(self) -> int:
+        """Declared uncompressed size of all entries (zip64 placeholders not counted)."""
+        return sum(e.size for e in self.entries if e.size != U32_MAX)
 
     def file_sha256(self) -> str:
         """sha256 of the whole archive file as it was read (one read, no race)."""
@@ -205,6 +212,8 @@ def _inflate(raw: memoryview, entry: ZipEntry, where: str) -> Iterator[bytes]:
 
 def display_name(name: str) -> str:
     """`name` safe to print: control, format and undecodable characters are escaped."""
+    if not name:
+        return EMPTY_NAME
     if name.isprintable():
         return name
     out = []
@@ -233,12 +242,13 @@ def check_name(name: str) -> list[str]:
         found.append("backslash in name (a Windows path separator)")
     if "\x00" in name:
         found.append("NUL byte in name")
-    controls = [c for c in name if c != "\x00" and unicodedata.category(c) == "Cc"]
-    if controls:
-        found.append(f"control character U+{ord(controls[0]):04X} in name")
-    formats = [c for c in name if unicodedata.category(c) in ("Cf", "Zl", "Zp")]
-    if formats:
-        found.append(f"invisible formatting character U+{ord(formats[0]):04X} in name")
+    if not (name.isascii() and name.isprintable()):  # fast path for the usual names
+        controls = [c for c in name if c != "\x00" and unicodedata.category(c) == "Cc"]
+        if controls:
+            found.append(f"control character U+{ord(controls[0]):04X} in name")
+        formats = [c for c in name if unicodedata.category(c) in ("Cf", "Zl", "Zp")]
+        if formats:
+            found.append(f"invisible formatting character U+{ord(formats[0]):04X} in name")
     path = name.lstrip("/")
     if path.endswith("/"):
         path = path[:-1]
@@ -306,10 +316,10 @@ def _name_set_problems(names: list[str]) -> list[Problem]:
         if other == name:
             continue
         if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
-            found.append(Problem(where, f"duplicate name: same as {display_name(other)!r} after "
+            found.append(Problem(where, f"duplicate name: same as '{display_name(other)}' after "
                                         "Unicode normalisation (NFC)", REBUILD_HINT))
         else:
-            found.append(Problem(where, f"duplicate name: same as {display_name(other)!r} after "
+            found.append(Problem(where, f"duplicate name: same as '{display_name(other)}' after "
                                         "case folding", REBUILD_HINT))
     files = {_fold(n): n for n in names if n and not n.endswith("/")}
     reported = set()
@@ -321,7 +331,7 @@ def _name_set_problems(names: list[str]) -> list[Problem]:
             if owner is not None and owner not in reported:
                 reported.add(owner)
                 found.append(Problem(display_name(owner),
-                                     f"is a file but {display_name(name)!r} uses it as a "
+                                     f"is a file but '{display_name(name)}' uses it as a "
                                      "directory", REBUILD_HINT))
     return found
 
@@ -467,7 +477,7 @@ def parse_archive(data: bytes | bytearray) -> StrictArchive:
     if disk or cd_disk or disk_count != count:
         add(ARCHIVE, "multi-disk (split) archives are not supported")
     after = size - eocd - END_RECORD.size
-    if comment_len:
+    if comment_len and after >= comment_len:
         add(ARCHIVE, f"archive comment of {comment_len} bytes (data outside the entries)")
     if after > comment_len:
         add(ARCHIVE, f"{after - comment_len} bytes of data after the end of central directory "
@@ -505,14 +515,14 @@ def parse_archive(data: bytes | bytearray) -> StrictArchive:
         extra = bytes(data[name_start + name_len:name_start + name_len + extra_len])
         pos = next_pos
 
-        if flags & FLAG_UTF8:
+        if flags & FLAG_UTF8 or raw_name.isascii():
+            # Invalid UTF-8 survives as surrogates, which check_name reports.
             name = raw_name.decode("utf-8", "surrogateescape")
-        elif raw_name.isascii():
-            name = raw_name.decode("ascii")
+            where = display_name(name)
         else:
             name = raw_name.decode("cp437")  # as zipfile and zipimport do
-            add(display_name(name), "non-ASCII name without the UTF-8 flag (bit 11)")
-        where = display_name(name)
+            where = display_name(name)
+            add(where, "non-ASCII name without the UTF-8 flag (bit 11)")
         for what in check_name(name):
             add(where, what)
         for what in check_mode(external >> 16):
@@ -524,11 +534,12 @@ def parse_archive(data: bytes | bytearray) -> StrictArchive:
             add(where, f"unsupported flag bits 0x{flags & ~KNOWN_FLAGS:04x}")
         if disk_start:
             add(where, "multi-disk (split) archives are not supported")
-        zip64 = U32_MAX in (csize, usize, header_offset)
+        # Sentinel sizes are reported by _data_problems (they also forbid reading).
         extra_problem = _extra_problem(extra)
-        if zip64 or extra_problem == "zip64":
-            add(where, "zip64 is not supported", ZIP64_HINT)
-        elif extra_problem:
+        if U32_MAX not in (csize, usize) and (header_offset == U32_MAX
+                                              or extra_problem == "zip64"):
+            add(where, ZIP64_UNSUPPORTED, ZIP64_HINT)
+        elif extra_problem and extra_problem != "zip64":
             add(where, f"central directory {extra_problem}")
         if entry_comment_len:
             add(where, f"entry comment of {entry_comment_len} bytes (data outside the entries)")
@@ -540,18 +551,19 @@ def parse_archive(data: bytes | bytearray) -> StrictArchive:
                          compressed_size=csize, size=usize, header_offset=header_offset,
                          data_offset=data_offset)
         entries.append(entry)
-        for what in _data_problems(entry, size):
-            add(where, what.what, what.hint)
+        problems.extend(_data_problems(entry, size))
         if data_offset >= 0:
-            if data_offset + csize <= size and span_end > cd_offset:  # else: truncated
+            if cd_offset < span_end <= size:
                 add(where, "entry data overlaps the central directory")
+            elif span_end > size and data_offset + csize <= size:  # else already reported
+                add(where, "entry runs past the end of the file (truncated)")
             spans.append(_Span(header_offset, span_end, name))
     if len(entries) != count and len(entries) < MAX_ENTRIES:
         add(ARCHIVE, f"end record declares {count} entries but the central directory holds "
                      f"{len(entries)}")
 
     problems.extend(_name_set_problems([e.name for e in entries]))
-    total = sum(e.size for e in entries)
+    total = sum(e.size for e in entries if e.size != U32_MAX)  # as StrictArchive.total_size
     if total > MAX_TOTAL_SIZE:
         add(ARCHIVE, f"total uncompressed size {total} exceeds the limit of {MAX_TOTAL_SIZE} "
                      "bytes")
@@ -562,10 +574,10 @@ def parse_archive(data: bytes | bytearray) -> StrictArchive:
     previous: _Span | None = None
     for span in spans:
         if span.start < cursor and previous is not None:
-            add(display_name(span.name), f"overlaps entry {display_name(previous.name)!r} "
+            add(display_name(span.name), f"overlaps entry '{display_name(previous.name)}' "
                                          f"(local header at offset {span.start})")
         elif span.start > cursor:
-            after_what = (f"entry {display_name(previous.name)!r}" if previous
+            after_what = (f"entry '{display_name(previous.name)}'" if previous
                           else "the preamble")
             add(display_name(span.name), f"{span.start - cursor} bytes of data between "
                                          f"{after_what} and this entry (data between entries)")
@@ -573,7 +585,7 @@ def parse_archive(data: bytes | bytearray) -> StrictArchive:
             previous = span
         cursor = max(cursor, span.end)
     if cursor < cd_offset:
-        last = f"the last entry {display_name(previous.name)!r}" if previous else "the preamble"
+        last = f"the last entry '{display_name(previous.name)}'" if previous else "the preamble"
         add(ARCHIVE, f"{cd_offset - cursor} bytes of data between {last} and the central "
                      "directory (data between entries)")
     preamble = bytes(data[:first])
@@ -620,11 +632,14 @@ def _check_local_header(data: bytes | bytearray, cd_offset: int, offset: int, ra
     lname = bytes(data[name_start:name_start + lname_len])
     if lname != raw_name:
         shown = display_name(lname.decode("utf-8", "surrogateescape"))
-        report(f"local header name {shown!r} differs from the central directory name "
+        report(f"local header name '{shown}' differs from the central directory name "
                "(local header / central directory disagreement)")
     fields = [("flags", lflags, flags, "0x{:04x}"), ("compression method", lmethod, method,
                                                       "{}")]
-    if not flags & FLAG_DATA_DESCRIPTOR:  # with a descriptor the local values are zero
+    zip64 = U32_MAX in (csize, usize)
+    if zip64 and lcsize != U32_MAX:
+        csize = lcsize  # only to account for the entry's bytes; it is never read
+    elif not flags & FLAG_DATA_DESCRIPTOR:  # with a descriptor the local values are zero
         fields += [("CRC-32", lcrc, crc, "{:08x}"), ("compressed size", lcsize, csize, "{}"),
                    ("size", lusize, usize, "{}")]
     for label, local, central, fmt in fields:
@@ -647,6 +662,8 @@ def _check_local_header(data: bytes | bytearray, cd_offset: int, offset: int, ra
 def _data_problems(entry: ZipEntry, archive_size: int) -> list[Problem]:
     """Reasons not to decompress an entry's data at all (shared by parser and read)."""
     where = display_name(entry.name)
+    if U32_MAX in (entry.compressed_size, entry.size):
+        return [Problem(where, ZIP64_UNSUPPORTED, ZIP64_HINT)]  # the sizes are placeholders
     found = []
     if entry.flags & FLAG_ENCRYPTED:
         found.append(Problem(where, "encrypted entry (flag bit 0): not supported", REBUILD_HINT))
@@ -686,13 +703,11 @@ def date_time_from_epoch(epoch: int) -> tuple[int, int, int, int, int, int]:
 def _dos_date_time(date_time: tuple[int, int, int, int, int, int]) -> tuple[int, int]:
     try:
         year, month, day, hour, minute, second = date_time
-        calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        datetime.datetime(year, month, day, hour, minute, second)
     except (TypeError, ValueError) as exc:
         raise ArchiveError(f"invalid zip date_time {date_time!r} ({exc})",
                            "pass (year, month, day, hour, minute, second)") from None
-    valid = (1980 <= year <= 2107 and 1 <= month <= 12 and 1 <= day <= 31 and 0 <= hour < 24
-             and 0 <= minute < 60 and 0 <= second < 60)
-    if not valid:
+    if not 1980 <= year <= 2107:
         raise ArchiveError(f"zip date_time {date_time!r} is out of range (1980 to 2107)",
                            "use date_time_from_epoch(SOURCE_DATE_EPOCH), which clamps")
     return ((hour << 11) | (minute << 5) | (second // 2),

@@ -264,7 +264,9 @@ def _explain_pip_failure(stderr: str, target: Target) -> ResolveError:
             f"the project may publish only an sdist: build a wheel of {names} yourself "
             "(`pip wheel --no-deps NAME`), review it, and pass it with --find-links DIR")
     if "DO NOT MATCH THE HASHES" in stderr or "Hashes are required" in stderr:
-        return ResolveError(f"hash checking failed:\n{_pip_errors(stderr)}",
+        detail = "\n".join(f"    {ln.strip()}" for ln in stderr.splitlines()
+                           if ln.strip() and not ln.startswith(("WARNING", "DEPRECATION")))
+        return ResolveError(f"hash checking failed:\n{detail}",
                             "every requirement must carry a --hash that matches its wheel; "
                             "regenerate the pins (e.g. pip-compile --generate-hashes)")
     return ResolveError(f"resolving the requirements failed:\n{_pip_errors(stderr)}",

@@ -57,11 +57,10 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM,
                      signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
-# Files most apps need to read; absent ones are skipped (marked so in --dry-run).
-SYSTEM_READ = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/etc/resolv.conf",
-               "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
-               "/etc/passwd", "/etc/group", "/etc/ssl/certs", "/etc/ssl/openssl.cnf",
-               "/usr/lib/ssl", "/usr/share/ca-certificates", "/etc/mime.types",
+# Files almost every app needs to read; absent ones are skipped (marked so in --dry-run).
+# DNS files come with the profile's `dns = true`, certificates with its read lists.
+SYSTEM_READ = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/etc/passwd",
+               "/etc/group", "/etc/nsswitch.conf", "/usr/lib/locale", "/etc/mime.types",
                "/sys/devices/system/cpu", "/dev/urandom", "/dev/random")
 SYSTEM_READ_WRITE = ("/dev/null", "/dev/zero", "/dev/full")
 # Where shared libraries live: read is all dlopen needs (Landlock's EXECUTE governs execve).
@@ -233,11 +232,19 @@ def _landlock_policy(profile: object, interp: Interpreter, tree: Path,
     rules += [landlock.PathRule(p, A.READ_WRITE, required=False) for p in SYSTEM_READ_WRITE]
     rules.append(landlock.PathRule(str(tree), A.READ))
     rules.append(landlock.PathRule(str(state), A.READ_WRITE))
+    if profile.dns:  # type: ignore[attr-defined]
+        from sandrun.profile import DNS_FILES
+
+        rules += [landlock.PathRule(p, A.READ, required=False) for p in DNS_FILES]
     rules += [landlock.PathRule(p, A.READ) for p in profile.read]  # type: ignore[attr-defined]
+    rules += [landlock.PathRule(p, A.READ, required=False)
+              for p in profile.optional_read]  # type: ignore[attr-defined]
     rules += [landlock.PathRule(p, A.READ_WRITE)
               for p in profile.read_write]  # type: ignore[attr-defined]
     rules += [landlock.PathRule(p, A.READ_EXEC)
               for p in profile.execute]  # type: ignore[attr-defined]
+    unique = {(r.path, r.access): r for r in reversed(rules)}  # first occurrence wins
+    rules = [r for r in rules if unique.get((r.path, r.access)) is r]
     return landlock.LandlockPolicy(
         paths=tuple(rules), bind_tcp=tuple(profile.bind_tcp),  # type: ignore[attr-defined]
         connect_tcp=tuple(profile.connect_tcp),  # type: ignore[attr-defined]
@@ -265,8 +272,10 @@ def _assess(plan: LaunchPlan) -> None:
     P = Protection
     prot = plan.protections
     if plan.privileged:
-        prot.append(P("user switch", "enforced", f"runs as {plan.user.name} "
-                      f"(uid {plan.user.uid}); setuid(0) is proven to fail before exec"))
+        who = (f"{plan.user.name} (uid {plan.user.uid})" if plan.user.exists
+               else f"{plan.user.name} (to be created)")
+        prot.append(P("user switch", "enforced",
+                      f"runs as {who}; setuid(0) is proven to fail before exec"))
         prot.append(P("capabilities", "enforced", "bounding, ambient and effective sets empty"))
         prot.append(P("code ownership", "enforced",
                       "store tree owned by root, dirs 0555, files 0444/0555"))

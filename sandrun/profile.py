@@ -47,15 +47,17 @@ LANDLOCK_ABI_MAX = 7
 # can talk to or signal processes outside its sandbox.
 DEFAULT_LANDLOCK_MIN_ABI = 6
 
-# Every placeholder is an absolute directory, so it may only start a path.
+# What the launcher substitutes. Directory placeholders are absolute paths, so
+# they may only start a path; {app} is a name, usable inside one.
 PLACEHOLDERS: Mapping[str, str] = MappingProxyType({
-    "app": "the installed, read-only app tree (<store>/apps/<bundle sha256>)",
-    "store": "the root-owned store directory",
+    "app": "the app's name, e.g. \"/var/log/{app}\"",
+    "store": "the app's installed, read-only code tree (<store>/apps/<bundle sha256>)",
     "state": "the app's writable state directory (<store>/state/<app>)",
     "tmp": "the app's TMPDIR (inside {state})",
     "home": "the app's HOME (inside {state})",
     "cwd": "the working directory `sandrun exec` was started in (never /)",
 })
+_NAME_PLACEHOLDERS = frozenset({"app"})
 
 RLIMITS: Mapping[str, int] = MappingProxyType({
     "nofile": resource.RLIMIT_NOFILE,
@@ -87,7 +89,7 @@ _RLIM_MAX = (1 << 63) - 1
 _SHIPPED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_LEADING_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}(?=/|\Z)")
+_LEADING_PLACEHOLDER = re.compile(r"\{(store|state|tmp|home|cwd)\}(?=/|\Z)")
 _ENV_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -133,6 +135,7 @@ class Profile:
 
         def expand_path(key: str, raw: str) -> str | None:
             match = _LEADING_PLACEHOLDER.match(raw)
+            head, rest = "", raw
             if match:
                 name = match.group(1)
                 value = placeholders.get(name)
@@ -152,18 +155,29 @@ class Profile:
                         where(key), "placeholder {cwd} is '/', which would grant the whole "
                         "file system", "start sandrun exec in the directory the app should use"))
                     return None
-                raw = value + raw[match.end():]
-            elif _PLACEHOLDER.search(raw):
+                head, rest = value, raw[match.end():]
+            # Check the profile's text, not the substituted values (a real
+            # directory may contain braces).
+            if any(m.group(0) != "{app}" for m in _PLACEHOLDER.finditer(rest)):
                 problems.append(Problem(
-                    where(key), f"path {raw!r} has a placeholder that is not at its start "
-                    "or is unknown", "see `sandrun profile check`"))
+                    where(key), f"path {raw!r} has a placeholder that is misplaced or unknown",
+                    "see `sandrun profile check`"))
                 return None
-            if not raw.startswith("/") or ".." in raw.split("/"):
+            if "{app}" in rest:
+                app = placeholders.get("app")
+                if not app or "/" in app or app in (".", "..") or "\0" in app:
+                    problems.append(Problem(
+                        where(key), f"placeholder {{app}} in {raw!r} has the value {app!r}, "
+                        "which is not a file name", "the launcher must give the app's name"))
+                    return None
+                rest = rest.replace("{app}", app)
+            path = head + rest
+            if not path.startswith("/") or ".." in path.split("/"):
                 problems.append(Problem(
-                    where(key), f"path {raw!r} is not absolute or contains '..'",
+                    where(key), f"path {path!r} is not absolute or contains '..'",
                     "use absolute paths or start them with a placeholder"))
                 return None
-            return _normalise(raw)
+            return _normalise(path)
 
         def expand_paths(key: str, raws: Iterable[str]) -> tuple[str, ...]:
             return _dedupe(p for raw in raws if (p := expand_path(key, raw)) is not None)
@@ -196,7 +210,7 @@ class Profile:
                         f"{program} is inside the writable {writable}: the app could "
                         "replace the program and then run it",
                         "keep executables out of read_write directories"))
-        app_dir = placeholders.get("app")
+        app_dir = placeholders.get("store")
         if app_dir and app_dir.startswith("/"):
             app_dir = _normalise(app_dir)
             for writable in read_write:
@@ -205,7 +219,7 @@ class Profile:
                         where("filesystem.read_write"),
                         f"{writable} overlaps the app's code in {app_dir}: the app could "
                         "change its own code",
-                        "grant write access to {state} or a directory outside the store"))
+                        "grant write access to {state} or a directory outside the code"))
         if problems:
             raise ProfileError(
                 f"profile {self.name!r} ({self.source}) cannot be applied", problems,
@@ -559,6 +573,10 @@ class _Checker:
                 known = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
                 bad(f"unknown placeholder {{{name}}} in {raw!r}",
                     f"did you mean {{{close}}}?" if close else f"placeholders are: {known}")
+            elif name in _NAME_PLACEHOLDERS:
+                if match.start() == 0:
+                    bad(f"path {raw!r} must be absolute: {{{name}}} is a name, not a directory",
+                        f"write e.g. \"/var/log/{{{name}}}\" or \"{{state}}/{{{name}}}\"")
             elif match.start() != 0 or not _LEADING_PLACEHOLDER.match(raw):
                 bad(f"placeholder {{{name}}} must start the path {raw!r} and be followed by "
                     "'/' or nothing", f"{{{name}}} stands for an absolute directory: "
@@ -571,6 +589,9 @@ class _Checker:
                 "\"{state}/sub\"")
         if ".." in raw.split("/"):
             bad(f"path {raw!r} contains '..'", "write the path without '..' components")
+        if dotted == "filesystem.read_write" and _is_within(raw, "{store}"):
+            bad(f"{raw} would make the app's code writable; the store is read-only to apps",
+                "write to {state} instead")
         return _normalise(raw) if ok else None
 
     def check_ports(self, dotted: str, value: object) -> None:
@@ -908,11 +929,6 @@ def _merge(layers: list[_Layer], name: str, source: str, problems: list[Problem]
                     where("filesystem.execute"), f"{program} is inside the writable {writable}: "
                     "the app could write and execute the same file",
                     "keep programs out of read_write directories"))
-    for writable in read_write:
-        if writable.startswith("{app}") or writable == "{store}":
-            problems.append(Problem(
-                where("filesystem.read_write"), f"{writable} would make the app's code "
-                "writable; the store is read-only to apps", "write to {state} instead"))
     fields = {field_name: values[key] for key, (field_name, _) in _RULES.items()}
     fields["env_set"] = MappingProxyType(dict(sorted(values["process.env.set"].items())))
     fields["rlimits"] = MappingProxyType(dict(sorted(values["process.rlimits"].items())))

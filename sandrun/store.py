@@ -223,8 +223,9 @@ class Store:
         except FileNotFoundError:
             if not create:
                 return path
-            os.mkdir(path, 0o700)
-            os.chown(path, uid, gid, follow_symlinks=False)
+            with contextlib.suppress(FileExistsError):  # a concurrent launch made it
+                os.mkdir(path, 0o700)
+                os.chown(path, uid, gid, follow_symlinks=False)
             st = path.lstat()
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError(f"state dir {path} is not a directory (symlink?)",
@@ -238,8 +239,9 @@ class Store:
         tmp = path / "tmp"
         if create and not os.path.lexists(tmp):
             # Created by root inside a dir the app owns: chown it right away, no follow.
-            os.mkdir(tmp, 0o700)
-            os.chown(tmp, uid, gid, follow_symlinks=False)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(tmp, 0o700)
+                os.chown(tmp, uid, gid, follow_symlinks=False)
         return path
 
 

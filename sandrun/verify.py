@@ -125,7 +125,7 @@ def _load_manifest(archive: StrictArchive, problems: list[Problem]) -> Manifest 
 def _hash_entries(archive: StrictArchive,
                   problems: list[Problem]) -> dict[int, tuple[str, int]]:
     """sha256 and size of every readable entry, by index; read failures become problems."""
-    if sum(entry.size for entry in archive.entries) > MAX_TOTAL_SIZE:
+    if archive.total_size > MAX_TOTAL_SIZE:
         problems.append(Problem(ARCHIVE, "contents were not hashed: the declared total size "
                                          "exceeds the limit", REBUILD_HINT))
         return {}

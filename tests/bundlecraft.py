@@ -171,10 +171,6 @@ def remove(entries: list[RawEntry], name: str) -> None:
     entries.remove(find(entries, name))
 
 
-def manifest_entry(manifest: Manifest) -> RawEntry:
-    return RawEntry.of(MANIFEST_NAME, manifest.to_bytes())
-
-
 def build_raw(entries: list[RawEntry], preamble: bytes = PREAMBLE, *,
               before_directory: bytes = b"", before_end: bytes = b"", comment: bytes = b"",
               trailing: bytes = b"", end: Mapping[str, int] | None = None,

