@@ -106,6 +106,8 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
     from sandrun.launcher import ExecOptions, launch, prepare, render_plan
 
+    if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
+        args = args[1:]
     options = ExecOptions(bundle=bundle_path, args=args, profile=profile, user=user,
                           python=python, store=store, dry_run=dry_run,
                           verify_full=verify_mode == "full")

@@ -28,7 +28,6 @@ import functools
 import importlib.util
 import os
 import platform
-import socket
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,6 +73,21 @@ CLONE_NAMESPACE_FLAGS: Mapping[str, int] = MappingProxyType({
     "CLONE_NEWNET": 0x40000000,
 })
 CLONE_NAMESPACE_MASK = functools.reduce(int.__or__, CLONE_NAMESPACE_FLAGS.values())
+
+# Linux address families (include/linux/socket.h), so profiles validate the same way
+# whatever the Python build's socket module happens to define.
+_FAMILY_NAMES = (
+    "AF_UNSPEC", "AF_UNIX", "AF_INET", "AF_AX25", "AF_IPX", "AF_APPLETALK", "AF_NETROM",
+    "AF_BRIDGE", "AF_ATMPVC", "AF_X25", "AF_INET6", "AF_ROSE", "AF_DECnet", "AF_NETBEUI",
+    "AF_SECURITY", "AF_KEY", "AF_NETLINK", "AF_PACKET", "AF_ASH", "AF_ECONET", "AF_ATMSVC",
+    "AF_RDS", "AF_SNA", "AF_IRDA", "AF_PPPOX", "AF_WANPIPE", "AF_LLC", "AF_IB", "AF_MPLS",
+    "AF_CAN", "AF_TIPC", "AF_BLUETOOTH", "AF_IUCV", "AF_RXRPC", "AF_ISDN", "AF_PHONET",
+    "AF_IEEE802154", "AF_CAIF", "AF_ALG", "AF_NFC", "AF_VSOCK", "AF_KCM", "AF_QIPCRTR",
+    "AF_SMC", "AF_XDP", "AF_MCTP",
+)
+SOCKET_FAMILIES: Mapping[str, int] = MappingProxyType(
+    {**{name: number for number, name in enumerate(_FAMILY_NAMES)}, "AF_LOCAL": 1})
+AF_UNIX = SOCKET_FAMILIES["AF_UNIX"]
 
 # personality() values that change nothing a sandbox cares about. Every flag that weakens
 # memory protection (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, MMAP_PAGE_ZERO, the ADDR_LIMIT
@@ -230,11 +244,10 @@ def baseline() -> frozenset[str]:
 
 
 def _family_number(name: str) -> int:
-    value = getattr(socket, name, None) if name.startswith("AF_") else None
-    if not isinstance(value, int):
-        raise ValueError(f"unknown socket address family {name!r} (use names like AF_UNIX, "
-                         "AF_INET, AF_INET6, AF_NETLINK)")
-    return int(value)
+    if name not in SOCKET_FAMILIES:
+        raise ValueError(_unknown(name, SOCKET_FAMILIES, "socket address family",
+                                  "use Linux names like AF_UNIX, AF_INET, AF_INET6, AF_NETLINK"))
+    return SOCKET_FAMILIES[name]
 
 
 @dataclass(frozen=True)
@@ -258,9 +271,11 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
     allow -= denied
     # Denial wins over allowance: profiles from `extends` union their lists.
     eperm = ((DANGEROUS.keys() - dangerous_allowed) | denied) - _ENOSYS_WHEN_DENIED
-    families = {"AF_UNIX": socket.AF_UNIX.value}
+    families = {"AF_UNIX": AF_UNIX}
     for name in policy.socket_families:
-        families[name] = _family_number(name)
+        number = _family_number(name)
+        if number not in families.values():  # AF_LOCAL is AF_UNIX
+            families[name] = number
     return _Plan(
         allow=frozenset(allow),
         eperm=frozenset(eperm),
@@ -269,6 +284,14 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
         profile_denied=denied,
         socket_families=tuple(sorted(families.items(), key=lambda item: item[1])),
     )
+
+
+def _resolve_or_raise(policy: SeccompPolicy) -> _Plan:
+    try:
+        return _resolve(policy)
+    except ValueError as exc:
+        raise EnforcementError(f"seccomp policy is invalid: {exc}",
+                               "fix [syscalls] or the socket families in the profile") from exc
 
 
 def _complement_cover(excluded: Iterable[int], width: int = 32) -> list[tuple[int, int]]:
@@ -301,11 +324,7 @@ def _complement_cover(excluded: Iterable[int], width: int = 32) -> list[tuple[in
 
 def compile_filter(policy: SeccompPolicy) -> bytes:
     """The BPF program for `policy` (libseccomp's export_bpf); same policy, same bytes."""
-    try:
-        plan = _resolve(policy)
-    except ValueError as exc:
-        raise EnforcementError(f"seccomp policy is invalid: {exc}",
-                               "fix [syscalls] or the socket families in the profile") from exc
+    plan = _resolve_or_raise(policy)
     try:
         import pyseccomp as sc
     except (ImportError, RuntimeError) as exc:  # RuntimeError: libseccomp.so is missing
@@ -368,7 +387,7 @@ def _build(s: Any, plan: _Plan) -> bytes:
             families = [number for _, number in plan.socket_families]
             _allow_only(flt, allow, eperm, name, low32, families)
         elif name == "socketpair":
-            _allow_only(flt, allow, eperm, name, low32, [socket.AF_UNIX.value])
+            _allow_only(flt, allow, eperm, name, low32, [AF_UNIX])
         else:
             flt.add_rule(allow, name)
     with tempfile.TemporaryFile() as out:
@@ -380,7 +399,7 @@ def _build(s: Any, plan: _Plan) -> bytes:
 def _allow_only(flt: Any, allow: int, eperm: int, name: str,
                 low32: Callable[..., Any], values: Sequence[int]) -> None:
     """ALLOW `name` when arg0's low 32 bits are one of `values`, EPERM otherwise."""
-    for value in values:
+    for value in sorted(set(values)):
         flt.add_rule(allow, name, low32(0, value))
     for mask, value in _complement_cover(values):
         flt.add_rule(eperm, name, low32(0, value, mask))
@@ -417,7 +436,7 @@ def _self_check(bpf: bytes, plan: _Plan) -> list[str]:
         probes += [(f"personality {v:#x}", nr["personality"], (v,), AUDIT_ARCH_X86_64, eperm)
                    for v in (0x0400000, 0x0040000, 0x0100000, 0x1, 0xFFFFFFFE)]
     families = {number for _, number in plan.socket_families}
-    for name, allowed in (("socket", families), ("socketpair", {socket.AF_UNIX.value})):
+    for name, allowed in (("socket", families), ("socketpair", {AF_UNIX})):
         if name in plan.allow:
             arg_probes[name] = [(f,) for f in sorted(allowed)] + [(high | min(allowed),)]
             probes += [(f"{name} family {f}", nr[name], (f, 1, 0), AUDIT_ARCH_X86_64, eperm)
@@ -569,7 +588,7 @@ def load_filter(bpf: bytes) -> None:
 
 def describe(policy: SeccompPolicy) -> list[str]:
     """Human lines for --dry-run: counts, actions, denied set, families, arch handling."""
-    plan = _resolve(policy)
+    plan = _resolve_or_raise(policy)
     lines = [
         f"seccomp: {len(plan.allow)} syscalls allowed (systemd @system-service minus "
         f"{len(DANGEROUS)} dangerous ones, plus profile additions); any other syscall -> "

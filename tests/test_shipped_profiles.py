@@ -1,0 +1,229 @@
+"""Each shipped profile runs its kind of app under `sandrun exec` and denies the rest."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wheelcraft import make_wheel
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEEL_CACHE = Path(os.environ.get("SANDRUN_TEST_WHEELS",
+                                  Path.home() / ".cache" / "sandrun-tests" / "wheels"))
+
+WEBAPP = '''\
+import errno, json, os, socket
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    result = {"uid": os.getuid(), "pid": os.getpid()}
+    if path.startswith("/connect/"):
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", int(path.rsplit("/", 1)[1])))
+            result["connect"] = "ok"
+        except OSError as exc:
+            result["connect"] = errno.errorcode[exc.errno]
+        finally:
+            s.close()
+    if path == "/write-code":
+        try:
+            open(__file__, "a").close()
+            result["write"] = "ok"
+        except OSError as exc:
+            result["write"] = errno.errorcode[exc.errno]
+    body = json.dumps(result).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+'''
+
+CLIENT = '''\
+import errno, sys, urllib.request
+
+def main():
+    for url in sys.argv[1:]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                print(url, r.status, r.read().decode().strip())
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)
+            print(url, "error", errno.errorcode.get(getattr(reason, "errno", 0), reason))
+    return 0
+'''
+
+CLITOOL = '''\
+import errno, os, sys
+
+def main():
+    text = open("input.txt").read()
+    with open("output.txt", "w") as f:
+        f.write(text.upper())
+    for target in sys.argv[1:]:
+        try:
+            open(target, "w").close()
+            print(target, "ok")
+        except OSError as exc:
+            print(target, errno.errorcode[exc.errno])
+    return 0
+'''
+
+
+def sandrun(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandrun", *args], capture_output=True,
+                          text=True, check=False, timeout=180, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def base(require_root: None, require_landlock: int, require_seccomp: None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sandrun-profiles-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def gunicorn_wheels() -> Path:
+    """gunicorn from PyPI, cached between runs (CI reaches PyPI)."""
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    if not list(WHEEL_CACHE.glob("gunicorn-*.whl")):
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+                               "-d", str(WHEEL_CACHE), "gunicorn"], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+    return WHEEL_CACHE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def get_json(url: str) -> dict:
+    import json
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        return json.loads(r.read())
+
+
+@pytest.mark.network
+def test_web_profile_serves_gunicorn(base: Path) -> None:
+    wheels = base / "web-wheels"
+    make_wheel(wheels, "webapp", "1.0", {"webapp.py": WEBAPP})
+    bundle = base / "web.pyz"
+    proc = sandrun("bundle", "gunicorn", "webapp", "--find-links", str(wheels),
+                   "--find-links", str(gunicorn_wheels()), "-c", "gunicorn", "-p", "web",
+                   "--name", "webtest", "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    other_port = listener.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sandrun", "exec", "--store", str(base / "store"), str(bundle),
+         "--", "-b", "127.0.0.1:8000", "-w", "2", "webapp:app"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(8000, server)
+        info = get_json("http://127.0.0.1:8000/")
+        assert info["uid"] != 0
+        assert get_json(f"http://127.0.0.1:8000/connect/{other_port}")["connect"] == "EACCES"
+        assert get_json("http://127.0.0.1:8000/write-code")["write"] == "EACCES"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _out, err = server.communicate(timeout=30)
+        listener.close()
+    assert server.returncode == 0, err
+    # A second port is refused: the profile binds 8000 only.
+    refused = subprocess.run(
+        [sys.executable, "-m", "sandrun", "exec", "--store", str(base / "store"), str(bundle),
+         "--", "-b", "127.0.0.1:8001", "webapp:app"], capture_output=True, text=True,
+        timeout=60, check=False)
+    assert refused.returncode != 0
+    assert "Permission denied" in refused.stderr
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"served by the test\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_client_profile_connects_to_80_only(base: Path) -> None:
+    wheels = base / "client-wheels"
+    make_wheel(wheels, "fetcher", "1.0", {"fetcher.py": CLIENT})
+    bundle = base / "client.pyz"
+    proc = sandrun("bundle", "fetcher", "--no-index", "--find-links", str(wheels),
+                   "-e", "fetcher:main", "-p", "client", "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    servers = []
+    for port in (80, free_port()):
+        srv = http.server.HTTPServer(("127.0.0.1", port), _Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    other = servers[1].server_address[1]
+    try:
+        run = sandrun("exec", "--store", str(base / "store"), str(bundle),
+                      "http://127.0.0.1:80/", f"http://127.0.0.1:{other}/")
+    finally:
+        for srv in servers:
+            srv.shutdown()
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "http://127.0.0.1:80/ 200 served by the test"
+    assert lines[1] == f"http://127.0.0.1:{other}/ error EACCES"
+
+
+def test_cli_profile_works_in_its_directory_only(base: Path) -> None:
+    wheels = base / "cli-wheels"
+    make_wheel(wheels, "clitool", "1.0", {"clitool.py": CLITOOL})
+    bundle = base / "cli.pyz"
+    proc = sandrun("bundle", "clitool", "--no-index", "--find-links", str(wheels),
+                   "-e", "clitool:main", "-p", "cli", "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    work = base / "work"
+    work.mkdir()
+    (work / "input.txt").write_text("shout\n")
+    # The first run creates the app user; it must own the work dir for plain permissions
+    # to allow writing there. Outside stays denied by Landlock though world-writable.
+    outside = base / "outside"
+    outside.mkdir()
+    outside.chmod(0o777)
+    first = sandrun("exec", "--store", str(base / "store"), str(bundle), cwd=work)
+    user = pwd.getpwnam("sandrun-clitool")
+    os.chown(work, user.pw_uid, user.pw_gid)
+    run = sandrun("exec", "--store", str(base / "store"), str(bundle),
+                  str(work / "extra.txt"), str(outside / "escape.txt"), cwd=work)
+    assert run.returncode == 0, (first.stderr, run.stderr)
+    assert (work / "output.txt").read_text() == "SHOUT\n"
+    assert run.stdout.splitlines() == [f"{work}/extra.txt ok", f"{outside}/escape.txt EACCES"]
