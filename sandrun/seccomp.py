@@ -332,7 +332,7 @@ def compile_filter(policy: SeccompPolicy) -> bytes:
                                "install libseccomp2 and the pyseccomp package") from exc
     try:
         bpf = _build(sc, plan)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise EnforcementError(
             f"libseccomp refused the seccomp filter: {exc}",
             "this is a sandrun bug or an unsupported libseccomp version (2.5+ needed)",
@@ -591,8 +591,8 @@ def describe(policy: SeccompPolicy) -> list[str]:
     plan = _resolve_or_raise(policy)
     lines = [
         f"seccomp: {len(plan.allow)} syscalls allowed (systemd @system-service minus "
-        f"{len(DANGEROUS)} dangerous ones, plus profile additions); any other syscall -> "
-        "ENOSYS",
+        f"{len(expand(['@system-service']) - baseline())} dangerous ones, with profile "
+        "changes); any other syscall -> ENOSYS",
         "seccomp: other architectures (IA-32 int 0x80, x32) -> KILL_PROCESS",
         "seccomp: socket families: " + ", ".join(n for n, _ in plan.socket_families)
         + "; others -> EPERM; socketpair: AF_UNIX only",

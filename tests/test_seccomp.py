@@ -296,20 +296,14 @@ def errno_text(value: int | str) -> str:
     return errno.errorcode.get(-value, str(value)) if value < 0 else f"ok ({value})"
 
 
-def need_enforcement() -> bool:
-    return os.geteuid() == 0 and os.path.exists(seccomp.ACTIONS_AVAIL)
-
-
 @pytest.fixture(scope="module")
 def default_filter() -> bytes:
     return seccomp.compile_filter(SeccompPolicy())
 
 
 @pytest.fixture(scope="module")
-def filtered(default_filter: bytes) -> dict[str, int] | None:
-    """All probes in one sandboxed child (fast); None when not root (tests then skip)."""
-    if not need_enforcement():
-        return None
+def filtered(require_root: None, require_seccomp: None, default_filter: bytes) -> dict[str, int]:
+    """All probes in one sandboxed child (fast)."""
     result, status = run_child(lambda s: run_probes(s, list(PROBES)), default_filter,
                                prepare_tty)
     assert os.waitstatus_to_exitcode(status) == 0, status
@@ -317,10 +311,8 @@ def filtered(default_filter: bytes) -> dict[str, int] | None:
 
 
 @pytest.fixture(scope="module")
-def control() -> dict[str, int] | None:
+def control(require_root: None, require_seccomp: None) -> dict[str, int]:
     """The probes that are safe without the filter, as nobody with no_new_privs."""
-    if not need_enforcement():
-        return None
     names = [name for name, (_, _, unfiltered) in PROBES.items() if unfiltered is not None]
     result, status = run_child(lambda s: run_probes(s, names), None, prepare_tty)
     assert os.waitstatus_to_exitcode(status) == 0, status
