@@ -259,7 +259,8 @@ def _seccomp_policy(profile: object) -> seccomp.SeccompPolicy:
     return seccomp.SeccompPolicy(allow=tuple(p.syscalls_allow),  # type: ignore[attr-defined]
                                  deny=tuple(p.syscalls_deny),  # type: ignore[attr-defined]
                                  socket_families=families,
-                                 allow_subprocess=bool(p.subprocess))  # type: ignore[attr-defined]
+                                 allow_subprocess=bool(p.subprocess),  # type: ignore[attr-defined]
+                                 allow_fork=bool(p.fork))  # type: ignore[attr-defined]
 
 
 def mdwe_supported() -> bool:

@@ -60,6 +60,7 @@ TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 LOW32 = 0xFFFFFFFF
 
+CLONE_THREAD = 0x00010000
 # clone() takes the namespace flags in the low 32 bits of arg0 (the kernel truncates it).
 # CLONE_NEWTIME (0x80) is absent on purpose: in clone() that bit belongs to the exit
 # signal, so only clone3/unshare can ask for a time namespace, and both are denied.
@@ -185,6 +186,8 @@ class SeccompPolicy:
     socket_families: tuple[str, ...] = ("AF_UNIX",)
     # Informational: execve stays allowed, Landlock EXECUTE limits what can run.
     allow_subprocess: bool = False
+    # False: fork, vfork and clone without CLONE_THREAD -> EPERM (threads still work).
+    allow_fork: bool = True
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ class _Plan:
     dangerous_kept: frozenset[str]  # DANGEROUS members of allowed @groups, still denied
     profile_denied: frozenset[str]
     socket_families: tuple[tuple[str, int], ...]
+    allow_fork: bool = True
 
 
 def _resolve(policy: SeccompPolicy) -> _Plan:
@@ -271,6 +275,9 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
     allow -= denied
     # Denial wins over allowance: profiles from `extends` union their lists.
     eperm = ((DANGEROUS.keys() - dangerous_allowed) | denied) - _ENOSYS_WHEN_DENIED
+    if not policy.allow_fork:
+        eperm |= {"fork", "vfork"}
+        allow -= {"fork", "vfork"}
     families = {"AF_UNIX": AF_UNIX}
     for name in policy.socket_families:
         number = _family_number(name)
@@ -283,6 +290,7 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
         dangerous_kept=frozenset((from_groups & DANGEROUS.keys()) - explicit),
         profile_denied=denied,
         socket_families=tuple(sorted(families.items(), key=lambda item: item[1])),
+        allow_fork=policy.allow_fork,
     )
 
 
@@ -373,7 +381,12 @@ def _build(s: Any, plan: _Plan) -> bytes:
         if name in plan.eperm:
             flt.add_rule(eperm, name)
         elif name == "clone":
-            flt.add_rule(allow, name, low32(0, 0, CLONE_NAMESPACE_MASK))
+            if plan.allow_fork:
+                flt.add_rule(allow, name, low32(0, 0, CLONE_NAMESPACE_MASK))
+            else:  # threads only: CLONE_THREAD set, no namespace flag
+                flt.add_rule(allow, name, low32(0, CLONE_THREAD,
+                                                CLONE_NAMESPACE_MASK | CLONE_THREAD))
+                flt.add_rule(eperm, name, low32(0, 0, CLONE_THREAD))
             for bit in sorted(CLONE_NAMESPACE_FLAGS.values()):
                 flt.add_rule(eperm, name, low32(0, bit, bit))
         elif name == "ioctl":
@@ -424,7 +437,12 @@ def _self_check(bpf: bytes, plan: _Plan) -> list[str]:
     high = 0xFFFFFFFF00000000
     if "clone" in plan.allow:
         thread_flags = 0x003D0F00  # glibc pthread_create's clone flags
-        arg_probes["clone"] = [(0x11,), (thread_flags,), (high | 0x11,)]
+        if plan.allow_fork:
+            arg_probes["clone"] = [(0x11,), (thread_flags,), (high | 0x11,)]
+        else:
+            arg_probes["clone"] = [(thread_flags,), (high | thread_flags,)]
+            probes += [("clone without CLONE_THREAD", nr["clone"], (0x11,), AUDIT_ARCH_X86_64,
+                        eperm)]
         probes += [(f"clone {flag}", nr["clone"], (bit | 0x11,), AUDIT_ARCH_X86_64, eperm)
                    for flag, bit in CLONE_NAMESPACE_FLAGS.items()]
     if "ioctl" in plan.allow:
@@ -618,6 +636,9 @@ def describe(policy: SeccompPolicy) -> list[str]:
     lines.append("seccomp: subprocess " + ("allowed" if policy.allow_subprocess else
                  "not allowed") + " (execve stays in the filter; Landlock EXECUTE decides "
                  "what can run)")
+    if not policy.allow_fork:
+        lines.append("seccomp: fork = false: fork, vfork and clone without CLONE_THREAD -> "
+                     "EPERM (threads still work)")
     return lines
 
 
