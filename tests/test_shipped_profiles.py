@@ -94,12 +94,13 @@ def base(require_root: None, require_landlock: int, require_seccomp: None) -> It
     shutil.rmtree(path, ignore_errors=True)
 
 
-def gunicorn_wheels() -> Path:
-    """gunicorn from PyPI, cached between runs (CI reaches PyPI)."""
+def cached_wheels(*names: str) -> Path:
+    """Wheels from PyPI, cached between runs (CI reaches PyPI)."""
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    if not list(WHEEL_CACHE.glob("gunicorn-*.whl")):
+    missing = [n for n in names if not list(WHEEL_CACHE.glob(f"{n}-*.whl"))]
+    if missing:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                               "-d", str(WHEEL_CACHE), "gunicorn"], capture_output=True,
+                               "-d", str(WHEEL_CACHE), *missing], capture_output=True,
                               text=True, check=False)
         assert proc.returncode == 0, proc.stderr
     return WHEEL_CACHE
@@ -136,7 +137,7 @@ def test_web_profile_serves_gunicorn(base: Path) -> None:
     make_wheel(wheels, "webapp", "1.0", {"webapp.py": WEBAPP})
     bundle = base / "web.pyz"
     proc = sandrun("bundle", "gunicorn", "webapp", "--find-links", str(wheels),
-                   "--find-links", str(gunicorn_wheels()), "-c", "gunicorn", "-p", "web",
+                   "--find-links", str(cached_wheels("gunicorn")), "-c", "gunicorn", "-p", "web",
                    "--name", "webtest", "-o", str(bundle))
     assert proc.returncode == 0, proc.stderr
     listener = socket.socket()
@@ -227,3 +228,56 @@ def test_cli_profile_works_in_its_directory_only(base: Path) -> None:
     assert run.returncode == 0, (first.stderr, run.stderr)
     assert (work / "output.txt").read_text() == "SHOUT\n"
     assert run.stdout.splitlines() == [f"{work}/extra.txt ok", f"{outside}/escape.txt EACCES"]
+
+
+CEXT = """\
+import ctypes, json, sys
+
+def main():
+    import greenlet, cffi
+    out = {}
+    main_g = greenlet.getcurrent()
+    def child():
+        out["greenlet"] = "switched"
+        main_g.switch()
+    greenlet.greenlet(child).switch()
+    ffi = cffi.FFI()
+    ffi.cdef("size_t strlen(const char *);")
+    out["cffi_strlen"] = ffi.dlopen(None).strlen(b"hello")
+    try:
+        cmp = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+                               ctypes.POINTER(ctypes.c_int))(lambda a, b: a[0] - b[0])
+        arr = (ctypes.c_int * 3)(9, 7, 8)
+        ctypes.CDLL(None).qsort(arr, 3, ctypes.sizeof(ctypes.c_int), cmp)
+        out["ctypes_callback"] = list(arr)
+    except MemoryError:
+        out["ctypes_callback"] = "MemoryError"
+    print(json.dumps(out))
+    return 0
+"""
+
+
+@pytest.mark.network
+def test_c_extensions_run_under_default_profile(base: Path) -> None:
+    """cffi and greenlet (C extensions from manylinux wheels) work under the default
+    profile. ctypes/cffi *callbacks* need memory that is writable and executable (libffi
+    3.4 tries an RWX mapping, then a memfd mapped twice): the default profile (MDWE, no
+    memfd_create) refuses that, and `mdwe = false` allows it."""
+    wheels = base / "cext-wheels"
+    make_wheel(wheels, "cext", "1.0", {"cext.py": CEXT})
+    bundle = base / "cext.pyz"
+    proc = sandrun("bundle", "cext", "cffi", "greenlet", "--find-links", str(wheels),
+                   "--find-links", str(cached_wheels("cffi", "greenlet", "pycparser")),
+                   "-e", "cext:main", "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    run = sandrun("exec", "--store", str(base / "store"), str(bundle))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"greenlet": "switched", "cffi_strlen": 5,
+                                      "ctypes_callback": "MemoryError"}
+    jit = base / "jit.toml"
+    jit.write_text('extends = "default"\ndescription = "callbacks"\n[process]\nmdwe = false\n')
+    run = sandrun("exec", "--store", str(base / "store"), "-p", str(jit), str(bundle))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["ctypes_callback"] == [7, 8, 9]

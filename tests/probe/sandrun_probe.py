@@ -834,6 +834,7 @@ def leftover(_: str) -> str:
     """Fork a child that outlives the probe, appending to <state>/leftover.marker every
     0.1 s (the test checks sandrun kills it)."""
     marker = fresh("leftover.marker")
+    create_file(marker, b"")
     pid = os.fork()
     if pid == 0:
         try:
@@ -847,7 +848,10 @@ def leftover(_: str) -> str:
                 time.sleep(0.1)
         finally:
             os._exit(0)
-    return f"child {pid} writes {marker}"
+    deadline = time.monotonic() + 2
+    while not os.path.getsize(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)  # return only once the child provably runs
+    return f"child {pid} writes {marker} ({os.path.getsize(marker)} bytes so far)"
 
 
 def run(token: str) -> dict[str, object]:
