@@ -21,6 +21,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandrun import landlock, seccomp
 from sandrun.errors import (
@@ -252,15 +253,15 @@ def _landlock_policy(profile: object, interp: Interpreter, tree: Path,
         min_abi=profile.landlock_min_abi)  # type: ignore[attr-defined]
 
 
-def _seccomp_policy(profile: object) -> seccomp.SeccompPolicy:
-    p = profile
-    inet = bool(p.bind_tcp or p.connect_tcp or p.dns)  # type: ignore[attr-defined]
+def _seccomp_policy(profile: Any) -> seccomp.SeccompPolicy:
+    inet = bool(profile.bind_tcp or profile.connect_tcp or profile.dns)
     families = ("AF_UNIX", "AF_INET", "AF_INET6") if inet else ("AF_UNIX",)
-    return seccomp.SeccompPolicy(allow=tuple(p.syscalls_allow),  # type: ignore[attr-defined]
-                                 deny=tuple(p.syscalls_deny),  # type: ignore[attr-defined]
-                                 socket_families=families,
-                                 allow_subprocess=bool(p.subprocess),  # type: ignore[attr-defined]
-                                 allow_fork=bool(p.fork))  # type: ignore[attr-defined]
+    return seccomp.SeccompPolicy(
+        allow=tuple(profile.syscalls_allow), deny=tuple(profile.syscalls_deny),
+        socket_families=families, allow_subprocess=bool(profile.subprocess),
+        allow_fork=bool(profile.fork), udp=bool(profile.dns),
+        unix_sockets=bool(profile.unix_sockets),
+        allow_listen=bool(profile.bind_tcp or profile.unix_sockets))
 
 
 def mdwe_supported() -> bool:

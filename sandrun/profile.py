@@ -111,6 +111,7 @@ class Profile:
     bind_tcp: tuple[int, ...]
     connect_tcp: tuple[int, ...]
     dns: bool
+    unix_sockets: bool
     subprocess: bool
     fork: bool
     mdwe: bool
@@ -236,7 +237,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "filesystem": {
         "read": "paths", "optional_read": "paths", "read_write": "paths", "execute": "paths",
     },
-    "network": {"bind_tcp": "ports", "connect_tcp": "ports", "dns": "bool"},
+    "network": {"bind_tcp": "ports", "connect_tcp": "ports", "dns": "bool",
+                "unix_sockets": "bool"},
     "process": {
         "subprocess": "bool", "fork": "bool", "mdwe": "bool", "env": "env", "rlimits": "rlimits",
     },
@@ -255,6 +257,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "network.bind_tcp": ("bind_tcp", ()),
     "network.connect_tcp": ("connect_tcp", ()),
     "network.dns": ("dns", False),
+    "network.unix_sockets": ("unix_sockets", False),
     "process.subprocess": ("subprocess", False),
     "process.fork": ("fork", True),
     "process.mdwe": ("mdwe", True),
@@ -1040,6 +1043,7 @@ def render_toml(profile: Profile) -> str:
         f"bind_tcp = {_toml_array(profile.bind_tcp)}",
         f"connect_tcp = {_toml_array(profile.connect_tcp)}",
         f"dns = {str(profile.dns).lower()}",
+        f"unix_sockets = {str(profile.unix_sockets).lower()}",
         "",
         "[process]",
         f"subprocess = {str(profile.subprocess).lower()}",

@@ -61,6 +61,13 @@ TIOCLINUX = 0x541C
 LOW32 = 0xFFFFFFFF
 
 CLONE_THREAD = 0x00010000
+SOCK_STREAM, SOCK_DGRAM = 1, 2
+SOCK_TYPE_MASK = 0xF  # the rest of socket()'s type are SOCK_NONBLOCK / SOCK_CLOEXEC
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+AF_INET_FAMILIES = frozenset({2, 10})  # AF_INET, AF_INET6
+# sendto/sendmsg with MSG_FASTOPEN connect without connect(): Landlock never sees it.
+MSG_FASTOPEN = 0x20000000
+_SEND_FLAGS_ARG = MappingProxyType({"sendto": 3, "sendmsg": 2, "sendmmsg": 3})
 # clone() takes the namespace flags in the low 32 bits of arg0 (the kernel truncates it).
 # CLONE_NEWTIME (0x80) is absent on purpose: in clone() that bit belongs to the exit
 # signal, so only clone3/unshare can ask for a time namespace, and both are denied.
@@ -171,6 +178,9 @@ ARGUMENT_RULES: Mapping[str, str] = MappingProxyType({
     "personality": "only " + ", ".join(PERSONALITY_ALLOWED.values()) + "; other values "
                    "(READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, ...) -> EPERM",
     "socket": "only the policy's address families; others (AF_NETLINK, AF_PACKET, ...) -> EPERM",
+    "sendto": "EPERM with MSG_FASTOPEN (a connect Landlock does not see)",
+    "sendmsg": "EPERM with MSG_FASTOPEN (a connect Landlock does not see)",
+    "sendmmsg": "EPERM with MSG_FASTOPEN (a connect Landlock does not see)",
     "socketpair": "AF_UNIX only; others -> EPERM",
 })
 
@@ -188,6 +198,14 @@ class SeccompPolicy:
     allow_subprocess: bool = False
     # False: fork, vfork and clone without CLONE_THREAD -> EPERM (threads still work).
     allow_fork: bool = True
+    # AF_INET/AF_INET6 sockets are TCP only (no MPTCP, raw, SCTP...); True adds UDP (DNS).
+    udp: bool = False
+    # socket(AF_UNIX): Landlock cannot stop connect() to pathname sockets outside the
+    # grants (D-Bus, journald...), so it is opt-in. socketpair() always works.
+    unix_sockets: bool = False
+    # listen(): without bind_tcp and unix sockets nothing may listen (an unbound TCP
+    # socket would get an ephemeral port Landlock never checks).
+    allow_listen: bool = True
 
 
 @dataclass(frozen=True)
@@ -264,6 +282,7 @@ class _Plan:
     profile_denied: frozenset[str]
     socket_families: tuple[tuple[str, int], ...]
     allow_fork: bool = True
+    udp: bool = False
 
 
 def _resolve(policy: SeccompPolicy) -> _Plan:
@@ -278,8 +297,13 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
     if not policy.allow_fork:
         eperm |= {"fork", "vfork"}
         allow -= {"fork", "vfork"}
-    families = {"AF_UNIX": AF_UNIX}
+    if not policy.allow_listen:
+        eperm |= {"listen"}
+        allow -= {"listen"}
+    families = {"AF_UNIX": AF_UNIX} if policy.unix_sockets else {}
     for name in policy.socket_families:
+        if name in ("AF_UNIX", "AF_LOCAL") and not policy.unix_sockets:
+            continue
         number = _family_number(name)
         if number not in families.values():  # AF_LOCAL is AF_UNIX
             families[name] = number
@@ -291,6 +315,7 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
         profile_denied=denied,
         socket_families=tuple(sorted(families.items(), key=lambda item: item[1])),
         allow_fork=policy.allow_fork,
+        udp=policy.udp,
     )
 
 
@@ -397,8 +422,11 @@ def _build(s: Any, plan: _Plan) -> bytes:
         elif name == "personality":
             _allow_only(flt, allow, eperm, name, low32, sorted(PERSONALITY_ALLOWED))
         elif name == "socket":
-            families = [number for _, number in plan.socket_families]
-            _allow_only(flt, allow, eperm, name, low32, families)
+            _socket_rules(flt, allow, eperm, low32, plan)
+        elif name in _SEND_FLAGS_ARG:
+            index = _SEND_FLAGS_ARG[name]
+            flt.add_rule(allow, name, low32(index, 0, MSG_FASTOPEN))
+            flt.add_rule(eperm, name, low32(index, MSG_FASTOPEN, MSG_FASTOPEN))
         elif name == "socketpair":
             _allow_only(flt, allow, eperm, name, low32, [AF_UNIX])
         else:
@@ -407,6 +435,42 @@ def _build(s: Any, plan: _Plan) -> bytes:
         flt.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _inet_protocols(plan: _Plan) -> dict[int, tuple[int, ...]]:
+    """Socket type -> protocols allowed for AF_INET/AF_INET6."""
+    types = {SOCK_STREAM: (0, IPPROTO_TCP)}
+    if plan.udp:
+        types[SOCK_DGRAM] = (0, IPPROTO_UDP)
+    return types
+
+
+def _socket_rules(flt: Any, allow: int, eperm: int, low32: Callable[..., Any],
+                  plan: _Plan) -> None:
+    """socket(): the policy's families; for AF_INET/AF_INET6 only TCP (plus UDP with
+    `udp`), so MPTCP, SCTP and raw sockets cannot sidestep Landlock's TCP rules."""
+    families = [number for _, number in plan.socket_families]
+    if not families:
+        flt.add_rule(eperm, "socket")
+        return
+    types = _inet_protocols(plan)
+    for family in families:
+        if family not in AF_INET_FAMILIES:
+            flt.add_rule(allow, "socket", low32(0, family))
+            continue
+        for kind, protocols in types.items():
+            for protocol in protocols:
+                flt.add_rule(allow, "socket", low32(0, family),
+                             low32(1, kind, SOCK_TYPE_MASK), low32(2, protocol))
+            for mask, value in _complement_cover(protocols):
+                flt.add_rule(eperm, "socket", low32(0, family),
+                             low32(1, kind, SOCK_TYPE_MASK), low32(2, value, mask))
+        for kind in range(SOCK_TYPE_MASK + 1):
+            if kind not in types:
+                flt.add_rule(eperm, "socket", low32(0, family),
+                             low32(1, kind, SOCK_TYPE_MASK))
+    for mask, value in _complement_cover(families):
+        flt.add_rule(eperm, "socket", low32(0, value, mask))
 
 
 def _allow_only(flt: Any, allow: int, eperm: int, name: str,
@@ -454,11 +518,35 @@ def _self_check(bpf: bytes, plan: _Plan) -> list[str]:
         probes += [(f"personality {v:#x}", nr["personality"], (v,), AUDIT_ARCH_X86_64, eperm)
                    for v in (0x0400000, 0x0040000, 0x0100000, 0x1, 0xFFFFFFFE)]
     families = {number for _, number in plan.socket_families}
-    for name, allowed in (("socket", families), ("socketpair", {AF_UNIX})):
+    if "socketpair" in plan.allow:
+        arg_probes["socketpair"] = [(AF_UNIX, 1, 0), (high | AF_UNIX, 1, 0)]
+        probes += [(f"socketpair family {f}", nr["socketpair"], (f, 1, 0), AUDIT_ARCH_X86_64,
+                    eperm) for f in (*range(46), 0xFFFF, high | 16) if f & LOW32 != AF_UNIX]
+    if "socket" in plan.allow:
+        probes += [(f"socket family {f}", nr["socket"], (f, 1, 0), AUDIT_ARCH_X86_64, eperm)
+                   for f in (*range(46), 0xFFFF, high | 16) if f & LOW32 not in families]
+        types = _inet_protocols(plan)
+        ok: list[tuple[int, ...]] = []
+        for f in sorted(families):
+            if f not in AF_INET_FAMILIES:
+                ok.append((f, 1, 0))
+                continue
+            for kind, protocols in types.items():
+                ok += [(f, kind | 0x80800, p) for p in protocols]
+                probes += [(f"socket {f}/{kind}/{p}", nr["socket"], (f, kind, p),
+                            AUDIT_ARCH_X86_64, eperm) for p in (1, 132, 262, 255)
+                           if p not in protocols]
+            probes += [(f"socket {f} type {k}", nr["socket"], (f, k, 0), AUDIT_ARCH_X86_64,
+                        eperm) for k in (2, 3, 5, 10) if k not in types]
+        arg_probes["socket"] = ok
+    for name, index in _SEND_FLAGS_ARG.items():
         if name in plan.allow:
-            arg_probes[name] = [(f,) for f in sorted(allowed)] + [(high | min(allowed),)]
-            probes += [(f"{name} family {f}", nr[name], (f, 1, 0), AUDIT_ARCH_X86_64, eperm)
-                       for f in (*range(46), 0xFFFF, high | 16) if f & LOW32 not in allowed]
+            args = [0] * 6
+            args[index] = 0x4040
+            arg_probes[name] = [tuple(args)]
+            args[index] = MSG_FASTOPEN | 0x40
+            probes.append((f"{name} MSG_FASTOPEN", nr[name], tuple(args), AUDIT_ARCH_X86_64,
+                           eperm))
     for name, arg_sets in arg_probes.items():
         probes += [(f"{name} {args}", nr[name], args, AUDIT_ARCH_X86_64, allow)
                    for args in arg_sets]
@@ -612,8 +700,12 @@ def describe(policy: SeccompPolicy) -> list[str]:
         f"{len(expand(['@system-service']) - baseline())} dangerous ones, with profile "
         "changes); any other syscall -> ENOSYS",
         "seccomp: other architectures (IA-32 int 0x80, x32) -> KILL_PROCESS",
-        "seccomp: socket families: " + ", ".join(n for n, _ in plan.socket_families)
-        + "; others -> EPERM; socketpair: AF_UNIX only",
+        "seccomp: socket families: " + (", ".join(n for n, _ in plan.socket_families)
+                                        or "none") + "; others -> EPERM; socketpair: AF_UNIX "
+        "only" + ("" if policy.unix_sockets else " (AF_UNIX sockets are opt-in: "
+                  "[network] unix_sockets)"),
+        "seccomp: AF_INET/AF_INET6: TCP" + (" and UDP" if policy.udp else " only")
+        + " (MPTCP, SCTP, raw -> EPERM); MSG_FASTOPEN -> EPERM",
     ]
     for name in sorted(plan.dangerous_allowed):
         lines.append(f"seccomp: WARNING: profile allows dangerous syscall {name}: "
@@ -636,6 +728,8 @@ def describe(policy: SeccompPolicy) -> list[str]:
     lines.append("seccomp: subprocess " + ("allowed" if policy.allow_subprocess else
                  "not allowed") + " (execve stays in the filter; Landlock EXECUTE decides "
                  "what can run)")
+    if not policy.allow_listen:
+        lines.append("seccomp: listen -> EPERM (no bind_tcp and no unix sockets)")
     if not policy.allow_fork:
         lines.append("seccomp: fork = false: fork, vfork and clone without CLONE_THREAD -> "
                      "EPERM (threads still work)")

@@ -50,6 +50,7 @@ libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 NR = {name: number for name, number in (
+    ("sendto", 44), ("sendmsg", 46), ("sendmmsg", 307), ("listen", 50),
     ("ptrace", 101), ("unshare", 272), ("setns", 308), ("clone", 56), ("clone3", 435),
     ("mount", 165), ("keyctl", 250), ("io_uring_setup", 425), ("userfaultfd", 323),
     ("bpf", 321), ("perf_event_open", 298), ("personality", 135), ("memfd_create", 319),
@@ -264,7 +265,7 @@ PROBES: dict[str, tuple[Callable[[dict[str, int]], int], int | str, int | str | 
                                     -errno.EINVAL),
     "socket(AF_INET) without network": (lambda s: probe_socket(socket.AF_INET), -errno.EPERM,
                                         "ok"),
-    "socket(AF_UNIX | high bits)": (lambda s: probe_socket(HIGH | socket.AF_UNIX), "ok", "ok"),
+    "socket(AF_UNIX) is opt-in": (lambda s: probe_socket(socket.AF_UNIX), -errno.EPERM, "ok"),
     "socketpair(AF_INET)": (lambda s: probe_socketpair(socket.AF_INET), -errno.EPERM,
                             -errno.EOPNOTSUPP),
     "socketpair(AF_UNIX)": (lambda s: probe_socketpair(socket.AF_UNIX), "ok", "ok"),
@@ -614,9 +615,8 @@ def test_compiled_filter_decisions(default_filter: bytes) -> None:
         assert ev(default_filter, NR["personality"], (persona,)) == want
     assert ev(default_filter, NR["personality"], (0xFFFFFFFF,)) == allow
     assert ev(default_filter, NR["personality"], (HIGH,)) == allow  # kernel sees 0
-    for family in range(64):
-        want = allow if family == socket.AF_UNIX else eperm
-        assert ev(default_filter, NR["socket"], (family, 1, 0)) == want
+    for family in range(64):  # AF_UNIX too: pathname sockets are opt-in (unix_sockets)
+        assert ev(default_filter, NR["socket"], (family, 1, 0)) == eperm
     assert ev(default_filter, NR["clone3"], ()) == enosys
     assert ev(default_filter, 0xFFFFFFFF, ()) == enosys  # -1: a tracer's skipped syscall
     assert ev(default_filter, NR["getpid"], (), arch=seccomp.AUDIT_ARCH_I386) == (
@@ -627,12 +627,37 @@ def test_compiled_filter_decisions(default_filter: bytes) -> None:
 
 def test_network_families_decisions() -> None:
     bpf = seccomp.compile_filter(NETWORK)
-    allowed = {socket.AF_UNIX, socket.AF_INET, socket.AF_INET6}
+    allowed = {socket.AF_INET, socket.AF_INET6}
+    eperm = seccomp.RET_ERRNO | errno.EPERM
     for family in range(64):
-        want = seccomp.RET_ALLOW if family in allowed else seccomp.RET_ERRNO | errno.EPERM
+        want = seccomp.RET_ALLOW if family in allowed else eperm
         assert seccomp.evaluate(bpf, NR["socket"], (family, 1, 0)) == want
-    assert seccomp.evaluate(bpf, NR["socketpair"], (socket.AF_INET, 1, 0)) == (
-        seccomp.RET_ERRNO | errno.EPERM)
+    assert seccomp.evaluate(bpf, NR["socketpair"], (socket.AF_INET, 1, 0)) == eperm
+    assert seccomp.evaluate(bpf, NR["socketpair"], (socket.AF_UNIX, 1, 0)) == seccomp.RET_ALLOW
+    sock = NR["socket"]
+    nonblock_cloexec = 0x800 | 0x80000
+    for family in allowed:
+        assert seccomp.evaluate(bpf, sock, (family, 1 | nonblock_cloexec, 6)) == RET_OK
+        assert seccomp.evaluate(bpf, sock, (family, 1, 262)) == eperm  # IPPROTO_MPTCP
+        assert seccomp.evaluate(bpf, sock, (family, 1, 132)) == eperm  # SCTP
+        assert seccomp.evaluate(bpf, sock, (family, 2, 0)) == eperm  # UDP needs dns
+        assert seccomp.evaluate(bpf, sock, (family, 3, 1)) == eperm  # raw
+    udp = seccomp.compile_filter(SeccompPolicy(socket_families=("AF_INET",), udp=True))
+    assert seccomp.evaluate(udp, sock, (socket.AF_INET, 2 | nonblock_cloexec, 0)) == RET_OK
+    assert seccomp.evaluate(udp, sock, (socket.AF_INET, 2, 17)) == RET_OK
+    unix = seccomp.compile_filter(SeccompPolicy(unix_sockets=True))
+    assert seccomp.evaluate(unix, sock, (socket.AF_UNIX, 1, 0)) == RET_OK
+    for name, index in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
+        args = [0] * 6
+        args[index] = 0x20000000  # MSG_FASTOPEN: connects without connect()
+        assert seccomp.evaluate(bpf, NR[name], tuple(args)) == eperm
+        args[index] = 0x4040  # MSG_DONTWAIT | MSG_NOSIGNAL
+        assert seccomp.evaluate(bpf, NR[name], tuple(args)) == RET_OK
+    nolisten = seccomp.compile_filter(SeccompPolicy(allow_listen=False))
+    assert seccomp.evaluate(nolisten, NR["listen"], (3, 5)) == eperm
+
+
+RET_OK = seccomp.RET_ALLOW
 
 
 def test_self_check_rejects_a_program_that_allows_everything(
@@ -712,7 +737,8 @@ def test_describe_lines() -> None:
     text = "\n".join(lines)
     assert "ENOSYS" in lines[0]
     assert "KILL_PROCESS" in text
-    assert "socket families: AF_UNIX, AF_INET;" in text
+    assert "socket families: AF_INET;" in text
+    assert "AF_UNIX sockets are opt-in" in text
     assert "seccomp: deny ptrace (EPERM)" in text
     assert "seccomp: deny clone3 (ENOSYS)" in text
     assert "memfd_create" in text.split("still denied although in an allowed @group")[1]

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable
 
@@ -64,6 +65,7 @@ KEYCTL_GET_KEYRING_ID = 0
 KEY_SPEC_SESSION_KEYRING = -3
 PTRACE_TRACEME, PTRACE_ATTACH = 0, 16
 MSG_FASTOPEN = 0x20000000
+IPPROTO_MPTCP = 262
 PROT_RWX = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
 MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -282,6 +284,17 @@ def chmod_code(_: str) -> str:
     chmod right)."""
     os.chmod(code_file(), 0o666)
     return f"chmod 0666 {code_file()}"
+
+
+@attack
+def symlink_write_code(_: str) -> str:
+    """Write its code through a symlink it made in its state dir (Landlock checks the
+    target: EACCES)."""
+    link = fresh("code-link.py")
+    os.symlink(code_file(), link)
+    with open(link, "r+b") as f:
+        f.write(b"#")
+    return f"overwrote {code_file()} via {link}"
 
 
 @attack
@@ -694,10 +707,21 @@ def personality(_: str) -> str:
     return in_child(lambda: f"old personality {syscall(NR_PERSONALITY, READ_IMPLIES_EXEC):#x}")
 
 
+def require_controlling_tty() -> None:
+    """TIOCSTI on a terminal that is not our controlling one fails with EPERM anyway, which
+    would look like seccomp's EPERM. TIOCGPGRP succeeds only on the controlling tty."""
+    try:
+        fcntl.ioctl(0, termios.TIOCGPGRP, b"\0" * 4)
+    except OSError as exc:
+        raise RuntimeError(f"fd 0 is not the controlling terminal ({exc}): TIOCSTI would "
+                           "fail whatever the sandbox does") from None
+
+
 @attack
 def tiocsti(_: str) -> str:
     """ioctl(0, TIOCSTI): push keystrokes into its controlling terminal's input, to be run by
     the shell after it exits (seccomp: EPERM)."""
+    require_controlling_tty()
     fcntl.ioctl(0, TIOCSTI, b" ")
     return "injected a byte into the terminal"
 
@@ -706,6 +730,7 @@ def tiocsti(_: str) -> str:
 def tiocsti_high(_: str) -> str:
     """TIOCSTI with garbage in the high 32 bits of the command, which the kernel drops
     (seccomp compares the low 32 bits: EPERM)."""
+    require_controlling_tty()
     char = ctypes.c_char(b" ")
     syscall(NR_IOCTL, 0, ctypes.c_ulong((1 << 32) | TIOCSTI), ctypes.byref(char))
     return "injected a byte into the terminal"
@@ -772,6 +797,24 @@ def connect6(port: str) -> str:
         sock.settimeout(5)
         sock.connect(("::ffff:127.0.0.1", int(port)))
     return f"connected to [::ffff:127.0.0.1]:{port}"
+
+
+@attack
+def mptcp_connect(port: str) -> str:
+    """Multipath TCP connect to 127.0.0.1:PORT: Landlock's TCP rules skip IPPROTO_MPTCP
+    sockets, which still reach plain TCP servers (must be refused: EACCES or EPERM)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP) as sock:
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", int(port)))
+    return f"connected to 127.0.0.1:{port} over MPTCP"
+
+
+@attack
+def mptcp_bind(port: str) -> str:
+    """Multipath TCP bind to 127.0.0.1:PORT outside bind_tcp (must be refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP) as sock:
+        sock.bind(("127.0.0.1", int(port)))
+    return f"bound 127.0.0.1:{port} over MPTCP"
 
 
 @attack
