@@ -160,3 +160,23 @@ def check_usable(interp: Interpreter, uid: int, gids: list[int]) -> None:
             "install a system interpreter (apt-get install python3) and pass "
             "--python /usr/bin/python3, or install Python in a world-readable prefix such as "
             "/opt or /usr/local")
+
+
+def check_wheel_tags(interp: Interpreter, wheels: list[str]) -> None:
+    """Every bundled wheel must be loadable by `interp` on this machine (cold path only:
+    packaging.tags costs a few milliseconds)."""
+    from packaging import tags
+    from packaging.utils import parse_wheel_filename
+
+    from sandrun.errors import BundleError
+
+    major, minor = (int(x) for x in interp.version.split("."))
+    platforms = list(tags.platform_tags())
+    supported = {*tags.cpython_tags((major, minor), platforms=platforms),
+                 *tags.compatible_tags((major, minor), platforms=platforms)}
+    bad = [w for w in wheels if supported.isdisjoint(parse_wheel_filename(w)[3])]
+    if bad:
+        raise BundleError(
+            f"{len(bad)} bundled wheel(s) cannot be loaded by {interp.path} "
+            f"(Python {interp.version}) on this machine: {', '.join(bad)}",
+            "rebuild the bundle for this target (sandrun bundle --python-version/--platform)")

@@ -33,7 +33,7 @@ from sandrun.errors import (
     SandrunError,
     VerificationError,
 )
-from sandrun.interpreter import Interpreter, find_interpreter
+from sandrun.interpreter import Interpreter, check_wheel_tags, find_interpreter
 from sandrun.manifest import BOOTSTRAP_NAME, MANIFEST_NAME, PROFILE_NAME, Manifest
 from sandrun.store import Store, default_store_path
 from sandrun.users import AppUser, invoking_user, resolve_user
@@ -148,6 +148,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
     tree = store.tree(sha256)
     installed = tree.is_dir()
+    cold = not installed
     manifest_entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
     if installed and manifest_entry is not None and not archive.problems:
         # Same bytes as the bundle installed before (the dir is named by its sha256):
@@ -165,11 +166,6 @@ def prepare(options: ExecOptions) -> LaunchPlan:
                                     "for the full report")
         manifest = result.manifest
         manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
-        if not options.dry_run:
-            store.ensure_layout()
-            tree = store.install(sha256, archive, manifest)
-            store.check_tree(tree, manifest, manifest_bytes, full=False)
-            installed = True
 
     if options.profile:
         profile = load_profile(options.profile)
@@ -192,6 +188,14 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     else:
         interp = find_interpreter(options.python, manifest.target.python, 65534, [65534])
 
+    if cold:
+        # Install only once the bundle is known to fit this interpreter and machine.
+        check_wheel_tags(interp, [d.wheel for d in manifest.dependencies])
+        if not options.dry_run:
+            store.ensure_layout()
+            tree = store.install(sha256, archive, manifest)
+            store.check_tree(tree, manifest, manifest_bytes, full=False)
+            installed = True
     state = store.state_dir(app, user.uid, user.gid, create=not options.dry_run and user.exists)
     placeholders = {"app": app, "state": str(state), "tmp": str(state / "tmp"),
                     "store": str(tree), "home": str(state), "cwd": os.getcwd()}

@@ -223,9 +223,7 @@ class Store:
         except FileNotFoundError:
             if not create:
                 return path
-            with contextlib.suppress(FileExistsError):  # a concurrent launch made it
-                os.mkdir(path, 0o700)
-                os.chown(path, uid, gid, follow_symlinks=False)
+            self._create_state_dir(path, uid, gid)
             st = path.lstat()
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError(f"state dir {path} is not a directory (symlink?)",
@@ -236,13 +234,23 @@ class Store:
                              f"if the user changed on purpose: chown -R {uid}:{gid} {path}")
         if stat.S_IMODE(st.st_mode) != 0o700 and create:
             os.chmod(path, 0o700, follow_symlinks=False)
-        tmp = path / "tmp"
-        if create and not os.path.lexists(tmp):
-            # Created by root inside a dir the app owns: chown it right away, no follow.
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(tmp, 0o700)
-                os.chown(tmp, uid, gid, follow_symlinks=False)
         return path
+
+    def _create_state_dir(self, path: Path, uid: int, gid: int) -> None:
+        """Build the dir (with tmp/) under a private name, then rename it into place, so
+        a concurrent launch never sees it half made (owned by root, no tmp/)."""
+        staging = self.state / f"{_TMP_PREFIX}{path.name}-{os.getpid()}"
+        _remove_tree(staging)
+        os.mkdir(staging, 0o700)
+        os.mkdir(staging / "tmp", 0o700)
+        for directory in (staging / "tmp", staging):
+            os.chown(directory, uid, gid, follow_symlinks=False)
+        try:
+            os.rename(staging, path)
+        except OSError:  # a concurrent launch won the race: use its dir
+            _remove_tree(staging)
+            if not path.is_dir():
+                raise
 
 
 def _walk(tree: Path) -> Iterator[tuple[str, os.stat_result]]:

@@ -200,3 +200,45 @@ def test_invalid_invocations(wheelhouse: Path, tmp_path: Path, args: list[str], 
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("sandrun: error:")
+
+
+def test_verify_cli_exit_codes(wheelhouse: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v.pyz"
+    assert build_hello(wheelhouse, out).returncode == 0
+    assert sandrun("verify", str(out)).returncode == 0
+    tampered = tmp_path / "t.pyz"
+    tampered.write_bytes(out.read_bytes() + b"garbage")
+    proc = sandrun("verify", str(tampered))
+    assert proc.returncode == 1 and "problem" in proc.stdout
+    notzip = tmp_path / "n.pyz"
+    notzip.write_text("#!/bin/sh\necho not a zip\n")
+    proc = sandrun("verify", str(notzip))
+    assert proc.returncode == 125 and proc.stderr.startswith("sandrun: error:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_cross_target_refuses_wheels_for_another_python(tmp_path: Path) -> None:
+    links = tmp_path / "links"
+    make_wheel(links, "native", "1.0", {"native.py": "def main(): pass\n"},
+               tag="cp311-cp311-manylinux_2_17_x86_64")
+    ok = sandrun("bundle", "native", "--no-index", "--find-links", str(links),
+                 "-e", "native:main", "--python-version", "3.11",
+                 "--platform", "manylinux_2_17_x86_64", "-o", str(tmp_path / "ok.pyz"))
+    assert ok.returncode == 0, ok.stderr
+    assert "Python 3.11 (cp311, manylinux_2_17_x86_64)" in ok.stdout
+    bad = sandrun("bundle", "native", "--no-index", "--find-links", str(links),
+                  "-e", "native:main", "--python-version", "3.12",
+                  "--platform", "manylinux_2_17_x86_64", "-o", str(tmp_path / "bad.pyz"))
+    assert bad.returncode == 125
+    assert "no wheel of native fits the target (Python 3.12" in bad.stderr
+
+
+def test_invalid_profile_is_never_embedded(wheelhouse: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "bad.toml"
+    profile.write_text('[network]\nbind_tcp = [0]\n[filesystem]\nread = ["relative"]\n')
+    out = tmp_path / "p.pyz"
+    proc = build_hello(wheelhouse, out, "-p", str(profile))
+    assert proc.returncode == 125
+    assert f"{profile}:2: network.bind_tcp" in proc.stderr
+    assert f"{profile}:4: filesystem.read" in proc.stderr
+    assert not out.exists()

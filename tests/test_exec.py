@@ -343,3 +343,15 @@ def test_non_root_runs_as_invoking_user_under_landlock(world: dict[str, Path]) -
     assert proc.stdout.split()[:2] == ["hello", "65534"]
     assert (home / ".cache" / "sandrun" / "apps" / bundle_sha(world)).is_dir()
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_user_in_privileged_group_is_refused(world: dict[str, Path]) -> None:
+    name = "sandrun-t-admuser"
+    subprocess.run(["useradd", "--system", "--no-create-home", "-G", "adm", name],
+                   check=False, capture_output=True)
+    try:
+        proc = exec_app(world, "hello", extra=("--user", name))
+        assert proc.returncode == 125
+        assert "privileged group(s): adm" in proc.stderr
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
