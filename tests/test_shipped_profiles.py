@@ -106,6 +106,17 @@ def cached_wheels(*names: str) -> Path:
     return WHEEL_CACHE
 
 
+def bundle_app(base: Path, module: str, source: str, profile: str) -> Path:
+    """Bundle a one-module app (`module:main`) with a shipped profile."""
+    wheels = base / f"{module}-wheels"
+    make_wheel(wheels, module, "1.0", {f"{module}.py": source})
+    bundle = base / f"{module}.pyz"
+    proc = sandrun("bundle", module, "--no-index", "--find-links", str(wheels),
+                   "-e", f"{module}:main", "-p", profile, "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    return bundle
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,12 +192,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def test_client_profile_connects_to_80_only(base: Path) -> None:
-    wheels = base / "client-wheels"
-    make_wheel(wheels, "fetcher", "1.0", {"fetcher.py": CLIENT})
-    bundle = base / "client.pyz"
-    proc = sandrun("bundle", "fetcher", "--no-index", "--find-links", str(wheels),
-                   "-e", "fetcher:main", "-p", "client", "-o", str(bundle))
-    assert proc.returncode == 0, proc.stderr
+    bundle = bundle_app(base, "fetcher", CLIENT, "client")
     servers = []
     for port in (80, free_port()):
         srv = http.server.HTTPServer(("127.0.0.1", port), _Handler)
@@ -206,12 +212,7 @@ def test_client_profile_connects_to_80_only(base: Path) -> None:
 
 
 def test_cli_profile_works_in_its_directory_only(base: Path) -> None:
-    wheels = base / "cli-wheels"
-    make_wheel(wheels, "clitool", "1.0", {"clitool.py": CLITOOL})
-    bundle = base / "cli.pyz"
-    proc = sandrun("bundle", "clitool", "--no-index", "--find-links", str(wheels),
-                   "-e", "clitool:main", "-p", "cli", "-o", str(bundle))
-    assert proc.returncode == 0, proc.stderr
+    bundle = bundle_app(base, "clitool", CLITOOL, "cli")
     work = base / "work"
     work.mkdir()
     (work / "input.txt").write_text("shout\n")
