@@ -77,13 +77,15 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
     result = build_bundle(request, progress=_progress_printer(),
                           warn=lambda msg: click.echo(f"sandrun: warning: {msg}", err=True))
     m = result.manifest
+    platform = next((p for p in m.target.platforms if p.startswith("manylinux")),
+                    m.target.platforms[0])
     click.echo(f"{result.path}\n"
                f"  sha256       {result.sha256}\n"
                f"  app          {m.app_name} {m.app_version}\n"
                f"  entry point  {m.entry_point}"
                + (f" (console script {m.console_script})" if m.console_script else "") + "\n"
                f"  target       Python {m.target.python} ({m.target.abi}, "
-               f"{m.target.platforms[0]})\n"
+               f"{platform})\n"
                f"  contents     {len(m.dependencies)} wheels, {len(m.entries)} files, "
                f"{m.total_size} bytes uncompressed, {result.path.stat().st_size} bytes on disk")
 
