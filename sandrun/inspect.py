@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandrun.errors import BundleError
+from sandrun.errors import BundleError, SandrunError
 from sandrun.manifest import PROFILE_NAME, SIGNATURE_NAME
 
 
@@ -31,10 +31,8 @@ def describe_bundle(path: str) -> dict[str, Any]:
                 "connect_tcp": list(p.connect_tcp), "subprocess": p.subprocess,
                 "landlock_min_abi": p.landlock_min_abi,
             }
-        except BundleError as exc:
-            profile_info = {"error": exc.message}
-        except Exception as exc:  # a bad embedded profile is reported, not fatal here
-            profile_info = {"error": str(exc)}
+        except SandrunError as exc:  # a bad embedded profile is reported, not fatal here
+            profile_info = {"error": exc.diagnostics()}
     return {
         "bundle": path,
         "verified": result.ok,

@@ -21,7 +21,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sandrun import landlock, seccomp
 from sandrun.errors import (
@@ -37,6 +37,9 @@ from sandrun.interpreter import Interpreter, check_wheel_tags, find_interpreter
 from sandrun.manifest import BOOTSTRAP_NAME, MANIFEST_NAME, PROFILE_NAME, Manifest
 from sandrun.store import Store, default_store_path
 from sandrun.users import AppUser, invoking_user, resolve_user
+
+if TYPE_CHECKING:
+    from sandrun.profile import Profile
 
 # prctl(2) and unshare(2) constants (linux/prctl.h, linux/sched.h, linux/mount.h).
 PR_CAPBSET_DROP = 24
@@ -96,7 +99,7 @@ class LaunchPlan:
     store: Store
     tree: Path
     installed: bool  # False in a dry run of a bundle not yet installed
-    profile: object
+    profile: Profile
     user: AppUser
     privileged: bool
     interpreter: Interpreter
@@ -174,6 +177,8 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         profile = load_profile_text(archive.read(entry).decode("utf-8"),
                                     f"{options.bundle}:{PROFILE_NAME}", None)
 
+    # Refuse before any side effect (user creation, installation) what cannot be enforced.
+    require_kernel_support(profile)
     app = manifest.app_name
     if privileged:
         user = resolve_user(options.user, app, create=not options.dry_run)
@@ -185,7 +190,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     gids = os.getgrouplist(user.name, user.gid) if user.exists else [user.gid]
     if user.exists:
         interp = find_interpreter(options.python, manifest.target.python, user.uid, gids)
-    else:
+    else:  # dry run, user not created yet: check as an unprivileged uid in no group
         interp = find_interpreter(options.python, manifest.target.python, 65534, [65534])
 
     if cold:
@@ -223,7 +228,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     return plan
 
 
-def _landlock_policy(profile: object, interp: Interpreter, tree: Path,
+def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
                      state: Path) -> landlock.LandlockPolicy:
     A = landlock.Access
     rules: list[landlock.PathRule] = []
@@ -237,27 +242,27 @@ def _landlock_policy(profile: object, interp: Interpreter, tree: Path,
     rules += [landlock.PathRule(p, A.READ_WRITE, required=False) for p in SYSTEM_READ_WRITE]
     rules.append(landlock.PathRule(str(tree), A.READ))
     rules.append(landlock.PathRule(str(state), A.READ_WRITE))
-    if profile.dns:  # type: ignore[attr-defined]
+    if profile.dns:
         from sandrun.profile import DNS_FILES
 
         rules += [landlock.PathRule(p, A.READ, required=False) for p in DNS_FILES]
-    rules += [landlock.PathRule(p, A.READ) for p in profile.read]  # type: ignore[attr-defined]
+    rules += [landlock.PathRule(p, A.READ) for p in profile.read]
     rules += [landlock.PathRule(p, A.READ, required=False)
-              for p in profile.optional_read]  # type: ignore[attr-defined]
+              for p in profile.optional_read]
     rules += [landlock.PathRule(p, A.READ_WRITE)
-              for p in profile.read_write]  # type: ignore[attr-defined]
+              for p in profile.read_write]
     rules += [landlock.PathRule(p, A.READ_EXEC)
-              for p in profile.execute]  # type: ignore[attr-defined]
+              for p in profile.execute]
     unique = {(r.path, r.access): r for r in reversed(rules)}  # first occurrence wins
     rules = [r for r in rules if unique.get((r.path, r.access)) is r]
     return landlock.LandlockPolicy(
-        paths=tuple(rules), bind_tcp=tuple(profile.bind_tcp),  # type: ignore[attr-defined]
-        connect_tcp=tuple(profile.connect_tcp),  # type: ignore[attr-defined]
+        paths=tuple(rules), bind_tcp=tuple(profile.bind_tcp),
+        connect_tcp=tuple(profile.connect_tcp),
         scope_abstract_unix=True, scope_signal=True,
-        min_abi=profile.landlock_min_abi)  # type: ignore[attr-defined]
+        min_abi=profile.landlock_min_abi)
 
 
-def _seccomp_policy(profile: Any) -> seccomp.SeccompPolicy:
+def _seccomp_policy(profile: Profile) -> seccomp.SeccompPolicy:
     inet = bool(profile.bind_tcp or profile.connect_tcp or profile.dns)
     families = ("AF_UNIX", "AF_INET", "AF_INET6") if inet else ("AF_UNIX",)
     return seccomp.SeccompPolicy(
@@ -272,9 +277,29 @@ def mdwe_supported() -> bool:
     return _libc().prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
 
 
+def require_kernel_support(profile: Profile) -> None:
+    """Refuse (exit 125) a profile whose protections this kernel cannot apply: never
+    degrade silently."""
+    if profile.mdwe and not mdwe_supported():
+        raise EnforcementError("the profile asks for memory-deny-write-execute but this "
+                               "kernel lacks PR_SET_MDWE (Linux >= 6.3)",
+                               "upgrade the kernel, or set [process] mdwe = false")
+    abi = landlock.abi_version()
+    if abi < profile.landlock_min_abi:
+        raise EnforcementError(
+            f"the profile requires Landlock ABI {profile.landlock_min_abi} but this kernel "
+            f"offers {abi or 'none'}",
+            "upgrade the kernel (Landlock ABI 6 needs Linux 6.12), or lower [kernel] "
+            "landlock_min_abi in the profile if you accept weaker isolation")
+    sec = seccomp.status()
+    if sec.status != "enforced":
+        raise EnforcementError(f"seccomp cannot be enforced: {sec.detail}",
+                               "use a kernel with CONFIG_SECCOMP_FILTER")
+
+
 def _assess(plan: LaunchPlan) -> None:
-    """Fill in what this kernel enforces; refuse (EnforcementError) what the profile
-    requires but cannot be applied."""
+    """Fill in what this kernel enforces (require_kernel_support already refused what
+    it cannot)."""
     P = Protection
     prot = plan.protections
     if plan.privileged:
@@ -305,32 +330,14 @@ def _assess(plan: LaunchPlan) -> None:
     prot.append(P("fds and environment", "enforced",
                   "every fd above 2 closed; environment built from scratch"))
     if plan.mdwe:
-        if not mdwe_supported():
-            raise EnforcementError("the profile asks for memory-deny-write-execute but this "
-                                   "kernel lacks PR_SET_MDWE (Linux >= 6.3)",
-                                   "upgrade the kernel, or set [process] mdwe = false")
         prot.append(P("memory-deny-write-execute", "enforced",
                       "no writable+executable mappings, no W->X mprotect"))
     else:
         prot.append(P("memory-deny-write-execute", "not enforced", "profile: mdwe = false"))
     for st in landlock.plan(plan.landlock_policy):
         prot.append(P(f"landlock: {st.name}", st.status, st.detail))
-    abi = landlock.abi_version()
-    if abi < plan.landlock_policy.min_abi:
-        raise EnforcementError(
-            f"the profile requires Landlock ABI {plan.landlock_policy.min_abi} but this kernel "
-            f"offers {abi or 'none'}",
-            "upgrade the kernel (Landlock ABI 6 needs Linux 6.12), or lower [kernel] "
-            "landlock_min_abi in the profile if you accept weaker isolation")
     sec = seccomp.status()
-    if sec.status != "enforced":
-        raise EnforcementError(f"seccomp cannot be enforced: {sec.detail}",
-                               "use a kernel with CONFIG_SECCOMP_FILTER")
     prot.append(P("seccomp", sec.status, sec.detail))
-    if plan.manifest.target.python != plan.interpreter.version:
-        raise EnforcementError(f"bundle targets Python {plan.manifest.target.python}, "
-                               f"interpreter is {plan.interpreter.version}",
-                               "pass a matching --python")
 
 
 def render_plan(plan: LaunchPlan) -> str:
@@ -349,7 +356,7 @@ def render_plan(plan: LaunchPlan) -> str:
         f"stdlib {plan.interpreter.stdlib})",
         f"command      {' '.join(plan.argv)}",
         f"cwd          {plan.cwd}",
-        f"profile      {plan.profile.source}",  # type: ignore[attr-defined]
+        f"profile      {plan.profile.source}",
         "environment  " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())),
         "rlimits      " + (" ".join(f"{k}={'infinity' if v is None else v}"
                                     for k, v in sorted(plan.rlimits.items())) or "(inherited)"),
@@ -471,7 +478,8 @@ def _supervise(child: int, *, kill_leftovers: bool) -> int:
                 os.kill(child, info.si_signo)
 
 
-def _reap(child: int) -> int | None:
+def _reap(child: int | None) -> int | None:
+    """Reap every exited child; return `child`'s exit code if it was among them."""
     result = None
     while True:
         try:
@@ -501,7 +509,7 @@ def _kill_orphans() -> None:
                 found = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
-        _reap(-2)
+        _reap(None)
         if not found:
             return
 
