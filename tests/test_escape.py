@@ -493,6 +493,13 @@ def test_granted_ports_work(net_run: dict[str, object]) -> None:
         assert not run.results[label]["blocked"], (label, run.results[label])
 
 
+def net_result(net_run: dict[str, object], attack: str) -> dict:
+    """The probe's verdict on one attack of the network-profile run."""
+    run = net_run["run"]
+    assert isinstance(run, Run)
+    return run.results[attack]
+
+
 @pytest.mark.parametrize("attack", list(NET_ATTACKS))
 def test_network_profile_blocks(net_run: dict[str, object], attack: str) -> None:
     run = net_run["run"]
@@ -501,9 +508,7 @@ def test_network_profile_blocks(net_run: dict[str, object], attack: str) -> None
 
 
 def test_tcp_fast_open_cannot_reach_a_denied_port(net_run: dict[str, object]) -> None:
-    run = net_run["run"]
-    assert isinstance(run, Run)
-    result = run.results["fastopen"]
+    result = net_result(net_run, "fastopen")
     assert result["blocked"] and not net_run["denied_port_reached"], (
         f"ESCAPE: sendto(MSG_FASTOPEN) connected to a port outside connect_tcp "
         f"({result['detail']}; listener reached: {net_run['denied_port_reached']}). Landlock "
@@ -514,9 +519,7 @@ def test_tcp_fast_open_cannot_reach_a_denied_port(net_run: dict[str, object]) ->
 
 
 def test_mptcp_cannot_reach_a_denied_port(net_run: dict[str, object]) -> None:
-    run = net_run["run"]
-    assert isinstance(run, Run)
-    result = run.results["mptcp_connect"]
+    result = net_result(net_run, "mptcp_connect")
     assert result["blocked"] and not net_run["mptcp_port_reached"], (
         f"ESCAPE: an IPPROTO_MPTCP socket connected to a port outside connect_tcp "
         f"({result['detail']}; listener reached: {net_run['mptcp_port_reached']}). Landlock's "
@@ -527,9 +530,7 @@ def test_mptcp_cannot_reach_a_denied_port(net_run: dict[str, object]) -> None:
 
 
 def test_mptcp_cannot_bind_a_denied_port(net_run: dict[str, object]) -> None:
-    run = net_run["run"]
-    assert isinstance(run, Run)
-    result = run.results["mptcp_bind"]
+    result = net_result(net_run, "mptcp_bind")
     assert result["blocked"], (
         f"ESCAPE: an IPPROTO_MPTCP socket bound a port outside bind_tcp ({result['detail']}): "
         "Landlock's TCP rules skip MPTCP; seccomp must refuse protocol IPPROTO_MPTCP (EPERM)")
@@ -537,9 +538,7 @@ def test_mptcp_cannot_bind_a_denied_port(net_run: dict[str, object]) -> None:
 
 
 def test_udp_needs_dns_grant(net_run: dict[str, object]) -> None:
-    run = net_run["run"]
-    assert isinstance(run, Run)
-    result = run.results["udp"]
+    result = net_result(net_run, "udp")
     assert result["blocked"] and not net_run["udp_reached"], (
         f"ESCAPE: a profile with dns = false sent a UDP datagram to an arbitrary port "
         f"({result['detail']}; received: {net_run['udp_reached']}). Landlock filters TCP only; "
@@ -555,9 +554,7 @@ def test_udp_needs_dns_grant(net_run: dict[str, object]) -> None:
     "a bound socket from an unbound one, and the profile grants bind_tcp so listen() must "
     "stay allowed"))
 def test_listen_without_bind_is_refused(net_run: dict[str, object]) -> None:
-    run = net_run["run"]
-    assert isinstance(run, Run)
-    result = run.results["listen_unbound"]
+    result = net_result(net_run, "listen_unbound")
     assert result["blocked"], f"the app listens without a bind_tcp grant: {result['detail']}"
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import need
 
 from sandrun import seccomp
 from sandrun.errors import EnforcementError
@@ -495,8 +496,8 @@ def exec_workload(stdout_fd: int) -> None:
 def test_cpython_workload_runs_under_baseline(require_root: None, require_seccomp: None) -> None:
     """A real CPython (startup, threads, sockets, C extensions, ssl, ctypes callback, fork,
     subprocess, asyncio) runs under the filter: clone3's ENOSYS falls back to clone."""
-    if not os.access("/usr/bin/python3", os.X_OK):
-        pytest.skip("needs the system /usr/bin/python3 (readable by nobody)")
+    need(os.access("/usr/bin/python3", os.X_OK),
+         "needs the system /usr/bin/python3 (readable by nobody)")
     bpf = seccomp.compile_filter(NETWORK)
     out_read, out_write = os.pipe()
     pid = os.fork()

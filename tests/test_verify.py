@@ -31,7 +31,7 @@ from bundlecraft import (
 from sandrun.archive import ARCHIVE
 from sandrun.archive import PREAMBLE as PREAMBLE_WHERE
 from sandrun.errors import ArchiveError, Problem, VerificationError
-from sandrun.manifest import MANIFEST_NAME, EntryRecord
+from sandrun.manifest import MANIFEST_NAME
 from sandrun.verify import VerifyResult, verify_bundle
 
 EVIL = "site-packages/demo/evil.py"
@@ -141,23 +141,22 @@ def test_manifest_malformed(tmp_path: Path) -> None:
     assert_reports(verify_raw(tmp_path, entries), MANIFEST_NAME, "not valid JSON")
 
 
-def test_manifest_hash_edited(tmp_path: Path) -> None:
+def entries_with_edited_record(**changes: object) -> list[RawEntry]:
+    """The valid bundle's entries, with CORE's manifest record changed (not its data)."""
     files = default_files()
     manifest = make_manifest(files)
-    record = manifest.entries[CORE]
     edited = dict(manifest.entries)
-    edited[CORE] = EntryRecord("0" * 64, record.size, record.mode)
-    entries = raw_entries(files, manifest=dataclasses.replace(manifest, entries=edited))
+    edited[CORE] = dataclasses.replace(manifest.entries[CORE], **changes)
+    return raw_entries(files, manifest=dataclasses.replace(manifest, entries=edited))
+
+
+def test_manifest_hash_edited(tmp_path: Path) -> None:
+    entries = entries_with_edited_record(sha256="0" * 64)
     assert_reports(verify_raw(tmp_path, entries), CORE, "content differs from manifest")
 
 
 def test_manifest_entry_mode_edited(tmp_path: Path) -> None:
-    files = default_files()
-    manifest = make_manifest(files)
-    record = manifest.entries[CORE]
-    edited = dict(manifest.entries)
-    edited[CORE] = EntryRecord(record.sha256, record.size, 0o755)
-    entries = raw_entries(files, manifest=dataclasses.replace(manifest, entries=edited))
+    entries = entries_with_edited_record(mode=0o755)
     assert_reports(verify_raw(tmp_path, entries), CORE, "mode 0644 differs from manifest (0755)")
 
 
