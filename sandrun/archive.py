@@ -365,7 +365,7 @@ def open_archive(source: str | os.PathLike[str] | int) -> StrictArchive:
     An fd is read with pread, so its offset is untouched, and it is not closed.
     """
     if isinstance(source, int):
-        return parse_archive(_read_fd(source, f"fd {source}"))
+        return parse_archive(_read_fd(source, f"fd {source}"), f"fd {source}")
     label = os.fsdecode(source)
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -381,7 +381,7 @@ def open_archive(source: str | os.PathLike[str] | int) -> StrictArchive:
         data = _read_fd(fd, label)
     finally:
         os.close(fd)
-    return parse_archive(data)
+    return parse_archive(data, label)
 
 
 def _read_fd(fd: int, label: str) -> bytearray:
@@ -456,8 +456,18 @@ class _Span:
     name: str
 
 
-def parse_archive(data: bytes | bytearray) -> StrictArchive:
-    """Parse an archive held in memory; see the module docstring."""
+def parse_archive(data: bytes | bytearray, label: str | None = None) -> StrictArchive:
+    """Parse an archive held in memory; see the module docstring. `label` (the file's
+    name) prefixes the message when the data is no usable zip at all."""
+    try:
+        return _parse_archive(data)
+    except ArchiveError as exc:
+        if label is None:
+            raise
+        raise ArchiveError(f"{label}: {exc.message}", exc.hint) from None
+
+
+def _parse_archive(data: bytes | bytearray) -> StrictArchive:
     problems: list[Problem] = []
 
     def add(where: str, what: str, hint: str = REBUILD_HINT) -> None:

@@ -147,7 +147,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
 
     privileged = os.geteuid() == 0
     data, sha256 = read_bundle(options.bundle)
-    archive = parse_archive(data)
+    archive = parse_archive(data, options.bundle)
     store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
     tree = store.tree(sha256)
     installed = tree.is_dir()

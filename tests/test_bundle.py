@@ -213,7 +213,8 @@ def test_verify_cli_exit_codes(wheelhouse: Path, tmp_path: Path) -> None:
     notzip = tmp_path / "n.pyz"
     notzip.write_text("#!/bin/sh\necho not a zip\n")
     proc = sandrun("verify", str(notzip))
-    assert proc.returncode == 125 and proc.stderr.startswith("sandrun: error:")
+    assert proc.returncode == 125
+    assert proc.stderr.startswith(f"sandrun: error: {notzip}: ")  # names the file
     assert "Traceback" not in proc.stderr
 
 
