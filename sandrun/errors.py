@@ -109,3 +109,23 @@ class InterpreterNotFound(SandrunError):
 
 class InterpreterNotExecutable(SandrunError):
     exit_code = EXIT_CANNOT_EXECUTE
+
+
+class KeyFileError(SandrunError):
+    """A signing key or public key cannot be read, written or used."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, malformed or does not verify."""
+
+
+class TrustError(ProblemsError):
+    """A bundle does not satisfy the trust policy; every failing rule is listed."""
+
+
+class AuditError(SandrunError):
+    """A vulnerability database cannot be read, or a bundle has known vulnerabilities."""
+
+
+class LockFileError(ProblemsError):
+    """A lock file (pylock.toml) is invalid or does not fit the target."""
