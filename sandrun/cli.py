@@ -106,7 +106,8 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
 def exec_(profile: str | None, user: str | None, python: str | None, store: str | None,
           dry_run: bool, verify_mode: str, bundle_path: str, args: tuple[str, ...]) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
-    from sandrun.launcher import ExecOptions, launch, prepare, render_plan
+    from sandrun import runner, warm_exec
+    from sandrun.launcher import ExecOptions, prepare, render_plan, run_spec
 
     if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
         args = args[1:]
@@ -117,7 +118,9 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
     if dry_run:
         click.echo(render_plan(plan))
         return 0
-    return launch(plan)
+    spec = run_spec(plan)
+    warm_exec.save_record(options, plan, spec, extra_inputs=[])
+    return runner.launch(spec, plan.args)
 
 
 @cli.command()

@@ -12,16 +12,15 @@ protection is reported as enforced, partial or not enforced, never silently degr
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import enum
 import errno
 import functools
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from sandrun import runner
 from sandrun.errors import EnforcementError
 
 # Landlock syscalls share one number on every architecture but alpha (added after the
@@ -116,50 +115,11 @@ def scopes_for_abi(abi: int) -> int:
     return SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = (
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    )
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1  # the uapi struct is __attribute__((packed)): 12 bytes
-    _fields_ = (
-        ("allowed_access", ctypes.c_uint64),
-        ("parent_fd", ctypes.c_int32),
-    )
-
-
-class _NetPortAttr(ctypes.Structure):
-    _fields_ = (
-        ("allowed_access", ctypes.c_uint64),
-        ("port", ctypes.c_uint64),
-    )
-
-
-# Size of landlock_ruleset_attr up to the last field an ABI knows: older kernels reject
-# a larger struct unless the extra bytes are zero, so pass only what we fill in.
-_RULESET_ATTR_SIZE_FS = 8
-_RULESET_ATTR_SIZE_NET = 16
-_RULESET_ATTR_SIZE_SCOPED = 24
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-
-
-def _syscall(number: int, *args: int) -> tuple[int, int]:
-    """Call a raw syscall; return (result, errno) with errno read right after the call."""
-    ctypes.set_errno(0)
-    result = _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
-    return int(result), ctypes.get_errno()
-
-
-def _errno_text(code: int) -> str:
-    name = errno.errorcode.get(code, f"errno {code}")
-    return f"{name} ({os.strerror(code)})"
+# The kernel calls themselves live in runner.py, which the warm exec path imports alone.
+_syscall = runner.syscall
+_errno_text = runner.errno_text
+_NetPortAttr = runner._NetPortAttr
+_add_rule = runner._add_rule
 
 
 @functools.cache
@@ -381,73 +341,15 @@ def _check_port(port: int, key: str) -> None:
             f"invalid TCP port {port!r} in {key}", "use a port number between 0 and 65535")
 
 
-def _add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure, what: str) -> None:
-    result, err = _syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type,
-                           ctypes.addressof(attr), 0)
-    if result == 0:
-        return
-    meaning = {
-        errno.EINVAL: "rights not handled by the ruleset or not applicable to this file type",
-        errno.ENOMSG: "the rule grants no right",
-        errno.EBADF: "the ruleset or path fd is not open",
-        errno.EBADFD: "the ruleset fd is not a ruleset, or the path fd is not O_PATH-opened",
-        errno.EPERM: "the ruleset fd was not opened for writing",
-        errno.EFAULT: "bad rule address (a bug in sandrun)",
-    }.get(err, "unexpected error")
-    raise EnforcementError(
-        f"cannot add the Landlock rule for {what}: {_errno_text(err)}: {meaning}",
-        "report this as a sandrun bug, with the profile and kernel version")
-
-
-def _open_path(rule: PathRule) -> int | None:
-    """O_PATH fd of the rule's path (following symlinks), or None for an absent optional."""
-    try:
-        # No O_NOFOLLOW: a symlinked /etc/resolv.conf must grant its target.
-        return os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        if not rule.required:
-            return None
-        raise EnforcementError(
-            f"required path {rule.path!r} ({rule.access.value}) does not exist",
-            "create it, or remove it from the profile's [filesystem] lists") from exc
-    except OSError as exc:
-        raise EnforcementError(
-            f"cannot open {rule.path!r} for a Landlock rule: {_errno_text(exc.errno or 0)}",
-            "check the path and its parent directories") from exc
-
-
-def _create_ruleset(fs: int, net: int, scoped: int) -> int:
-    attr = _RulesetAttr(handled_access_fs=fs, handled_access_net=net, scoped=scoped)
-    if scoped:
-        size = _RULESET_ATTR_SIZE_SCOPED
-    elif net:
-        size = _RULESET_ATTR_SIZE_NET
-    else:
-        size = _RULESET_ATTR_SIZE_FS
-    fd, err = _syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.addressof(attr), size, 0)
-    if fd >= 0:
-        return fd
-    meaning = {
-        errno.EOPNOTSUPP: "Landlock is supported by the kernel but disabled at boot",
-        errno.ENOSYS: "the kernel has no Landlock",
-        errno.EINVAL: "a handled right or scope is unknown to this kernel",
-        errno.E2BIG: "the attribute struct is larger than this kernel knows",
-        errno.ENOMSG: "the ruleset handles nothing",
-        errno.EMFILE: "too many open files",
-    }.get(err, "unexpected error")
-    raise EnforcementError(f"cannot create the Landlock ruleset: {_errno_text(err)}: {meaning}",
-                           "check that the kernel enables Landlock (lsm=...,landlock)")
-
-
-def prepare(policy: LandlockPolicy) -> Prepared:
-    """Build the ruleset (as root, before forking): open every path and add its rule.
+def ruleset_spec(policy: LandlockPolicy) -> dict[str, Any] | None:
+    """The ruleset this kernel will enforce for `policy`, as plain data for
+    `runner.build_ruleset` (cacheable: it depends only on the policy and the ABI).
 
     Handles every right the running ABI knows, so whatever is not granted is denied.
-    Raises EnforcementError when the ABI is below policy.min_abi, a required path is
-    missing or the kernel refuses a call.
+    Returns None when Landlock is absent and the policy accepts that (min_abi 0).
+    Raises EnforcementError when the ABI is below policy.min_abi or a port is invalid.
     """
     kernel_abi = abi_version()
-    statuses = plan(policy, kernel_abi)
     if kernel_abi < policy.min_abi:
         have = f"ABI {kernel_abi}" if kernel_abi else "no Landlock"
         missing = "; ".join(_missing_features(kernel_abi, policy.min_abi))
@@ -461,8 +363,7 @@ def prepare(policy: LandlockPolicy) -> Prepared:
     for port in policy.connect_tcp:
         _check_port(port, "network.connect_tcp")
     if kernel_abi <= 0:
-        # Only reachable with min_abi 0: the statuses say nothing is enforced.
-        return Prepared(ruleset_fd=-1, keep_fds=(), abi=0, statuses=statuses)
+        return None  # only reachable with min_abi 0: plan() says nothing is enforced
 
     level = min(kernel_abi, KNOWN_ABI)
     handled_fs = fs_rights_for_abi(level)
@@ -470,46 +371,38 @@ def prepare(policy: LandlockPolicy) -> Prepared:
     scoped = scopes_for_abi(level) & (
         (SCOPE_ABSTRACT_UNIX_SOCKET if policy.scope_abstract_unix else 0)
         | (SCOPE_SIGNAL if policy.scope_signal else 0))
-    restrict_flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if level >= 7 and policy.log_denials else 0
+    return {
+        "abi": kernel_abi,
+        "handled_fs": handled_fs,
+        "handled_net": handled_net,
+        "scoped": scoped,
+        "restrict_flags": (RESTRICT_SELF_LOG_NEW_EXEC_ON
+                           if level >= 7 and policy.log_denials else 0),
+        "paths": [(rule.path, rule.access.rights & handled_fs, rule.required,
+                   rule.access.value) for rule in policy.paths],
+        "bind_tcp": sorted(set(policy.bind_tcp)) if handled_net else [],
+        "connect_tcp": sorted(set(policy.connect_tcp)) if handled_net else [],
+    }
 
-    ruleset_fd = _create_ruleset(handled_fs, handled_net, scoped)
-    try:
-        for rule in policy.paths:
-            path_fd = _open_path(rule)
-            if path_fd is None:
-                continue
-            try:
-                rights = rule.access.rights & handled_fs
-                if not stat.S_ISDIR(os.fstat(path_fd).st_mode):
-                    # The kernel rejects directory rights on files and devices (EINVAL).
-                    rights &= FS_FILE_RIGHTS
-                if not rights:
-                    continue
-                attr = _PathBeneathAttr(allowed_access=rights, parent_fd=path_fd)
-                _add_rule(ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, attr,
-                          f"{rule.path!r} ({rule.access.value})")
-            finally:
-                os.close(path_fd)
-        if handled_net:
-            for right, ports in ((ACCESS_NET_BIND_TCP, policy.bind_tcp),
-                                 (ACCESS_NET_CONNECT_TCP, policy.connect_tcp)):
-                for port in sorted(set(ports)):
-                    net_attr = _NetPortAttr(allowed_access=right, port=port)
-                    verb = "bind" if right == ACCESS_NET_BIND_TCP else "connect"
-                    _add_rule(ruleset_fd, LANDLOCK_RULE_NET_PORT, net_attr,
-                              f"TCP {verb} port {port}")
-    except BaseException:
-        os.close(ruleset_fd)
-        raise
-    return Prepared(ruleset_fd=ruleset_fd, keep_fds=(ruleset_fd,), abi=kernel_abi,
-                    statuses=statuses, restrict_flags=restrict_flags)
+
+def prepare(policy: LandlockPolicy) -> Prepared:
+    """Build the ruleset (as root, before forking): open every path and add its rule.
+
+    Raises EnforcementError when the ABI is below policy.min_abi, a required path is
+    missing or the kernel refuses a call.
+    """
+    statuses = plan(policy)
+    spec = ruleset_spec(policy)
+    if spec is None:
+        return Prepared(ruleset_fd=-1, keep_fds=(), abi=0, statuses=statuses)
+    ruleset_fd = runner.build_ruleset(spec)
+    return Prepared(ruleset_fd=ruleset_fd, keep_fds=(ruleset_fd,), abi=spec["abi"],
+                    statuses=statuses, restrict_flags=spec["restrict_flags"])
 
 
 def no_new_privs_set() -> bool:
     """Whether this thread has no_new_privs (required by an unprivileged restrict_self)."""
-    result = _libc.prctl(ctypes.c_int(PR_GET_NO_NEW_PRIVS), ctypes.c_ulong(0),
-                         ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
-    return result == 1
+    return runner.prctl(PR_GET_NO_NEW_PRIVS) == 1
 
 
 def restrict_self(prepared: Prepared) -> None:
@@ -518,27 +411,4 @@ def restrict_self(prepared: Prepared) -> None:
     The caller must already have set no_new_privs: this does not set it, but refuses
     without it (root with CAP_SYS_ADMIN could otherwise skip it by mistake).
     """
-    if prepared.ruleset_fd < 0:
-        return  # Landlock absent and accepted (min_abi 0); statuses already say so
-    try:
-        if not no_new_privs_set():
-            raise EnforcementError(
-                "no_new_privs is not set: refusing to enforce Landlock",
-                "call prctl(PR_SET_NO_NEW_PRIVS, 1) after dropping privileges (a sandrun bug)")
-        result, err = _syscall(SYS_LANDLOCK_RESTRICT_SELF, prepared.ruleset_fd,
-                               prepared.restrict_flags)
-        if result != 0:
-            meaning = {
-                errno.EPERM: "no_new_privs is not set and the caller lacks CAP_SYS_ADMIN",
-                errno.E2BIG: "the process already has 16 nested Landlock domains",
-                errno.EBADF: "the ruleset fd was closed (keep Prepared.keep_fds open)",
-                errno.EBADFD: "the fd is not a Landlock ruleset",
-                errno.EINVAL: "unknown restrict_self flags for this kernel",
-                errno.EOPNOTSUPP: "Landlock is disabled",
-            }.get(err, "unexpected error")
-            raise EnforcementError(
-                f"cannot enforce the Landlock ruleset: {_errno_text(err)}: {meaning}",
-                "report this as a sandrun bug, with the profile and kernel version")
-    finally:
-        with contextlib.suppress(OSError):  # never hide the real error behind EBADF
-            os.close(prepared.ruleset_fd)
+    runner.restrict_self(prepared.ruleset_fd, prepared.restrict_flags)

@@ -10,27 +10,18 @@ module imports only the standard library and sandrun's enforcement modules.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import hashlib
-import json
 import os
-import signal
 import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandrun import landlock, seccomp
+from sandrun import landlock, runner, seccomp, warm_exec
 from sandrun.errors import (
-    EXIT_CANNOT_EXECUTE,
-    EXIT_NOT_FOUND,
-    EXIT_REFUSED,
     BundleError,
     EnforcementError,
-    SandrunError,
     VerificationError,
 )
 from sandrun.interpreter import Interpreter, check_wheel_tags, find_interpreter
@@ -41,25 +32,7 @@ from sandrun.users import AppUser, invoking_user, resolve_user
 if TYPE_CHECKING:
     from sandrun.profile import Profile
 
-# prctl(2) and unshare(2) constants (linux/prctl.h, linux/sched.h, linux/mount.h).
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_CHILD_SUBREAPER = 36
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-PR_SET_MDWE = 65
 PR_GET_MDWE = 66
-PR_MDWE_REFUSE_EXEC_GAIN = 1
-CLONE_NEWNS = 0x00020000
-CLONE_NEWPID = 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-
-# Signals an operator sends to a service; forwarded when sent by a process (not the tty,
-# whose signals reach the app directly through the foreground process group).
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM,
-                     signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 # Files almost every app needs to read; absent ones are skipped (marked so in --dry-run).
 # DNS files come with the profile's `dns = true`, certificates with its read lists.
@@ -82,6 +55,8 @@ class ExecOptions:
     store: str | None = None
     dry_run: bool = False
     verify_full: bool = False
+    trust: str | None = None  # trust policy file (default /etc/sandrun/trust.toml if present)
+    audit_db: str | None = None  # OSV database: refuse known-vulnerable dependencies
 
 
 @dataclass
@@ -104,8 +79,10 @@ class LaunchPlan:
     privileged: bool
     interpreter: Interpreter
     state_dir: Path
-    argv: list[str]
-    env: dict[str, str]
+    argv: list[str]  # interpreter, flags and bootstrap; the app's args follow
+    args: tuple[str, ...]
+    base_env: dict[str, str]  # before the profile's env pass and set
+    env: dict[str, str]  # what the app gets when started from this environment
     cwd: str
     landlock_policy: landlock.LandlockPolicy
     seccomp_policy: seccomp.SeccompPolicy
@@ -113,10 +90,6 @@ class LaunchPlan:
     mdwe: bool
     protections: list[Protection] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def read_bundle(path: str) -> tuple[bytes, str]:
@@ -159,7 +132,13 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         manifest_bytes = archive.read(manifest_entry)
         manifest = Manifest.from_bytes(manifest_bytes)
         store.check_ancestry()
-        store.check_tree(tree, manifest, manifest_bytes, full=options.verify_full)
+        # Re-hash in full unless the tree is exactly as it was last fully verified (ctime
+        # and inode of every entry): a same-size edit cannot pass the cheap check.
+        full = options.verify_full or not warm_exec.tree_matches_snapshot(
+            str(store.root), str(tree))
+        store.check_tree(tree, manifest, manifest_bytes, full=full)
+        if full and not options.dry_run:
+            warm_exec.save_tree_snapshot(str(store.root), str(tree))
     else:
         result = verify_archive(archive)
         if not result.ok or result.manifest is None:
@@ -200,6 +179,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
             store.ensure_layout()
             tree = store.install(sha256, archive, manifest)
             store.check_tree(tree, manifest, manifest_bytes, full=False)
+            warm_exec.save_tree_snapshot(str(store.root), str(tree))  # written from verified bytes
             installed = True
     state = store.state_dir(app, user.uid, user.gid, create=not options.dry_run and user.exists)
     placeholders = {"app": app, "state": str(state), "tmp": str(state / "tmp"),
@@ -208,8 +188,9 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     uses_cwd = os.getcwd() in (*profile.read, *profile.read_write)
     cwd = os.getcwd() if uses_cwd else str(state)
 
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(state),
-           "TMPDIR": str(state / "tmp"), "LANG": "C.UTF-8"}
+    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(state),
+                "TMPDIR": str(state / "tmp"), "LANG": "C.UTF-8"}
+    env = dict(base_env)
     for name in profile.env_pass:
         if name in os.environ:
             env[name] = os.environ[name]
@@ -219,8 +200,8 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         bundle=options.bundle, bundle_sha256=sha256, manifest=manifest, store=store, tree=tree,
         installed=installed, profile=profile, user=user, privileged=privileged,
         interpreter=interp, state_dir=state,
-        argv=[interp.path, "-I", "-B", str(tree / BOOTSTRAP_NAME), *options.args],
-        env=env, cwd=cwd,
+        argv=[interp.path, "-I", "-B", str(tree / BOOTSTRAP_NAME)], args=options.args,
+        base_env=base_env, env=env, cwd=cwd,
         landlock_policy=_landlock_policy(profile, interp, tree, state),
         seccomp_policy=_seccomp_policy(profile),
         rlimits=dict(profile.rlimits), mdwe=profile.mdwe)
@@ -274,7 +255,7 @@ def _seccomp_policy(profile: Profile) -> seccomp.SeccompPolicy:
 
 
 def mdwe_supported() -> bool:
-    return _libc().prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
+    return runner.prctl(PR_GET_MDWE) >= 0
 
 
 def require_kernel_support(profile: Profile) -> None:
@@ -354,7 +335,7 @@ def render_plan(plan: LaunchPlan) -> str:
                                             "  (missing: would be created as a system user)"),
         f"interpreter  {plan.interpreter.path} (Python {plan.interpreter.version}, "
         f"stdlib {plan.interpreter.stdlib})",
-        f"command      {' '.join(plan.argv)}",
+        f"command      {' '.join([*plan.argv, *plan.args])}",
         f"cwd          {plan.cwd}",
         f"profile      {plan.profile.source}",
         "environment  " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())),
@@ -378,223 +359,18 @@ def render_plan(plan: LaunchPlan) -> str:
 # ---------------------------------------------------------------- the launch itself
 
 
-@dataclass
-class _ChildSetup:
-    bpf: bytes
-    prepared: landlock.Prepared
-    err_fd: int
-    cap_last: int
+def run_spec(plan: LaunchPlan) -> runner.RunSpec:
+    """The plan as plain data for runner.launch (and the warm-start cache)."""
+    return runner.RunSpec(
+        privileged=plan.privileged, uid=plan.user.uid, gid=plan.user.gid,
+        user_name=plan.user.name, interpreter=plan.interpreter.path, argv=list(plan.argv),
+        env=dict(plan.base_env), env_pass=list(plan.profile.env_pass),
+        env_set=dict(plan.profile.env_set), cwd=plan.cwd, state_dir=str(plan.state_dir),
+        rlimits=sorted(plan.rlimits.items()), mdwe=plan.mdwe,
+        landlock=landlock.ruleset_spec(plan.landlock_policy),
+        seccomp_bpf=seccomp.compile_filter(plan.seccomp_policy))
 
 
 def launch(plan: LaunchPlan) -> int:
     """Fork, sandbox the child, exec the app; return its exit code (128+N if killed)."""
-    libc = _libc()
-    bpf = seccomp.compile_filter(plan.seccomp_policy)
-    prepared = landlock.prepare(plan.landlock_policy)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    setup = _ChildSetup(bpf, prepared, err_w, cap_last)
-    waited = {*FORWARDED_SIGNALS, signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if plan.privileged:
-        if libc.unshare(CLONE_NEWPID) != 0:
-            raise EnforcementError(f"unshare(CLONE_NEWPID) failed: "
-                                   f"{os.strerror(ctypes.get_errno())}",
-                                   "sandrun needs root with CAP_SYS_ADMIN to isolate the app")
-    else:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    pid = os.fork()
-    if pid == 0:
-        code = EXIT_REFUSED
-        try:
-            if plan.privileged:
-                code = _init_process(plan, setup)
-            else:
-                _enter_sandbox(plan, setup)
-        except BaseException as exc:  # report, never return into the parent's code
-            _report(err_w, "launch", exc)
-        os._exit(code)
-    os.close(err_w)
-    os.close(prepared.ruleset_fd)
-    status = _supervise(pid, kill_leftovers=not plan.privileged)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    report = _read_report(err_r)
-    if report:
-        code = report.get("exit", EXIT_REFUSED)
-        raise EnforcementError(f"the sandbox could not be set up ({report['stage']}): "
-                               f"{report['message']}", report.get("hint", ""),
-                               exit_code=code)
-    return status
-
-
-def _report(fd: int, stage: str, exc: BaseException) -> None:
-    exit_code = EXIT_REFUSED
-    hint = ""
-    if isinstance(exc, SandrunError):
-        message, hint, exit_code = exc.message, exc.hint, exc.exit_code
-    elif isinstance(exc, OSError):
-        message = f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-    payload = json.dumps({"stage": stage, "message": message, "hint": hint,
-                          "exit": exit_code}).encode()
-    with contextlib.suppress(OSError):
-        os.write(fd, payload)
-
-
-def _read_report(fd: int) -> dict | None:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    if not chunks:
-        return None
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        return {"stage": "launch", "message": b"".join(chunks).decode(errors="replace")}
-
-
-def _supervise(child: int, *, kill_leftovers: bool) -> int:
-    """Wait for `child`, forwarding signals sent by processes; return its exit code."""
-    while True:
-        info = signal.sigwaitinfo({*FORWARDED_SIGNALS, signal.SIGCHLD})
-        if info.si_signo == signal.SIGCHLD:
-            code = _reap(child)
-            if code is not None:
-                if kill_leftovers:
-                    _kill_orphans()
-                return code
-            continue
-        # si_code <= 0 (SI_USER, SI_QUEUE, SI_TKILL): sent by a process; positive codes come
-        # from the kernel (tty), which already delivered them to the whole foreground group.
-        if info.si_code <= 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, info.si_signo)
-
-
-def _reap(child: int | None) -> int | None:
-    """Reap every exited child; return `child`'s exit code if it was among them."""
-    result = None
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return result
-        if pid == 0:
-            return result
-        if pid == child:
-            result = os.waitstatus_to_exitcode(status)
-            result = 128 - result if result < 0 else result
-
-
-def _kill_orphans() -> None:
-    """Non-root fallback for the PID namespace: kill what got reparented to us."""
-    me = str(os.getpid())
-    for _ in range(10):
-        found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me:
-                found = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), signal.SIGKILL)
-        _reap(None)
-        if not found:
-            return
-
-
-def _init_process(plan: LaunchPlan, setup: _ChildSetup) -> int:
-    """PID 1 of the app's PID namespace (root): private mounts, then supervise the app."""
-    libc = _libc()
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
-    state = str(plan.state_dir).encode()
-    _check(libc.mount(state, state, None, MS_BIND, None), "bind the state dir")
-    _check(libc.mount(None, state, None, MS_BIND | MS_REMOUNT | MS_NOEXEC | MS_NOSUID |
-                      MS_NODEV, None), "remount the state dir noexec,nosuid,nodev")
-    _check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      b"hidepid=invisible"), "mount a private /proc")
-    app = os.fork()
-    if app == 0:
-        try:
-            _enter_sandbox(plan, setup)
-        except BaseException as exc:
-            _report(setup.err_fd, "sandbox", exc)
-        os._exit(EXIT_REFUSED)
-    os.close(setup.err_fd)
-    os.close(setup.prepared.ruleset_fd)
-    return _supervise(app, kill_leftovers=False)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise EnforcementError(f"{what} failed: {os.strerror(err)}",
-                               "sandrun needs root (CAP_SYS_ADMIN) for its private namespaces")
-
-
-def _enter_sandbox(plan: LaunchPlan, setup: _ChildSetup) -> None:
-    """The fixed order of DESIGN.md; on success this never returns (execve)."""
-    import resource
-
-    libc = _libc()
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED_SIGNALS):
-        signal.signal(sig, signal.SIG_DFL)
-    keep = sorted({setup.err_fd, *setup.prepared.keep_fds})
-    low = 3
-    for fd in keep:
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 20)
-
-    for name, value in plan.rlimits.items():
-        limit = resource.RLIM_INFINITY if value is None else value
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, limit))
-
-    if plan.privileged:
-        for cap in range(setup.cap_last + 1):
-            _check_prctl(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
-        os.setgroups([])
-        os.setresgid(plan.user.gid, plan.user.gid, plan.user.gid)
-        os.setresuid(plan.user.uid, plan.user.uid, plan.user.uid)
-        try:
-            os.setuid(0)
-        except PermissionError:
-            pass
-        else:
-            raise EnforcementError("setuid(0) still succeeds after dropping privileges",
-                                   "refusing to run; report this as a sandrun bug")
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    _check_prctl(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
-    if plan.mdwe:
-        _check_prctl(libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0),
-                     "set memory-deny-write-execute")
-    os.chdir(plan.cwd)
-    os.umask(0o077)
-    landlock.restrict_self(setup.prepared)
-    seccomp.load_filter(setup.bpf)  # last: nothing after this but execve
-    try:
-        os.execve(plan.interpreter.path, plan.argv, plan.env)
-    except OSError as exc:
-        code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_EXECUTE
-        raise EnforcementError(f"cannot execute {plan.interpreter.path}: {exc.strerror}",
-                               "check the interpreter and the profile's rules",
-                               exit_code=code) from None
-
-
-def _check_prctl(result: int, what: str) -> None:
-    if result != 0:
-        raise EnforcementError(f"{what} failed: {os.strerror(ctypes.get_errno())}",
-                               "this kernel lacks a protection the profile requires")
+    return runner.launch(run_spec(plan), plan.args)

@@ -12,6 +12,7 @@ the launcher knows the real directories and calls `Profile.expand()`.
 from __future__ import annotations
 
 import difflib
+import os
 import posixpath
 import re
 import resource
@@ -121,6 +122,9 @@ class Profile:
     syscalls_allow: tuple[str, ...]
     syscalls_deny: tuple[str, ...]
     landlock_min_abi: int
+    # The files it was read from (extends chain, shipped ones included): the warm exec
+    # cache is valid only while none of them changed.
+    files: tuple[str, ...] = field(default=(), compare=False)
 
     def expand(self, placeholders: Mapping[str, str]) -> Profile:
         """Substitute placeholders; paths become normalised and absolute.
@@ -837,6 +841,7 @@ class _Origin:
     label: str
     identity: str  # resolved path or shipped:NAME, for cycle detection
     base_dir: Path | None
+    path: Path | None = None  # the file read, None for text
 
 
 def _open_parent(layer: _Layer, base_dir: Path | None, problems: list[Problem]
@@ -867,11 +872,15 @@ def _open_parent(layer: _Layer, base_dir: Path | None, problems: list[Problem]
     text = _read_file(path, layer.extends_where, problems)
     if text is None:
         return None
-    return _Origin(text, posixpath.normpath(path), identity, path.parent)
+    return _Origin(text, posixpath.normpath(path), identity, path.parent, path)
 
 
-def _load_chain(origin: _Origin, seen: list[_Origin], problems: list[Problem]) -> list[_Layer]:
-    """The layers from the root ancestor down to ORIGIN (problems collected, not raised)."""
+def _load_chain(origin: _Origin, seen: list[_Origin], problems: list[Problem],
+                files: list[str]) -> list[_Layer]:
+    """The layers from the root ancestor down to ORIGIN (problems collected, not raised;
+    the files read appended to FILES)."""
+    if origin.path is not None:
+        files.append(os.path.abspath(origin.path))
     layer = _parse(origin.text, origin.label, problems)
     if layer is None or layer.extends is None:
         return [layer] if layer else []
@@ -886,7 +895,7 @@ def _load_chain(origin: _Origin, seen: list[_Origin], problems: list[Problem]) -
             f"extends forms a cycle: {' -> '.join([*cycle, parent.label])}",
             "remove one of the extends so the chain ends at a profile without extends"))
         return [layer]
-    return [*_load_chain(parent, chain, problems), layer]
+    return [*_load_chain(parent, chain, problems, files), layer]
 
 
 def _merge(layers: list[_Layer], name: str, source: str, problems: list[Problem]) -> Profile:
@@ -940,8 +949,11 @@ def _merge(layers: list[_Layer], name: str, source: str, problems: list[Problem]
 
 
 def _build(origin: _Origin, name: str, source: str, problems: list[Problem]) -> Profile:
-    layers = _load_chain(origin, [], problems)
+    files: list[str] = []
+    layers = _load_chain(origin, [], problems, files)
     profile = _merge(layers, name, source, problems) if layers and not problems else None
+    if profile is not None:
+        profile = replace(profile, files=tuple(files))
     if problems or profile is None:
         count = len(problems)
         raise ProfileError(
@@ -962,7 +974,7 @@ def _load_file(path: Path, source: str, problems: list[Problem]) -> Profile:
     if text is None:
         raise ProfileError(f"profile {source} cannot be read", problems,
                            "give a shipped profile name or a readable .toml file")
-    origin = _Origin(text, str(path), str(path.resolve()), path.parent)
+    origin = _Origin(text, str(path), str(path.resolve()), path.parent, path)
     return _build(origin, _name_from_source(source), source, problems)
 
 

@@ -21,12 +21,10 @@ and refuses a program that does not do what the policy says.
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import errno
 import functools
 import importlib.util
-import os
 import platform
 import struct
 import tempfile
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from sandrun import runner
 from sandrun.errors import EnforcementError
 from sandrun.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
 
@@ -642,52 +641,8 @@ def _alu(op: int, a: int, operand: int) -> int:
 
 # --- loading (runs in the child: ctypes only, no libseccomp) ----------------------------
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-
-# Resolved at import, in the parent: dlsym after fork of a threaded parent can deadlock.
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-_prctl = _libc.prctl
-_prctl.restype = ctypes.c_int
-
-
-def load_filter(bpf: bytes) -> None:
-    """Install `bpf` on the calling thread with seccomp(SECCOMP_SET_MODE_FILTER).
-
-    no_new_privs must already be set. No flags: the child is single-threaded at this
-    point, so TSYNC is not needed.
-    """
-    count, rest = divmod(len(bpf), 8)
-    if rest or not 0 < count <= BPF_MAXINSNS:
-        raise EnforcementError(
-            f"not a seccomp BPF program: {len(bpf)} bytes (need 1..{BPF_MAXINSNS} "
-            "instructions of 8 bytes)", "recompile the filter with compile_filter()")
-    if bpf[:8] != struct.pack("<HBBI", 0x20, 0, 0, 4):
-        raise EnforcementError("refusing a seccomp program that does not check the "
-                               "architecture first", "recompile the filter with compile_filter()")
-    if _prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1:
-        raise EnforcementError(
-            "no_new_privs is not set: refusing to load the seccomp filter",
-            "call prctl(PR_SET_NO_NEW_PRIVS, 1) first (the launch order sets it before "
-            "Landlock and seccomp)")
-    program = ctypes.create_string_buffer(bpf, len(bpf))
-    fprog = _SockFprog(count, ctypes.addressof(program))
-    result = _syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
-                      ctypes.c_long(0), ctypes.byref(fprog))
-    if result != 0:
-        code = ctypes.get_errno()
-        hints = {
-            errno.EINVAL: "the kernel rejected the BPF program; recompile it",
-            errno.EACCES: "set no_new_privs first",
-            errno.ENOSYS: "the kernel has no seccomp() (CONFIG_SECCOMP_FILTER)",
-            errno.ENOMEM: "too many filters are already stacked on this process",
-        }
-        raise EnforcementError(
-            f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {errno.errorcode.get(code, code)} "
-            f"({os.strerror(code)})", hints.get(code, "check the kernel's seccomp support"))
+# runner.py holds the kernel call, so that the warm exec path need not import this module.
+load_filter = runner.load_seccomp_filter
 
 
 # --- reporting -------------------------------------------------------------------------

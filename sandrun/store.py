@@ -22,23 +22,17 @@ from typing import TYPE_CHECKING
 
 from sandrun.errors import Problem, StoreError, VerificationError
 from sandrun.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from sandrun.warm_exec import DEFAULT_STORE, default_store_root
 
 if TYPE_CHECKING:
     from sandrun.archive import StrictArchive
 
-DEFAULT_STORE = "/var/lib/sandrun"
 TREE_DIR_MODE = 0o555
 _TMP_PREFIX = ".tmp-"
 
 
 def default_store_path() -> Path:
-    env = os.environ.get("SANDRUN_STORE")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path(DEFAULT_STORE)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "sandrun"
+    return Path(default_store_root())
 
 
 @dataclass(frozen=True)
