@@ -14,11 +14,12 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandrun import landlock, runner, seccomp, warm_exec
+from sandrun import bytecode, landlock, runner, seccomp, warm_exec
 from sandrun.errors import (
     BundleError,
     EnforcementError,
@@ -177,7 +178,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         check_wheel_tags(interp, [d.wheel for d in manifest.dependencies])
         if not options.dry_run:
             store.ensure_layout()
-            tree = store.install(sha256, archive, manifest)
+            tree = store.install(sha256, archive, manifest, interp.version)
             store.check_tree(tree, manifest, manifest_bytes, full=False)
             warm_exec.save_tree_snapshot(str(store.root), str(tree))  # written from verified bytes
             installed = True
@@ -335,6 +336,12 @@ def render_plan(plan: LaunchPlan) -> str:
                                             "  (missing: would be created as a system user)"),
         f"interpreter  {plan.interpreter.path} (Python {plan.interpreter.version}, "
         f"stdlib {plan.interpreter.stdlib})",
+        "bytecode     " + ("precompiled into the store at install (read-only; re-compiled and "
+                             "compared by a full check)"
+                             if bytecode.compatible(plan.interpreter.version) else
+                             f"not precompiled: sandrun runs Python {sys.version_info[0]}."
+                             f"{sys.version_info[1]}, the app {plan.interpreter.version} "
+                             "(every start compiles what it imports)"),
         f"command      {' '.join([*plan.argv, *plan.args])}",
         f"cwd          {plan.cwd}",
         f"profile      {plan.profile.source}",

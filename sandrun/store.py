@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sandrun import bytecode
 from sandrun.errors import Problem, StoreError, VerificationError
 from sandrun.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from sandrun.warm_exec import DEFAULT_STORE, default_store_root
@@ -83,8 +84,12 @@ class Store:
                                  f"{stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid})",
                                  f"fix it: chown {self.owner} {path}; chmod go-w {path}")
 
-    def install(self, bundle_sha256: str, archive: StrictArchive, manifest: Manifest) -> Path:
-        """Extract a verified archive once; concurrent callers wait and reuse it."""
+    def install(self, bundle_sha256: str, archive: StrictArchive, manifest: Manifest,
+                python_version: str | None = None) -> Path:
+        """Extract a verified archive once; concurrent callers wait and reuse it.
+
+        With the app's Python X.Y, bytecode is precompiled when sandrun's interpreter
+        writes that format (bytecode.py)."""
         tree = self.tree(bundle_sha256)
         if tree.exists():
             return tree
@@ -95,7 +100,7 @@ class Store:
             tmp = self.apps / f"{_TMP_PREFIX}{bundle_sha256}-{os.getpid()}"
             os.mkdir(tmp, 0o700)
             try:
-                self._extract(archive, manifest, tmp)
+                self._extract(archive, manifest, tmp, tree, python_version)
                 os.chmod(tmp, TREE_DIR_MODE)
                 os.rename(tmp, tree)
                 _fsync_dir(self.apps)
@@ -119,7 +124,8 @@ class Store:
         for leftover in self.apps.glob(f"{_TMP_PREFIX}{bundle_sha256}-*"):
             _remove_tree(leftover)
 
-    def _extract(self, archive: StrictArchive, manifest: Manifest, tmp: Path) -> None:
+    def _extract(self, archive: StrictArchive, manifest: Manifest, tmp: Path, final: Path,
+                 python_version: str | None) -> None:
         """Write every entry of an archive that verify_archive() passed. The archive
         parses an in-memory copy of the bundle, so what was hashed is what is written."""
         dirs: set[Path] = set()
@@ -145,6 +151,10 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if python_version and bytecode.compatible(python_version):
+            for name in bytecode.compile_sources(tmp, final, manifest.entries):
+                os.chmod(tmp / name, 0o444)
+                dirs.add((tmp / name).parent)
         for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
             os.chmod(directory, TREE_DIR_MODE)
 
@@ -157,6 +167,10 @@ class Store:
         """
         problems: list[Problem] = []
         expected = dict(manifest.entries)
+        # A __pycache__ dir may exist only where a listed .py source is.
+        dir_names = {name.rpartition("/")[0] + "/" + bytecode.CACHE_DIR + "/"
+                     if "/" in name else bytecode.CACHE_DIR + "/"
+                     for name in expected if name.endswith(".py")}
         seen: set[str] = set()
         st = tree.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != self.owner or \
@@ -170,6 +184,8 @@ class Store:
                 problems.append(Problem(rel, f"owned by uid {entry_st.st_uid}, "
                                         f"expected {self.owner}"))
             if stat.S_ISDIR(entry_st.st_mode):
+                if bytecode.is_pycache_dir(rel) and f"{rel}/" not in dir_names:
+                    problems.append(Problem(rel + "/", "bytecode dir beside no listed source"))
                 if mode != TREE_DIR_MODE:
                     problems.append(Problem(rel + "/", f"directory mode {mode:04o}, "
                                             "expected 0555"))
@@ -185,6 +201,15 @@ class Store:
             if rel == SIGNATURE_NAME:
                 continue
             record = expected.get(rel)
+            source = bytecode.source_of(rel) if record is None else None
+            if source is not None and source in expected:
+                if mode != 0o444:
+                    problems.append(Problem(rel, f"mode {mode:04o}, expected 0444"))
+                elif full:
+                    why = bytecode.pyc_problem(path, tree / source)
+                    if why:
+                        problems.append(Problem(rel, f"bytecode {why}"))
+                continue
             if record is None:
                 problems.append(Problem(rel, "extra file not in the manifest"))
                 continue

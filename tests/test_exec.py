@@ -379,3 +379,34 @@ def test_user_in_privileged_group_is_refused(world: dict[str, Path]) -> None:
         assert "privileged group(s): adm" in proc.stderr
     finally:
         subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def test_bytecode_is_precompiled_and_checked(world: dict[str, Path]) -> None:
+    """Sources get read-only .pyc files at install; a forged one is refused."""
+    import importlib.util
+    import marshal
+
+    store = world["base"] / "bytecode-store"
+    try:
+        assert exec_app(world, "hello", store=store).returncode == 0
+        site = store / "apps" / bundle_sha(world) / "site-packages"
+        tag = sys.implementation.cache_tag
+        pyc = site / "__pycache__" / f"exectest.{tag}.pyc"
+        assert pyc.stat().st_mode & 0o7777 == 0o444
+        assert pyc.parent.stat().st_mode & 0o7777 == 0o555
+        assert len(list(site.glob(f"bulk/__pycache__/*.{tag}.pyc"))) == 400
+        # Forge: bytecode of other code under the genuine header (source mtime and size).
+        forged = compile("print('pwned')", "exectest.py", "exec")
+        header = pyc.read_bytes()[:16]
+        assert header[:4] == importlib.util.MAGIC_NUMBER
+        pyc.parent.chmod(0o755)
+        pyc.chmod(0o644)
+        pyc.write_bytes(header + marshal.dumps(forged))
+        pyc.chmod(0o444)
+        pyc.parent.chmod(0o555)
+        proc = exec_app(world, "hello", store=store)
+        assert proc.returncode == 125, proc.stdout
+        assert "pwned" not in proc.stdout
+        assert f"exectest.{tag}.pyc: bytecode is not the bytecode of its source" in proc.stderr
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
