@@ -60,14 +60,21 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--python-version", metavar="X.Y", help="Target Python version.")
 @click.option("--platform", "platforms", multiple=True, metavar="TAG",
               help="Target platform tag (repeatable).")
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              help="Sign the bundle with this Ed25519 key.")
 @click.pass_context
 def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
            entry_point: str | None, console_script: str | None,
            requirement_files: tuple[Path, ...], find_links: tuple[str, ...], no_index: bool,
            index_url: str | None, profile: str, name: str | None, python_version: str | None,
-           platforms: tuple[str, ...]) -> None:
+           platforms: tuple[str, ...], sign_key: Path | None) -> None:
     """Freeze REQs (wheels only) into a reproducible, verifiable zipapp."""
     from sandrun.builder import BundleRequest, build_bundle
+
+    if sign_key is not None:  # a bad key fails before the build, not after
+        from sandrun.signing import load_private_key
+
+        load_private_key(sign_key)
 
     request = BundleRequest(
         output=output, requirements=requirements, requirement_files=requirement_files,
@@ -76,11 +83,20 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
         python_version=python_version, platforms=platforms)
     result = build_bundle(request, progress=_progress_printer(),
                           warn=lambda msg: click.echo(f"sandrun: warning: {msg}", err=True))
+    sha256 = result.sha256
+    signed = ""
+    if sign_key is not None:
+        import hashlib
+
+        from sandrun.signing import sign_bundle
+
+        signed = sign_bundle(result.path, sign_key).describe()
+        sha256 = hashlib.sha256(result.path.read_bytes()).hexdigest()
     m = result.manifest
     platform = next((p for p in m.target.platforms if p.startswith("manylinux")),
                     m.target.platforms[0])
     click.echo(f"{result.path}\n"
-               f"  sha256       {result.sha256}\n"
+               f"  sha256       {sha256}\n"
                f"  app          {m.app_name} {m.app_version}\n"
                f"  entry point  {m.entry_point}"
                + (f" (console script {m.console_script})" if m.console_script else "") + "\n"
@@ -88,6 +104,8 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
                f"{platform})\n"
                f"  contents     {len(m.dependencies)} wheels, {len(m.entries)} files, "
                f"{m.total_size} bytes uncompressed, {result.path.stat().st_size} bytes on disk")
+    if signed:
+        click.echo(f"  signature    {signed}")
 
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True,
@@ -101,10 +119,13 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
 @click.option("--dry-run", is_flag=True, help="Print the launch plan and exit.")
 @click.option("--verify", "verify_mode", type=click.Choice(["cheap", "full"]), default="cheap",
               show_default=True, help="How to re-check the installed tree.")
+@click.option("--trust", metavar="FILE", help="Trust policy: which keys may sign which apps "
+              "(default /etc/sandrun/trust.toml when it exists).")
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec_(profile: str | None, user: str | None, python: str | None, store: str | None,
-          dry_run: bool, verify_mode: str, bundle_path: str, args: tuple[str, ...]) -> int:
+          dry_run: bool, verify_mode: str, trust: str | None, bundle_path: str,
+          args: tuple[str, ...]) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
     from sandrun import runner, warm_exec
     from sandrun.launcher import ExecOptions, prepare, render_plan, run_spec
@@ -113,32 +134,94 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
         args = args[1:]
     options = ExecOptions(bundle=bundle_path, args=args, profile=profile, user=user,
                           python=python, store=store, dry_run=dry_run,
-                          verify_full=verify_mode == "full")
+                          verify_full=verify_mode == "full", trust=trust)
     plan = prepare(options)
     if dry_run:
         click.echo(render_plan(plan))
         return 0
     spec = run_spec(plan)
-    warm_exec.save_record(options, plan, spec, extra_inputs=[])
+    from sandrun.trust import DEFAULT_TRUST_PATH
+
+    trust_files = [trust or str(DEFAULT_TRUST_PATH)]  # its absence is an input too
+    if plan.trust_policy is not None:
+        trust_files += plan.trust_policy.files
+    warm_exec.save_record(options, plan, spec, extra_inputs=trust_files)
     return runner.launch(spec, plan.args)
 
 
 @cli.command()
 @click.argument("bundle_path", metavar="BUNDLE")
-def verify(bundle_path: str) -> int:
-    """Check a bundle's integrity; list every problem (exit 1 if any)."""
+@click.option("--trust", metavar="FILE", help="Also check the bundle against this trust "
+              "policy (exit 1 if it would be refused).")
+def verify(bundle_path: str, trust: str | None) -> int:
+    """Check a bundle's integrity and signature; list every problem (exit 1 if any)."""
     from sandrun.verify import verify_bundle
 
     result = verify_bundle(bundle_path)
-    if result.ok:
+    problems = list(result.problems)
+    if trust and result.manifest is not None:
+        from sandrun.trust import check_trust, load_trust_policy
+
+        problems += check_trust(load_trust_policy(Path(trust)), result.manifest,
+                                result.signature_status, bundle_path)
+    signature = f"signature: {result.signature_status.describe()}"
+    if not problems:
         m = result.manifest
         assert m is not None
         click.echo(f"{bundle_path}: OK ({len(m.entries)} entries, manifest {m.digest()[:16]})")
+        click.echo(f"  {signature}" + (f"; trusted by {trust}" if trust else ""))
         return 0
-    click.echo(f"{bundle_path}: {len(result.problems)} problem(s)")
-    for problem in result.problems:
+    click.echo(f"{bundle_path}: {len(problems)} problem(s)")
+    for problem in problems:
         click.echo(f"  - {problem}")
+    click.echo(f"  {signature}")
     return 1
+
+
+@cli.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="KEY", help="Private key to write (0600); the public key goes to KEY.pub.")
+@click.option("--identity", metavar="TEXT", help="Signer identity stored in the key and in "
+              "signatures (default user@hostname).")
+def keygen(output: Path, identity: str | None) -> None:
+    """Create an Ed25519 signing key (OpenSSH format); never overwrites."""
+    from sandrun.signing import fingerprint, generate_key, parse_public_key
+
+    private, public = generate_key(output, identity)
+    key = parse_public_key(public.read_text().strip(), str(public))
+    click.echo(f"{private} (private, 0600)\n{public}\n  {fingerprint(key)}\n"
+               f"  add to a trust policy: public_key = \"{key.openssh()}\"")
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-k", "--key", "key_path", required=True, metavar="KEY",
+              type=click.Path(dir_okay=False, path_type=Path), help="Private key.")
+def sign(bundle_path: Path, key_path: Path) -> None:
+    """Sign BUNDLE's manifest digest (replaces an earlier signature)."""
+    from sandrun.signing import sign_bundle
+
+    info = sign_bundle(bundle_path, key_path)
+    click.echo(f"{bundle_path}: {info.describe()}")
+
+
+@cli.group()
+def trust() -> None:
+    """Check trust policies (which keys may sign which apps)."""
+
+
+@trust.command(name="check")
+@click.argument("policy_file", metavar="[FILE]", required=False)
+def trust_check(policy_file: str | None) -> None:
+    """Validate a trust policy (default /etc/sandrun/trust.toml); list its signers."""
+    from sandrun.trust import DEFAULT_TRUST_PATH, load_trust_policy
+
+    policy = load_trust_policy(Path(policy_file) if policy_file else DEFAULT_TRUST_PATH)
+    click.echo(f"{policy.path}: OK ({len(policy.signers)} signer(s))")
+    for signer in policy.signers:
+        click.echo(f"  {signer.name}  {signer.fingerprint}  apps: {', '.join(signer.apps)}")
+    for app, minimum in sorted(policy.min_versions.items()):
+        click.echo(f"  {app} >= {minimum.text}")
 
 
 @cli.command()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandrun.errors import BundleError, SandrunError
-from sandrun.manifest import PROFILE_NAME, SIGNATURE_NAME
+from sandrun.manifest import PROFILE_NAME
+
+if TYPE_CHECKING:
+    from sandrun.signing import SignatureStatus
 
 
 def describe_bundle(path: str) -> dict[str, Any]:
@@ -48,8 +51,16 @@ def describe_bundle(path: str) -> dict[str, Any]:
         "manifest": {"entries": len(m.entries), "total_size": m.total_size,
                      "executable_entries": sum(1 for r in m.entries.values()
                                                if r.mode & 0o111)},
-        "signed": SIGNATURE_NAME in by_name,
+        "signature": _signature_info(result.signature_status),
     }
+
+
+def _signature_info(status: SignatureStatus) -> dict[str, Any]:
+    info: dict[str, Any] = {"state": status.state.value, "text": status.describe()}
+    if status.info is not None:
+        info.update(signer=status.info.signer, fingerprint=status.info.fingerprint,
+                    signed_at=status.info.signed_at)
+    return info
 
 
 def render_text(info: dict[str, Any]) -> str:
@@ -66,7 +77,7 @@ def render_text(info: dict[str, Any]) -> str:
         + (", ..." if len(target["platforms"]) > 3 else "") + ")",
         f"manifest      {info['manifest']['entries']} entries, "
         f"{info['manifest']['total_size']} bytes, sha256 {info['manifest_sha256']}",
-        f"signature     {'present' if info['signed'] else 'none (unsigned)'}",
+        f"signature     {info['signature']['text']}",
         f"dependencies  {len(info['dependencies'])}",
     ]
     for dep in info["dependencies"]:

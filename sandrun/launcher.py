@@ -32,6 +32,8 @@ from sandrun.users import AppUser, invoking_user, resolve_user
 
 if TYPE_CHECKING:
     from sandrun.profile import Profile
+    from sandrun.signing import SignatureStatus
+    from sandrun.trust import TrustPolicy
 
 PR_GET_MDWE = 66
 
@@ -89,6 +91,8 @@ class LaunchPlan:
     seccomp_policy: seccomp.SeccompPolicy
     rlimits: dict[str, int | None]
     mdwe: bool
+    signature: SignatureStatus
+    trust_policy: TrustPolicy | None
     protections: list[Protection] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -117,6 +121,13 @@ def read_bundle(path: str) -> tuple[bytes, str]:
 def prepare(options: ExecOptions) -> LaunchPlan:
     from sandrun.archive import parse_archive
     from sandrun.profile import load_profile, load_profile_text
+    from sandrun.signing import signature_status
+    from sandrun.trust import (
+        DEFAULT_TRUST_PATH,
+        find_trust_policy,
+        load_trust_policy,
+        require_trust,
+    )
     from sandrun.verify import verify_archive
 
     privileged = os.geteuid() == 0
@@ -127,6 +138,7 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     installed = tree.is_dir()
     cold = not installed
     manifest_entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
+    verified_status: SignatureStatus | None = None
     if installed and manifest_entry is not None and not archive.problems:
         # Same bytes as the bundle installed before (the dir is named by its sha256):
         # the cheap tree check is enough unless --verify=full.
@@ -149,6 +161,15 @@ def prepare(options: ExecOptions) -> LaunchPlan:
                                     "for the full report")
         manifest = result.manifest
         manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
+        verified_status = result.signature_status
+
+    # Trust before anything else is decided: an untrusted bundle changes nothing.
+    if verified_status is None:
+        verified_status = signature_status(archive, manifest)
+    policy = (load_trust_policy(Path(options.trust)) if options.trust
+              else find_trust_policy(DEFAULT_TRUST_PATH))
+    if policy is not None:
+        require_trust(policy, manifest, verified_status, options.bundle)
 
     if options.profile:
         profile = load_profile(options.profile)
@@ -205,7 +226,8 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         base_env=base_env, env=env, cwd=cwd,
         landlock_policy=_landlock_policy(profile, interp, tree, state),
         seccomp_policy=_seccomp_policy(profile),
-        rlimits=dict(profile.rlimits), mdwe=profile.mdwe)
+        rlimits=dict(profile.rlimits), mdwe=profile.mdwe, signature=verified_status,
+        trust_policy=policy)
     _assess(plan)
     return plan
 
@@ -358,7 +380,15 @@ def render_plan(plan: LaunchPlan) -> str:
     lines += [f"  {line}" for line in landlock.describe_rules(plan.landlock_policy)]
     lines += ["", "seccomp"]
     lines += [f"  {line}" for line in seccomp.describe(plan.seccomp_policy)]
-    lines += ["", "signature    none: this bundle is unsigned (no trust policy in force)"]
+    from sandrun.trust import DEFAULT_TRUST_PATH
+
+    lines += ["", f"signature    {plan.signature.describe()}"]
+    if plan.trust_policy is not None:
+        lines.append(f"trust        policy {plan.trust_policy.path}: satisfied")
+    else:
+        lines.append("trust        NO POLICY IN FORCE: any bundle runs, signed or not "
+                     f"(create {DEFAULT_TRUST_PATH} or pass --trust FILE to require "
+                     "signatures)")
     lines += plan.notes
     return "\n".join(lines)
 

@@ -355,7 +355,7 @@ def _scan_brackets(line: str, pos: int, depth: int, multiline: str | None
     return depth, multiline
 
 
-class _Locator:
+class TomlLocator:
     """Best-effort line numbers for dotted keys (tomllib gives no positions)."""
 
     def __init__(self, text: str) -> None:
@@ -436,7 +436,7 @@ class _Checker:
 
     def __init__(self, label: str, text: str, problems: list[Problem]) -> None:
         self.label = label
-        self.locator = _Locator(text)
+        self.locator = TomlLocator(text)
         self.problems = problems
         self.layer = _Layer(label)
 

@@ -1,7 +1,9 @@
-"""Verify a bundle: its zip structure and every entry against the embedded manifest.
+"""Verify a bundle: its zip structure, every entry against the manifest, and the signature.
 
 Every problem is reported, never only the first: structural findings of the strict
-parser, unreadable or corrupt entries, and each difference from the manifest.
+parser, unreadable or corrupt entries, each difference from the manifest, and a
+signature entry that is malformed, signs another manifest or does not verify. An
+unsigned bundle verifies: whether a signature is required is the trust policy's call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sandrun.archive import (
 )
 from sandrun.errors import ArchiveError, BundleError, Problem, VerificationError
 from sandrun.manifest import MANIFEST_NAME, NORMALISED_MODES, UNLISTED_ENTRIES, Manifest
+from sandrun.signing import UNSIGNED, SignatureInfo, SignatureStatus, signature_status
 
 REBUILD_HINT = "rebuild the bundle with `sandrun bundle` and do not modify it afterwards"
 ADDED_HINT = ("an entry added after the build (such as a .pth file, which Python runs at "
@@ -32,10 +35,17 @@ class VerifyResult:
     manifest: Manifest | None  # None when missing or malformed (that is then a problem)
     problems: tuple[Problem, ...]  # archive-wide first, then by entry name; deterministic
     archive: StrictArchive
+    # Unsigned, valid (with the signer) or invalid (its problems are also in `problems`).
+    signature_status: SignatureStatus = UNSIGNED
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def signature(self) -> SignatureInfo | None:
+        """The signature when it is valid for this bundle's manifest, else None."""
+        return self.signature_status.info
 
     def raise_for_problems(self, what: str = "bundle") -> None:
         """Raise VerificationError listing every problem, unless there are none."""
@@ -100,7 +110,9 @@ def verify_archive(archive: StrictArchive) -> VerifyResult:
                                               f"{archive.preamble[:80]!r}, sha256 "
                                               f"{preamble_sha256} differs from the manifest's "
                                               f"{manifest.preamble_sha256}", REBUILD_HINT))
-    return VerifyResult(manifest, _ordered(problems), archive)
+    status = signature_status(archive, manifest)
+    problems.extend(status.problems)
+    return VerifyResult(manifest, _ordered(problems), archive, status)
 
 
 def _load_manifest(archive: StrictArchive, problems: list[Problem]) -> Manifest | None:

@@ -255,13 +255,15 @@ def write_pth(_: str) -> str:
 
 @attack
 def write_pycache(_: str) -> str:
-    """Plant bytecode in site-packages/__pycache__ (EACCES: dir or file creation)."""
+    """Overwrite (or plant) its own precompiled bytecode in site-packages/__pycache__,
+    which Python would load instead of the source (EACCES)."""
     cache = os.path.join(site_dir(), "__pycache__")
     if not os.path.isdir(cache):
         os.mkdir(cache, 0o755)
     path = os.path.join(cache, "sandrun_probe.cpython-311.pyc")
-    create_file(path, b"\0" * 16)
-    return f"created {path}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    os.close(fd)
+    return f"wrote {path}"
 
 
 @attack
