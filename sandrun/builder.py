@@ -22,9 +22,11 @@ from pathlib import Path
 from sandrun import __version__
 from sandrun.errors import BundleError, ResolveError, UsageError
 from sandrun.manifest import (
+    APP_NAME_RE,
     BOOTSTRAP_NAME,
     MANIFEST_NAME,
     PROFILE_NAME,
+    SBOM_NAME,
     Dependency,
     EntryRecord,
     Manifest,
@@ -36,8 +38,6 @@ from sandrun.wheels import Wheel, check_target, install_wheel, read_wheel
 # zip cannot store times before 1980; shiv uses the same default.
 DEFAULT_SOURCE_DATE_EPOCH = 315532800
 PREAMBLE = b"#!/usr/bin/env python3\n"
-# The app user is "sandrun-<app>" and Linux user names stop at 32 characters.
-APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,23}$")
 ENTRY_POINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 Progress = Callable[[str], None]
@@ -58,6 +58,7 @@ class BundleRequest:
     python_version: str | None = None
     platforms: tuple[str, ...] = ()
     source_date_epoch: int | None = None
+    lock: Path | None = None  # PEP 751 pylock.toml: exactly its wheels, no resolution
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,12 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
         wheelhouse = work / "wheels"
         wheelhouse.mkdir()
         local = _build_local_projects(request, work / "local", progress, warn)
-        progress("resolving wheels")
-        _download(request, wheelhouse, local, target)
+        if request.lock is not None:
+            progress(f"selecting wheels from {request.lock}")
+            _fetch_locked(request.lock, wheelhouse, target, supported, progress)
+        else:
+            progress("resolving wheels")
+            _download(request, wheelhouse, local, target)
         wheels = sorted((read_wheel(p) for p in wheelhouse.glob("*.whl")),
                         key=lambda w: w.name)
         if not wheels:
@@ -117,6 +122,9 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
         files = _normalised_entries(shiv_pyz)
         files[PROFILE_NAME] = (profile_text.encode("utf-8"), 0o644)
         files[BOOTSTRAP_NAME] = (_bootstrap_source(entry_point, app_name).encode(), 0o644)
+        progress("writing the SBOM")
+        files[SBOM_NAME] = (_sbom(app_name, app_version, entry_point, console_script, provider,
+                                  wheels, target, epoch, warn), 0o644)
         entries = {name: EntryRecord(hashlib.sha256(data).hexdigest(), len(data), mode)
                    for name, (data, mode) in sorted(files.items())}
         manifest = Manifest(
@@ -139,8 +147,23 @@ def _check_request(request: BundleRequest) -> None:
     if request.entry_point and not ENTRY_POINT_RE.match(request.entry_point):
         raise UsageError(f"--entry-point {request.entry_point!r} is not MODULE:FUNCTION",
                          "e.g. -e myapp.main:run")
-    if not request.requirements and not request.requirement_files:
-        raise UsageError("nothing to bundle", "give requirements, a project dir or -r FILE")
+    if request.lock is not None:
+        if request.requirements or request.requirement_files:
+            raise UsageError("--lock cannot be combined with requirements or -r",
+                             "the lock file already names every wheel: give only --lock, or "
+                             "drop --lock to resolve requirements")
+        if request.find_links or request.index_url:
+            # Silently ignoring them would suggest they were used.
+            raise UsageError("--find-links and --index-url have no effect with --lock",
+                             "the lock file names every wheel's path or URL; drop them")
+        try:
+            request.lock.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read lock file {request.lock}: {exc.strerror}",
+                             "check the path and its permissions") from None
+    elif not request.requirements and not request.requirement_files:
+        raise UsageError("nothing to bundle",
+                         "give requirements, a project dir, -r FILE or --lock pylock.toml")
     out_dir = request.output.parent
     if not out_dir.is_dir():
         raise UsageError(f"output directory {out_dir} does not exist",
@@ -245,6 +268,25 @@ def _download(request: BundleRequest, dest: Path, local: list[Path], target: Tar
     proc = _pip(args)
     if proc.returncode != 0:
         raise _explain_pip_failure(proc.stderr, target)
+
+
+def _fetch_locked(lock: Path, dest: Path, target: Target, supported: list,
+                  progress: Progress) -> None:
+    from sandrun.lockfile import fetch_wheels, select_wheels
+
+    locked = select_wheels(lock, target, supported)
+    fetch_wheels(locked, dest, progress)
+
+
+def _sbom(app_name: str, app_version: str, entry_point: str, console_script: str | None,
+          provider: Wheel | None, wheels: list[Wheel], target: Target, epoch: int,
+          warn: Progress) -> bytes:
+    from sandrun.sbom import build_sbom
+
+    return build_sbom(app_name=app_name, app_version=app_version, entry_point=entry_point,
+                      console_script=console_script,
+                      provider=provider.name if provider else None, wheels=wheels,
+                      target=target, source_date_epoch=epoch, warn=warn)
 
 
 def _pip_errors(stderr: str) -> str:

@@ -60,6 +60,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--python-version", metavar="X.Y", help="Target Python version.")
 @click.option("--platform", "platforms", multiple=True, metavar="TAG",
               help="Target platform tag (repeatable).")
+@click.option("--lock", "lock", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PYLOCK", help="PEP 751 pylock.toml: take exactly its wheels for the "
+              "target, every hash checked (instead of REQs and -r).")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
               help="Sign the bundle with this Ed25519 key.")
 @click.pass_context
@@ -67,7 +70,7 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
            entry_point: str | None, console_script: str | None,
            requirement_files: tuple[Path, ...], find_links: tuple[str, ...], no_index: bool,
            index_url: str | None, profile: str, name: str | None, python_version: str | None,
-           platforms: tuple[str, ...], sign_key: Path | None) -> None:
+           platforms: tuple[str, ...], lock: Path | None, sign_key: Path | None) -> None:
     """Freeze REQs (wheels only) into a reproducible, verifiable zipapp."""
     from sandrun.builder import BundleRequest, build_bundle
 
@@ -80,7 +83,7 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
         output=output, requirements=requirements, requirement_files=requirement_files,
         entry_point=entry_point, console_script=console_script, find_links=find_links,
         no_index=no_index, index_url=index_url, profile=profile, name=name,
-        python_version=python_version, platforms=platforms)
+        python_version=python_version, platforms=platforms, lock=lock)
     result = build_bundle(request, progress=_progress_printer(),
                           warn=lambda msg: click.echo(f"sandrun: warning: {msg}", err=True))
     sha256 = result.sha256
@@ -121,11 +124,16 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
               show_default=True, help="How to re-check the installed tree.")
 @click.option("--trust", metavar="FILE", help="Trust policy: which keys may sign which apps "
               "(default /etc/sandrun/trust.toml when it exists).")
+@click.option("--audit-db", metavar="PATH", help="OSV advisories (dir or PyPI all.zip): refuse "
+              "to start with known vulnerabilities at or above --audit-severity.")
+@click.option("--audit-severity", default="high", show_default=True,
+              metavar="low|moderate|high|critical",
+              help="Lowest severity that refuses the start (unknown severity always does).")
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec_(profile: str | None, user: str | None, python: str | None, store: str | None,
-          dry_run: bool, verify_mode: str, trust: str | None, bundle_path: str,
-          args: tuple[str, ...]) -> int:
+          dry_run: bool, verify_mode: str, trust: str | None, audit_db: str | None,
+          audit_severity: str, bundle_path: str, args: tuple[str, ...]) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
     from sandrun import runner, warm_exec
     from sandrun.launcher import ExecOptions, prepare, render_plan, run_spec
@@ -134,7 +142,8 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
         args = args[1:]
     options = ExecOptions(bundle=bundle_path, args=args, profile=profile, user=user,
                           python=python, store=store, dry_run=dry_run,
-                          verify_full=verify_mode == "full", trust=trust)
+                          verify_full=verify_mode == "full", trust=trust,
+                          audit_db=audit_db, audit_severity=audit_severity)
     plan = prepare(options)
     if dry_run:
         click.echo(render_plan(plan))
@@ -227,12 +236,54 @@ def trust_check(policy_file: str | None) -> None:
 @cli.command()
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(bundle_path: str, as_json: bool) -> None:
-    """Show a bundle's metadata, dependencies, profile and manifest summary."""
-    from sandrun.inspect import describe_bundle, render_text
+@click.option("--sbom", is_flag=True, help="Print the embedded CycloneDX SBOM (JSON).")
+def inspect(bundle_path: str, as_json: bool, sbom: bool) -> None:
+    """Show a bundle's metadata, dependencies, signature, SBOM, profile and manifest."""
+    from sandrun.inspect import describe_bundle, embedded_sbom, render_text
 
+    if sbom:
+        click.echo(embedded_sbom(bundle_path).decode("utf-8"), nl=False)
+        return
     info = describe_bundle(bundle_path)
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else render_text(info))
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.option("--osv", "osv_path", required=True, metavar="PATH",
+              type=click.Path(path_type=Path),
+              help="OSV advisories: a directory of JSON files or an ecosystem zip (all.zip).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def audit(bundle_path: str, osv_path: Path, as_json: bool) -> int:
+    """Offline vulnerability audit of a bundle's dependencies (exit 1 if vulnerable)."""
+    from sandrun.audit import audit_bundle, load_osv_database, render_text, report_to_json
+
+    report = audit_bundle(bundle_path, load_osv_database(osv_path))
+    if as_json:
+        click.echo(json.dumps(report_to_json(report), indent=2, sort_keys=True))
+    else:
+        click.echo(render_text(report))
+    return 1 if report.vulnerable else 0
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Write here (default: stdout).")
+def lock(bundle_path: str, output: Path | None) -> None:
+    """Hash-pinned requirements (name==version --hash) of exactly what BUNDLE contains."""
+    from sandrun.lockfile import requirements_from_manifest
+    from sandrun.verify import verify_bundle
+
+    result = verify_bundle(bundle_path)
+    result.raise_for_problems(f"bundle {bundle_path}")
+    assert result.manifest is not None
+    text = requirements_from_manifest(result.manifest)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text)
+    click.echo(f"{output}: {len(result.manifest.dependencies)} pinned requirement(s)", err=True)
 
 
 @cli.group()

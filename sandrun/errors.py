@@ -152,3 +152,7 @@ class AuditError(SandrunError):
 
 class LockFileError(ProblemsError):
     """A lock file (pylock.toml) is invalid or does not fit the target."""
+
+
+class VulnerabilityError(ProblemsError):
+    """A bundle has known vulnerabilities at or above the refused severity."""

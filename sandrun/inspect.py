@@ -8,6 +8,7 @@ from sandrun.errors import BundleError, SandrunError
 from sandrun.manifest import PROFILE_NAME
 
 if TYPE_CHECKING:
+    from sandrun.archive import StrictArchive
     from sandrun.signing import SignatureStatus
 
 
@@ -52,7 +53,32 @@ def describe_bundle(path: str) -> dict[str, Any]:
                      "executable_entries": sum(1 for r in m.entries.values()
                                                if r.mode & 0o111)},
         "signature": _signature_info(result.signature_status),
+        "sbom": _sbom_info(archive),
     }
+
+
+def _sbom_info(archive: StrictArchive) -> dict[str, Any]:
+    from sandrun.sbom import load_sbom, sbom_summary
+
+    try:
+        sbom = load_sbom(archive)
+    except SandrunError as exc:
+        return {"error": exc.diagnostics()}
+    return sbom_summary(sbom) if sbom is not None else {}
+
+
+def embedded_sbom(path: str) -> bytes:
+    """The SBOM's exact (signed) bytes, after verifying the bundle."""
+    from sandrun.sbom import read_sbom
+    from sandrun.verify import verify_bundle
+
+    result = verify_bundle(path)
+    result.raise_for_problems(f"bundle {path}")
+    data = read_sbom(result.archive)
+    if data is None:
+        raise BundleError(f"{path} has no embedded SBOM (built by an older sandrun)",
+                          "rebuild it with `sandrun bundle`")
+    return data
 
 
 def _signature_info(status: SignatureStatus) -> dict[str, Any]:
@@ -64,7 +90,7 @@ def _signature_info(status: SignatureStatus) -> dict[str, Any]:
 
 
 def render_text(info: dict[str, Any]) -> str:
-    app, target = info["app"], info["target"]
+    app, target, sbom = info["app"], info["target"], info["sbom"]
     lines = [
         f"bundle        {info['bundle']}",
         f"verified      {'yes' if info['verified'] else 'NO: ' + str(len(info['problems']))}"
@@ -78,6 +104,10 @@ def render_text(info: dict[str, Any]) -> str:
         f"manifest      {info['manifest']['entries']} entries, "
         f"{info['manifest']['total_size']} bytes, sha256 {info['manifest_sha256']}",
         f"signature     {info['signature']['text']}",
+        "sbom          " + (f"CycloneDX {sbom['spec_version']}, {sbom['components']} "
+                            f"components ({sbom['nested_components']} from wheel SBOMs), "
+                            "`sandrun inspect --sbom` prints it" if "components" in sbom
+                            else sbom.get("error", "none")),
         f"dependencies  {len(info['dependencies'])}",
     ]
     for dep in info["dependencies"]:

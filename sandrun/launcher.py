@@ -23,7 +23,9 @@ from sandrun import bytecode, landlock, runner, seccomp, warm_exec
 from sandrun.errors import (
     BundleError,
     EnforcementError,
+    Problem,
     VerificationError,
+    VulnerabilityError,
 )
 from sandrun.interpreter import Interpreter, check_wheel_tags, find_interpreter
 from sandrun.manifest import BOOTSTRAP_NAME, MANIFEST_NAME, PROFILE_NAME, Manifest
@@ -60,6 +62,7 @@ class ExecOptions:
     verify_full: bool = False
     trust: str | None = None  # trust policy file (default /etc/sandrun/trust.toml if present)
     audit_db: str | None = None  # OSV database: refuse known-vulnerable dependencies
+    audit_severity: str = "high"  # lowest severity that refuses (unknown always does)
 
 
 @dataclass
@@ -170,6 +173,9 @@ def prepare(options: ExecOptions) -> LaunchPlan:
               else find_trust_policy(DEFAULT_TRUST_PATH))
     if policy is not None:
         require_trust(policy, manifest, verified_status, options.bundle)
+    audit_note = None
+    if options.audit_db:
+        audit_note = _audit(options, manifest)
 
     if options.profile:
         profile = load_profile(options.profile)
@@ -228,8 +234,38 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         seccomp_policy=_seccomp_policy(profile),
         rlimits=dict(profile.rlimits), mdwe=profile.mdwe, signature=verified_status,
         trust_policy=policy)
+    if audit_note:
+        plan.notes.append(audit_note)
     _assess(plan)
     return plan
+
+
+def _audit(options: ExecOptions, manifest: Manifest) -> str:
+    """Refuse (AuditError, 125) known vulnerabilities at or above the threshold."""
+    from sandrun.audit import audit_manifest, check_severity_level, load_osv_database
+
+    level = check_severity_level(options.audit_severity)
+    report = audit_manifest(manifest, load_osv_database(Path(options.audit_db or "")),
+                            options.bundle)
+    blocking = report.at_or_above(level)
+    if blocking:
+        problems = [Problem(f"{f.name} {f.version}",
+                            f"{f.advisory_id}" + (f" ({', '.join(f.aliases)})" if f.aliases
+                                                  else "")
+                            + f", severity {f.severity}, affected {f.affected}",
+                            f"upgrade to {' or '.join(f.fixed)}" if f.fixed
+                            else "no fixed version is known: remove the dependency or "
+                                 "accept the risk with a higher --audit-severity")
+                    for f in blocking]
+        raise VulnerabilityError(
+            f"{options.bundle} has {len(blocking)} known vulnerabilit"
+            f"{'y' if len(blocking) == 1 else 'ies'} at or above severity {level} "
+            f"(database {options.audit_db})", problems,
+            "rebuild the bundle with fixed versions (`sandrun audit` lists them), or lower "
+            "the bar with --audit-severity")
+    others = len(report.findings)
+    return (f"audit        {options.audit_db}: no known vulnerability at or above {level}"
+            + (f" ({others} below it; run `sandrun audit`)" if others else ""))
 
 
 def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,

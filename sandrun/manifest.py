@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,15 @@ from typing import Any
 from sandrun.errors import BundleError
 
 FORMAT_VERSION = 1
+# An app name becomes part of its user name, sandrun-<app>: Linux user names stop at 32.
+APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,23}$")
 SANDRUN_DIR = ".sandrun/"
 MANIFEST_NAME = ".sandrun/manifest.json"
 PROFILE_NAME = ".sandrun/profile.toml"
 BOOTSTRAP_NAME = ".sandrun/bootstrap.py"
 SIGNATURE_NAME = ".sandrun/signature"
+# CycloneDX JSON SBOM; an ordinary entry, so the manifest digest (and a signature) covers it.
+SBOM_NAME = ".sandrun/sbom.cdx.json"
 # Entries that the manifest cannot list: itself, and the signature over its digest.
 UNLISTED_ENTRIES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 

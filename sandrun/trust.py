@@ -58,7 +58,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from sandrun.errors import KeyFileError, Problem, TrustError
-from sandrun.manifest import SIGNATURE_NAME, Manifest
+from sandrun.manifest import APP_NAME_RE, SIGNATURE_NAME, Manifest
 from sandrun.profile import TomlLocator  # the same best-effort line finder as profiles
 from sandrun.signing import (
     SIGN_HINT,
@@ -73,8 +73,6 @@ MAX_POLICY_BYTES = 1 << 20
 MAX_KEY_FILE_BYTES = 64 * 1024
 TOP_KEYS = ("signer", "min_version")
 SIGNER_KEYS = ("name", "public_key", "public_key_file", "apps")
-# Same rule as builder.APP_NAME_RE: app names become part of the user name sandrun-<app>.
-APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,23}$")
 # What a glob can contain and still match such a name.
 _APPS_GLOB_RE = re.compile(r"^[a-z0-9_.*?\[\]!-]+$")
 _SIGNER_HEADER_RE = re.compile(r"""^\s*\[\[\s*(?:signer|"signer"|'signer')\s*\]\]\s*(?:#.*)?$""")

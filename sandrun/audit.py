@@ -1,0 +1,723 @@
+"""Offline vulnerability audit of a bundle against a local OSV database.
+
+The database is a directory of OSV JSON advisories (searched recursively) or an OSV
+ecosystem zip such as PyPI's `all.zip` (read member by member, never extracted).
+Only `affected[]` entries of the PyPI ecosystem count; names are compared PEP 503
+normalised and versions with packaging.version.
+
+Malformed advisories are errors, all listed at once with their file and key, not
+skipped: a database that cannot be read completely cannot show that a bundle is free
+of known vulnerabilities, and `sandrun exec --audit-db` must fail closed. For the same
+reason a bound that is not a PEP 440 version makes the finding `uncertain` (reported,
+never silently clean), and a finding of unknown severity counts as at or above any
+threshold.
+
+Standard library and packaging only: `sandrun exec` may import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandrun.errors import AuditError, UsageError
+
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+    from sandrun.manifest import Manifest
+
+SEVERITY_LEVELS = ("low", "moderate", "high", "critical")
+UNKNOWN = "unknown"
+ECOSYSTEM = "PyPI"
+EVENT_KINDS = ("introduced", "fixed", "last_affected", "limit")
+RANGE_TYPES = ("ECOSYSTEM", "SEMVER", "GIT")
+MAX_ADVISORY_SIZE = 16 << 20  # one advisory is a few KB; refuse absurd members
+MAX_LISTED_PROBLEMS = 50
+# Qualitative names advisories use, mapped to SEVERITY_LEVELS.
+_SEVERITY_NAMES = {"low": "low", "moderate": "moderate", "medium": "moderate",
+                   "high": "high", "important": "high", "critical": "critical"}
+DB_HINT = ("download the database again (e.g. https://osv-vulnerabilities.storage.googleapis"
+           ".com/PyPI/all.zip) or remove the broken advisory")
+
+
+# ---------------------------------------------------------------------------------------
+# The database
+
+
+@dataclass(frozen=True)
+class OsvRange:
+    type: str  # ECOSYSTEM or SEMVER (GIT ranges are dropped when loading)
+    events: tuple[tuple[str, str], ...]  # (kind, version) in file order
+
+
+@dataclass(frozen=True)
+class OsvAffected:
+    name: str  # PEP 503 normalised
+    ranges: tuple[OsvRange, ...]
+    versions: tuple[str, ...]
+    severity: tuple[tuple[str, str], ...]  # (type, score) of affected[].severity
+    database_severity: str | None  # affected[].database_specific.severity
+
+
+@dataclass(frozen=True)
+class Advisory:
+    id: str
+    aliases: tuple[str, ...]
+    summary: str
+    modified: str
+    severity: tuple[tuple[str, str], ...]  # (type, score), e.g. ("CVSS_V3", "CVSS:3.1/...")
+    database_severity: str | None  # database_specific.severity, e.g. GitHub's "HIGH"
+    affected: tuple[OsvAffected, ...]  # PyPI entries only
+    source: str  # file (or zip:member) it was read from
+
+
+@dataclass(frozen=True)
+class OsvDatabase:
+    source: str
+    advisories: int  # advisories read, all ecosystems, withdrawn included
+    withdrawn: int
+    by_name: Mapping[str, tuple[Advisory, ...]]  # normalised name -> advisories for it
+
+    @property
+    def pypi_advisories(self) -> int:
+        return len({a.id for advisories in self.by_name.values() for a in advisories})
+
+    def advisories_for(self, name: str) -> tuple[Advisory, ...]:
+        from packaging.utils import canonicalize_name
+
+        return self.by_name.get(canonicalize_name(name), ())
+
+
+def load_osv_database(path: Path) -> OsvDatabase:
+    """Read every advisory of a directory (recursive *.json) or an OSV zip.
+
+    AuditError when the path is unusable, holds no advisory at all (a wrong path must
+    not pass as "no vulnerabilities"), or any advisory is malformed (each one listed).
+    """
+    label = str(path)
+    if path.is_dir():
+        documents = _directory_documents(path)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        documents = _zip_documents(path)
+    elif path.exists():
+        raise AuditError(f"{label} is neither a directory of OSV advisories nor a zip of them",
+                         "pass a directory of OSV JSON files or an ecosystem zip such as "
+                         "PyPI's all.zip")
+    else:
+        raise AuditError(f"OSV database {label} does not exist", "check the path")
+
+    problems: list[str] = []
+    by_id: dict[str, Advisory] = {}
+    count = withdrawn = 0
+    for source, data in documents:
+        count += 1
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{source}: not valid JSON ({exc})")
+            continue
+        advisory = _parse_advisory(obj, source, problems)
+        if advisory is None:
+            continue
+        if advisory is _WITHDRAWN:
+            withdrawn += 1
+            continue
+        previous = by_id.get(advisory.id)
+        # The same advisory twice (e.g. two copies of a mirror): the newer one wins.
+        if previous is None or advisory.modified > previous.modified:
+            by_id[advisory.id] = advisory
+    if problems:
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        listing = "\n".join(f"  - {p}" for p in shown) + (f"\n  - ... and {more} more"
+                                                          if more else "")
+        raise AuditError(f"OSV database {label} has {len(problems)} malformed "
+                         f"advisor{'ies' if len(problems) != 1 else 'y'}:\n{listing}", DB_HINT)
+    if count == 0:
+        raise AuditError(f"OSV database {label} contains no advisories (no .json files)",
+                         "point to the directory or zip that holds the OSV JSON files")
+    index: dict[str, list[Advisory]] = {}
+    for advisory in sorted(by_id.values(), key=lambda a: a.id):
+        for name in dict.fromkeys(a.name for a in advisory.affected):
+            index.setdefault(name, []).append(advisory)
+    return OsvDatabase(label, count, withdrawn, {k: tuple(v) for k, v in index.items()})
+
+
+def _directory_documents(root: Path) -> Iterator[tuple[str, bytes]]:
+    for path in sorted(root.rglob("*.json")):
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if size > MAX_ADVISORY_SIZE:
+            yield str(path), b"\xff"  # reported as malformed, never read
+            continue
+        try:
+            yield str(path), path.read_bytes()
+        except OSError as exc:
+            raise AuditError(f"cannot read {path}: {exc.strerror}",
+                             "check the database's permissions") from None
+
+
+def _zip_documents(path: Path) -> Iterator[tuple[str, bytes]]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if info.is_dir() or not info.filename.endswith(".json"):
+                    continue
+                source = f"{path}:{info.filename}"
+                if info.file_size > MAX_ADVISORY_SIZE:
+                    yield source, b"\xff"
+                    continue
+                with zf.open(info) as member:
+                    # Read at most the limit: the declared size of a zip entry can lie.
+                    data = member.read(MAX_ADVISORY_SIZE + 1)
+                yield source, data if len(data) <= MAX_ADVISORY_SIZE else b"\xff"
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise AuditError(f"cannot read the OSV zip {path}: {exc}", DB_HINT) from None
+
+
+class _Withdrawn:
+    pass
+
+
+_WITHDRAWN: Any = _Withdrawn()
+
+
+def _parse_advisory(obj: Any, source: str, problems: list[str]) -> Advisory | None:
+    """An Advisory, _WITHDRAWN, or None after appending what is wrong to `problems`."""
+    found: list[str] = []
+
+    def bad(key: str, what: str) -> None:
+        found.append(f"{source}: {key}: {what}" if key else f"{source}: {what}")
+
+    if not isinstance(obj, dict):
+        problems.append(f"{source}: not a JSON object (an OSV advisory is one object)")
+        return None
+    advisory_id = obj.get("id")
+    if not isinstance(advisory_id, str) or not advisory_id:
+        bad("id", "missing or not a string")
+    withdrawn = obj.get("withdrawn")
+    if withdrawn is not None and not isinstance(withdrawn, str):
+        bad("withdrawn", "not a string (an RFC 3339 time)")
+    elif withdrawn:
+        problems.extend(found)
+        return None if found else _WITHDRAWN
+    aliases = _strings(obj, "aliases", "aliases", bad)
+    summary = obj.get("summary")
+    details = obj.get("details")
+    for key, value in (("summary", summary), ("details", details),
+                       ("modified", obj.get("modified"))):
+        if value is not None and not isinstance(value, str):
+            bad(key, "not a string")
+    severity = _severities(obj.get("severity"), "severity", bad)
+    database_severity = _database_severity(obj.get("database_specific"), "database_specific",
+                                           bad)
+    affected: list[OsvAffected] = []
+    raw_affected = obj.get("affected", [])
+    if not isinstance(raw_affected, list):
+        bad("affected", "not a list")
+        raw_affected = []
+    for i, entry in enumerate(raw_affected):
+        parsed = _parse_affected(entry, f"affected[{i}]", bad)
+        if parsed is not None:
+            affected.append(parsed)
+    if found:
+        problems.extend(found)
+        return None
+    text = summary if isinstance(summary, str) and summary.strip() else (
+        details.strip().splitlines()[0][:200] if isinstance(details, str) and details.strip()
+        else "")
+    modified = obj.get("modified")
+    return Advisory(id=str(advisory_id), aliases=aliases, summary=text.strip(),
+                    modified=modified if isinstance(modified, str) else "", severity=severity,
+                    database_severity=database_severity, affected=tuple(affected),
+                    source=source)
+
+
+def _strings(obj: dict[str, Any], key: str, where: str, bad: Any) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        bad(where, "not a list of strings")
+        return ()
+    return tuple(value)
+
+
+def _severities(value: Any, where: str, bad: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        bad(where, "not a list")
+        return ()
+    result = []
+    for i, item in enumerate(value):
+        if (not isinstance(item, dict) or not isinstance(item.get("type"), str)
+                or not isinstance(item.get("score"), str)):
+            bad(f"{where}[{i}]", "not an object with string 'type' and 'score'")
+            continue
+        result.append((item["type"], item["score"]))
+    return tuple(result)
+
+
+def _database_severity(value: Any, where: str, bad: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        bad(where, "not an object")
+        return None
+    severity = value.get("severity")
+    if severity is not None and not isinstance(severity, str):
+        bad(f"{where}.severity", "not a string")
+        return None
+    return severity
+
+
+def _parse_affected(entry: Any, where: str, bad: Any) -> OsvAffected | None:
+    from packaging.utils import canonicalize_name
+
+    if not isinstance(entry, dict):
+        bad(where, "not an object")
+        return None
+    package = entry.get("package")
+    if package is None:
+        return None  # e.g. a GIT-only entry: names no package of any ecosystem
+    if not isinstance(package, dict):
+        bad(f"{where}.package", "not an object")
+        return None
+    ecosystem = package.get("ecosystem")
+    if not isinstance(ecosystem, str):
+        bad(f"{where}.package.ecosystem", "missing or not a string")
+        return None
+    if ecosystem != ECOSYSTEM:
+        return None  # another ecosystem's entry is not ours to check
+    name = package.get("name")
+    if not isinstance(name, str) or not name:
+        bad(f"{where}.package.name", "missing or not a string")
+        return None
+    ranges: list[OsvRange] = []
+    raw_ranges = entry.get("ranges", [])
+    if not isinstance(raw_ranges, list):
+        bad(f"{where}.ranges", "not a list")
+        raw_ranges = []
+    for j, raw in enumerate(raw_ranges):
+        rwhere = f"{where}.ranges[{j}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            bad(rwhere, "not an object with a string 'type'")
+            continue
+        if raw["type"] not in RANGE_TYPES:
+            bad(f"{rwhere}.type", f"unknown range type {raw['type']!r} (OSV has "
+                                  f"{', '.join(RANGE_TYPES)})")
+            continue
+        events = raw.get("events")
+        if not isinstance(events, list) or not events:
+            bad(f"{rwhere}.events", "missing, empty or not a list")
+            continue
+        parsed_events: list[tuple[str, str]] = []
+        for k, event in enumerate(events):
+            keys = [key for key in EVENT_KINDS if isinstance(event, dict) and key in event]
+            if len(keys) != 1 or not isinstance(event[keys[0]], str):
+                bad(f"{rwhere}.events[{k}]", "must be an object with exactly one of "
+                                             f"{', '.join(EVENT_KINDS)} (a string)")
+                continue
+            parsed_events.append((keys[0], event[keys[0]]))
+        if raw["type"] != "GIT":  # commit ranges say nothing about released versions
+            ranges.append(OsvRange(raw["type"], tuple(parsed_events)))
+    versions = _strings(entry, "versions", f"{where}.versions", bad)
+    severity = _severities(entry.get("severity"), f"{where}.severity", bad)
+    database_severity = _database_severity(entry.get("database_specific"),
+                                           f"{where}.database_specific", bad)
+    return OsvAffected(canonicalize_name(name), tuple(ranges), versions, severity,
+                       database_severity)
+
+
+# ---------------------------------------------------------------------------------------
+# Matching
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str  # PEP 503 normalised
+    version: str  # installed
+    advisory_id: str
+    aliases: tuple[str, ...]
+    summary: str
+    affected: str  # the range that matched, e.g. ">=1.0, <1.2.3"
+    fixed: tuple[str, ...]  # fixed versions above the installed one
+    severity: str  # one of SEVERITY_LEVELS, or "unknown"
+    severity_source: str  # e.g. "database_specific", "CVSS:3.1/AV:N/..." or ""
+    cvss_score: float | None = None
+    uncertain: bool = False  # a bound could not be parsed: reported, not proven
+    source: str = ""  # advisory file
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return (self.advisory_id, *self.aliases)
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    database: str
+    advisories: int
+    dependencies: tuple[tuple[str, str], ...]
+    findings: tuple[Finding, ...]  # sorted by name, then advisory id
+    bundle: str | None = None
+    app_name: str | None = None
+    app_version: str | None = None
+
+    @property
+    def vulnerable(self) -> bool:
+        return bool(self.findings)
+
+    def at_or_above(self, threshold: str) -> tuple[Finding, ...]:
+        """Findings that block at `threshold` (unknown severity always does)."""
+        level = check_severity_level(threshold)
+        return tuple(f for f in self.findings if is_at_or_above(f, level))
+
+
+def check_severity_level(level: str) -> str:
+    """Validate an --audit-severity value; UsageError says which values exist."""
+    normalised = level.strip().lower()
+    if normalised not in SEVERITY_LEVELS:
+        raise UsageError(f"--audit-severity {level!r} is not a severity level",
+                         f"use one of {', '.join(SEVERITY_LEVELS)}")
+    return normalised
+
+
+def is_at_or_above(finding: Finding | str, threshold: str) -> bool:
+    """Is the finding (or severity name) at or above `threshold`? Unknown: always (fail
+    closed: a vulnerability whose severity cannot be told may be critical)."""
+    severity = finding.severity if isinstance(finding, Finding) else finding
+    threshold = check_severity_level(threshold)
+    if severity not in SEVERITY_LEVELS:
+        return True
+    return SEVERITY_LEVELS.index(severity) >= SEVERITY_LEVELS.index(threshold)
+
+
+def audit_dependencies(deps: Sequence[tuple[str, str]], db: OsvDatabase) -> list[Finding]:
+    """Findings for (name, version) pairs, one per dependency and vulnerability.
+
+    Advisories that are aliases of each other (PYSEC and GHSA ids of one CVE) are merged
+    into one finding that keeps the known and highest severity.
+    """
+    from packaging.utils import canonicalize_name
+
+    findings: list[Finding] = []
+    for raw_name, version in deps:
+        name = canonicalize_name(raw_name)
+        matched = [f for a in db.advisories_for(name)
+                   if (f := _match(a, name, version)) is not None]
+        findings += _merge_aliases(matched)
+    return sorted(findings, key=lambda f: (f.name, f.version, f.advisory_id))
+
+
+def audit_bundle(bundle_path: str | os.PathLike[str], db: OsvDatabase) -> AuditReport:
+    """Audit the dependencies a bundle's verified manifest lists.
+
+    A bundle that fails verification is refused (VerificationError): its manifest
+    cannot be trusted to say what it contains.
+    """
+    from sandrun.errors import BundleError
+    from sandrun.verify import verify_bundle
+
+    result = verify_bundle(bundle_path)
+    result.raise_for_problems(str(bundle_path))
+    manifest = result.manifest
+    if manifest is None:  # pragma: no cover - a missing manifest is a problem above
+        raise BundleError(f"{bundle_path} has no manifest", "rebuild it with `sandrun bundle`")
+    return audit_manifest(manifest, db, bundle=str(bundle_path))
+
+
+def audit_manifest(manifest: Manifest, db: OsvDatabase, bundle: str | None = None
+                   ) -> AuditReport:
+    """Audit an already verified manifest (what `sandrun exec` holds after verifying)."""
+    deps = tuple((d.name, d.version) for d in manifest.dependencies)
+    return AuditReport(database=db.source, advisories=db.advisories, dependencies=deps,
+                       findings=tuple(audit_dependencies(deps, db)), bundle=bundle,
+                       app_name=manifest.app_name, app_version=manifest.app_version)
+
+
+def _parse_version(text: str) -> Version | None:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def _match(advisory: Advisory, name: str, version: str) -> Finding | None:
+    installed = _parse_version(version)
+    texts: list[str] = []
+    fixed: set[str] = set()
+    uncertain = False
+    hit = False
+    entries = [a for a in advisory.affected if a.name == name]
+    for entry in entries:
+        for osv_range in entry.ranges:
+            fixed.update(v for kind, v in osv_range.events if kind == "fixed")
+            verdict, text = _in_range(osv_range, installed)
+            if verdict is True:
+                hit = True
+                texts.append(text)
+            elif verdict is None:
+                uncertain = True
+                texts.append(text)
+        listed = [v for v in entry.versions
+                  if v == version or (installed is not None and _parse_version(v) == installed)]
+        if listed:
+            hit = True
+            texts.append(f"=={listed[0]} (listed)")
+        if not entry.ranges and not entry.versions:
+            uncertain = True  # names the package but no versions: assume all (fail closed)
+            texts.append("all versions (no ranges or versions given)")
+    if not hit and not uncertain:
+        return None
+    severity, source, score = _severity(advisory, entries)
+    above = sorted((v for v in fixed if installed is None or
+                    ((p := _parse_version(v)) is not None and p > installed)),
+                   key=_version_sort_key)
+    return Finding(name=name, version=version, advisory_id=advisory.id,
+                   aliases=advisory.aliases, summary=advisory.summary,
+                   affected="; ".join(dict.fromkeys(texts)), fixed=tuple(above),
+                   severity=severity, severity_source=source, cvss_score=score,
+                   uncertain=uncertain and not hit, source=advisory.source)
+
+
+def _version_sort_key(text: str) -> tuple[int, Any]:
+    parsed = _parse_version(text)
+    return (0, parsed) if parsed is not None else (1, text)  # type: ignore[return-value]
+
+
+def _in_range(osv_range: OsvRange, installed: Version | None) -> tuple[bool | None, str]:
+    """(affected?, text of the interval that decided) for one ECOSYSTEM/SEMVER range.
+
+    The OSV evaluation: events sorted by version, "introduced" opens an interval
+    ("0" = from the beginning), "fixed" and "limit" close it exclusively,
+    "last_affected" inclusively. None means undecidable (an unparsable bound).
+    """
+    events: list[tuple[str, str, Version | None]] = []
+    for kind, raw in osv_range.events:
+        if kind == "introduced" and raw == "0":
+            events.append((kind, raw, None))
+            continue
+        if kind == "limit" and raw == "*":
+            continue  # no limit
+        parsed = _parse_version(raw)
+        if parsed is None:
+            return None, f"{kind} {raw!r} is not a PEP 440 version"
+        events.append((kind, raw, parsed))
+    if installed is None:
+        return None, "installed version is not a PEP 440 version"
+    # "introduced: 0" sorts before every version.
+    events.sort(key=lambda e: (0, "") if e[2] is None else (1, e[2]))
+    intervals: list[tuple[str | None, Version | None, str | None, Version | None, bool]] = []
+    open_at: tuple[str | None, Version | None] | None = None
+    for kind, raw, parsed in events:
+        if kind == "introduced":
+            if open_at is None:
+                open_at = (None, None) if parsed is None else (raw, parsed)
+        elif open_at is not None:
+            intervals.append((*open_at, raw, parsed, kind == "last_affected"))
+            open_at = None
+    if open_at is not None:
+        intervals.append((*open_at, None, None, False))
+    for low_text, low, high_text, high, inclusive in intervals:
+        if low is not None and installed < low:
+            continue
+        if high is not None and (installed > high if inclusive else installed >= high):
+            continue
+        bounds = [f">={low_text}"] if low_text else []
+        if high_text:
+            bounds.append(f"{'<=' if inclusive else '<'}{high_text}")
+        return True, ", ".join(bounds) or "all versions"
+    return False, ""
+
+
+# ---------------------------------------------------------------------------------------
+# Severity
+
+
+def _severity(advisory: Advisory,
+              entries: Sequence[OsvAffected]) -> tuple[str, str, float | None]:
+    """(level, where it came from, CVSS base score or None).
+
+    A qualitative database severity first (GitHub's database_specific.severity), then a
+    CVSS v3 vector whose base score is computed; a CVSS v4 or v2 vector is reported as
+    is with level "unknown" (no reliable v4 calculator here; v2 has no "critical").
+    """
+    for value in (advisory.database_severity, *(e.database_severity for e in entries)):
+        if value and value.strip().lower() in _SEVERITY_NAMES:
+            return _SEVERITY_NAMES[value.strip().lower()], "database_specific", None
+    vectors = [*advisory.severity, *(s for e in entries for s in e.severity)]
+    for kind, score in vectors:
+        if kind == "CVSS_V3":
+            base = cvss3_base_score(score)
+            if base is not None:
+                return cvss3_level(base), score, base
+    if vectors:
+        return UNKNOWN, vectors[0][1], None
+    return UNKNOWN, "", None
+
+
+_CVSS3_WEIGHTS: dict[str, dict[str, float]] = {
+    "AV": {"N": 0.85, "A": 0.62, "L": 0.55, "P": 0.2},
+    "AC": {"L": 0.77, "H": 0.44},
+    "UI": {"N": 0.85, "R": 0.62},
+    "C": {"H": 0.56, "L": 0.22, "N": 0.0},
+    "I": {"H": 0.56, "L": 0.22, "N": 0.0},
+    "A": {"H": 0.56, "L": 0.22, "N": 0.0},
+}
+_CVSS3_PR = {"U": {"N": 0.85, "L": 0.62, "H": 0.27}, "C": {"N": 0.85, "L": 0.68, "H": 0.5}}
+
+
+def cvss3_base_score(vector: str) -> float | None:
+    """CVSS v3.0/v3.1 base score of a vector, or None when it is not a complete v3 vector.
+
+    The specification's formula, with v3.1's Roundup (which v3.0 intended).
+    """
+    parts = vector.strip().split("/")
+    if not parts or parts[0] not in ("CVSS:3.0", "CVSS:3.1"):
+        return None
+    metrics: dict[str, str] = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition(":")
+        if not sep or key in metrics:
+            return None
+        metrics[key] = value
+    try:
+        scope = metrics["S"]
+        if scope not in _CVSS3_PR:
+            return None
+        weights = {k: table[metrics[k]] for k, table in _CVSS3_WEIGHTS.items()}
+        privileges = _CVSS3_PR[scope][metrics["PR"]]
+    except KeyError:
+        return None
+    iss = 1 - (1 - weights["C"]) * (1 - weights["I"]) * (1 - weights["A"])
+    impact = (6.42 * iss if scope == "U"
+              else 7.52 * (iss - 0.029) - 3.25 * (iss - 0.02) ** 15)
+    exploitability = 8.22 * weights["AV"] * weights["AC"] * privileges * weights["UI"]
+    if impact <= 0:
+        return 0.0
+    total = impact + exploitability if scope == "U" else 1.08 * (impact + exploitability)
+    return _roundup(min(total, 10.0))
+
+
+def _roundup(value: float) -> float:
+    scaled = round(value * 100000)
+    if scaled % 10000 == 0:
+        return scaled / 100000.0
+    return (math.floor(scaled / 10000) + 1) / 10.0
+
+
+def cvss3_level(score: float) -> str:
+    """The CVSS v3 qualitative rating, as a SEVERITY_LEVELS name (None 0.0 -> low)."""
+    if score >= 9.0:
+        return "critical"
+    if score >= 7.0:
+        return "high"
+    if score >= 4.0:
+        return "moderate"
+    return "low"
+
+
+def _rank(finding: Finding) -> int:
+    return SEVERITY_LEVELS.index(finding.severity) if finding.severity in SEVERITY_LEVELS else -1
+
+
+def _merge_aliases(findings: list[Finding]) -> list[Finding]:
+    """One finding per vulnerability: advisories sharing an id or alias are merged."""
+    groups: list[list[Finding]] = []
+    for finding in sorted(findings, key=lambda f: f.advisory_id):
+        ids = set(finding.ids)
+        joined = [g for g in groups if any(ids & set(f.ids) for f in g)]
+        merged = [finding]
+        for group in joined:
+            groups.remove(group)
+            merged += group
+        groups.append(merged)
+    result = []
+    for group in groups:
+        # Keep the advisory with a known, highest severity; prefer a certain match.
+        best = max(group, key=lambda f: (not f.uncertain, _rank(f), f.advisory_id.startswith(
+            "GHSA-"), f.advisory_id))
+        others = sorted({i for f in group for i in f.ids} - {best.advisory_id})
+        fixed = sorted({v for f in group for v in f.fixed}, key=_version_sort_key)
+        result.append(Finding(
+            name=best.name, version=best.version, advisory_id=best.advisory_id,
+            aliases=tuple(others), summary=best.summary or next(
+                (f.summary for f in group if f.summary), ""),
+            affected=best.affected, fixed=tuple(fixed), severity=best.severity,
+            severity_source=best.severity_source, cvss_score=best.cvss_score,
+            uncertain=all(f.uncertain for f in group), source=best.source))
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+def render_text(report: AuditReport) -> str:
+    """Human report for `sandrun audit`: one block per finding, then a summary line."""
+    subject = (f"{report.app_name} {report.app_version} ({report.bundle})"
+               if report.app_name else "dependencies")
+    lines = [f"audit of {subject}: {len(report.dependencies)} dependencies against "
+             f"{report.database} ({report.advisories} advisories)"]
+    for f in report.findings:
+        ids = f.advisory_id + (f" ({', '.join(f.aliases)})" if f.aliases else "")
+        severity = f.severity.upper() + (f" {f.cvss_score}" if f.cvss_score is not None else "")
+        if f.severity == UNKNOWN and f.severity_source:
+            severity += f" ({f.severity_source})"
+        lines.append(f"{f.name} {f.version}: {ids} severity {severity}"
+                     + (" [UNCERTAIN MATCH]" if f.uncertain else ""))
+        if f.summary:
+            lines.append(f"  {f.summary}")
+        lines.append(f"  affected: {f.affected}")
+        lines.append(f"  fix: upgrade to {' or '.join(f.fixed)}" if f.fixed
+                     else "  fix: no fixed version is known")
+    if report.findings:
+        vulnerable = len({f.name for f in report.findings})
+        counts = ", ".join(f"{n} {level}" for level in (*reversed(SEVERITY_LEVELS), UNKNOWN)
+                           if (n := sum(1 for f in report.findings if f.severity == level)))
+        lines.append(f"{len(report.findings)} known vulnerabilit"
+                     f"{'ies' if len(report.findings) != 1 else 'y'} in {vulnerable} "
+                     f"dependenc{'ies' if vulnerable != 1 else 'y'} ({counts})")
+    else:
+        lines.append("no known vulnerabilities")
+    return "\n".join(lines)
+
+
+def finding_to_json(finding: Finding) -> dict[str, Any]:
+    return {"id": finding.advisory_id, "aliases": list(finding.aliases),
+            "summary": finding.summary, "affected": finding.affected,
+            "fix_versions": list(finding.fixed), "severity": finding.severity,
+            "severity_source": finding.severity_source, "cvss_score": finding.cvss_score,
+            "uncertain": finding.uncertain, "source": finding.source}
+
+
+def report_to_json(report: AuditReport) -> dict[str, Any]:
+    """pip-audit-like JSON: every dependency with its (possibly empty) list of vulns."""
+    by_dep: dict[tuple[str, str], list[Finding]] = {}
+    for f in report.findings:
+        by_dep.setdefault((f.name, f.version), []).append(f)
+    from packaging.utils import canonicalize_name
+
+    return {
+        "bundle": report.bundle,
+        "app": ({"name": report.app_name, "version": report.app_version}
+                if report.app_name else None),
+        "database": {"source": report.database, "advisories": report.advisories},
+        "vulnerable": report.vulnerable,
+        "dependencies": [
+            {"name": name, "version": version,
+             "vulns": [finding_to_json(f)
+                       for f in by_dep.get((canonicalize_name(name), version), [])]}
+            for name, version in report.dependencies],
+    }

@@ -1,0 +1,262 @@
+"""Offline audit against an OSV database: ranges, lists, aliases, severity, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from wheelcraft import hello_wheelhouse
+
+from sandrun.audit import (
+    SEVERITY_LEVELS,
+    AuditReport,
+    Finding,
+    OsvDatabase,
+    audit_bundle,
+    audit_dependencies,
+    check_severity_level,
+    cvss3_base_score,
+    is_at_or_above,
+    load_osv_database,
+    render_text,
+    report_to_json,
+)
+from sandrun.builder import BundleRequest, build_bundle
+from sandrun.errors import AuditError, UsageError, VerificationError
+
+HERE = Path(__file__).resolve().parent
+DB = HERE / "osv" / "db"
+INVALID = HERE / "osv" / "invalid"
+
+
+@pytest.fixture(scope="module")
+def db() -> OsvDatabase:
+    return load_osv_database(DB)
+
+
+def one(db: OsvDatabase, name: str, version: str) -> Finding:
+    findings = audit_dependencies([(name, version)], db)
+    assert len(findings) == 1, findings
+    return findings[0]
+
+
+def test_database_counts(db: OsvDatabase) -> None:
+    assert db.advisories == 8  # every file, other ecosystems and withdrawn ones included
+    assert db.withdrawn == 1
+    assert set(db.by_name) == {"helperlib", "weird-pkg-name", "listed", "limited", "oddver"}
+
+
+def test_fixed_range_aliases_merged_and_database_severity(db: OsvDatabase) -> None:
+    finding = one(db, "helperlib", "0.3")
+    # GHSA and PYSEC describe one CVE: one finding, the GHSA one (it has a severity).
+    assert finding.advisory_id == "GHSA-h3lp-0001-aaaa"
+    assert set(finding.aliases) == {"CVE-2024-0001", "PYSEC-2024-11"}
+    assert finding.summary == "helperlib evaluates VALUE from untrusted input"
+    assert finding.affected == "<0.4"
+    assert finding.fixed == ("0.4",)
+    # database_specific.severity wins over the (moderate) CVSS vector.
+    assert (finding.severity, finding.severity_source) == ("high", "database_specific")
+    assert not finding.uncertain
+    assert audit_dependencies([("helperlib", "0.4")], db) == []
+
+
+def test_withdrawn_and_other_ecosystems_are_ignored(db: OsvDatabase) -> None:
+    # The withdrawn advisory and the npm one would both be critical for every version.
+    findings = audit_dependencies([("helperlib", "0.5"), ("HelperLib", "0.1")], db)
+    assert [(f.version, f.advisory_id) for f in findings] == [("0.1", "GHSA-h3lp-0001-aaaa")]
+    assert all(f.severity != "critical" for f in findings)
+
+
+@pytest.mark.parametrize(("name", "version", "affected", "fixed"), [
+    ("weird-pkg-name", "1.1", ">=1.0, <1.2.3", ("1.2.3",)),
+    ("Weird.Pkg_Name", "1.0", ">=1.0, <1.2.3", ("1.2.3",)),
+    ("WEIRD_PKG_NAME", "2.1.0", ">=2.0.0, <=2.1.0", ()),  # last_affected is inclusive
+    ("weird-pkg-name", "2.0", ">=2.0.0, <=2.1.0", ()),
+])
+def test_multiple_ranges_and_name_normalisation(db: OsvDatabase, name: str, version: str,
+                                                affected: str, fixed: tuple[str, ...]) -> None:
+    finding = one(db, name, version)
+    assert finding.name == "weird-pkg-name"
+    assert finding.version == version
+    assert (finding.affected, finding.fixed) == (affected, fixed)
+    # Only a CVSS v3 vector: its base score (9.8) gives the level.
+    assert (finding.severity, finding.cvss_score) == ("critical", 9.8)
+    assert finding.severity_source.startswith("CVSS:3.1/AV:N")
+
+
+@pytest.mark.parametrize("version", ["0.9", "1.2.3", "1.5", "2.1.1", "3.0"])
+def test_outside_the_ranges(db: OsvDatabase, version: str) -> None:
+    assert audit_dependencies([("weird-pkg-name", version)], db) == []
+
+
+def test_versions_list_and_cvss4_is_unknown(db: OsvDatabase) -> None:
+    finding = one(db, "listed", "0.6")  # listed as "0.6.0": equal as PEP 440 versions
+    assert finding.affected == "==0.6.0 (listed)"
+    assert finding.severity == "unknown"
+    assert finding.severity_source.startswith("CVSS:4.0/")
+    assert finding.fixed == ()
+    assert one(db, "listed", "0.5").advisory_id == "OSV-2024-list"
+    assert audit_dependencies([("listed", "0.7")], db) == []
+
+
+def test_limit_event(db: OsvDatabase) -> None:
+    finding = one(db, "limited", "2.9")
+    assert (finding.severity, finding.affected) == ("low", "<3.0")
+    assert audit_dependencies([("limited", "3.0")], db) == []
+
+
+def test_unparsable_bound_is_reported_as_uncertain_not_clean(db: OsvDatabase) -> None:
+    finding = one(db, "oddver", "2.0")
+    assert finding.uncertain
+    assert "'1.0-final-really!' is not a PEP 440 version" in finding.affected
+    assert finding.severity == "unknown"
+    assert "[UNCERTAIN MATCH]" in render_text(_report([finding]))
+
+
+def test_zip_database_gives_the_same_results(db: OsvDatabase, tmp_path: Path) -> None:
+    archive = tmp_path / "all.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(DB.rglob("*.json")):
+            zf.write(path, path.relative_to(DB).as_posix())
+        zf.writestr("README.txt", "not an advisory")
+    from_zip = load_osv_database(archive)
+    assert (from_zip.advisories, from_zip.withdrawn) == (db.advisories, db.withdrawn)
+    deps = [("helperlib", "0.3"), ("weird-pkg-name", "1.1"), ("listed", "0.5"),
+            ("limited", "1"), ("oddver", "1"), ("unrelated", "1.0")]
+    assert ([f.advisory_id for f in audit_dependencies(deps, from_zip)]
+            == [f.advisory_id for f in audit_dependencies(deps, db)]
+            == ["GHSA-h3lp-0001-aaaa", "GHSA-m1xd-ecos-ys00", "OSV-2024-list", "PYSEC-2023-99",
+                "GHSA-mu1t-rang-es00"])
+    assert one(from_zip, "helperlib", "0.3").source.startswith(f"{archive}:")
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in INVALID.glob("*.json")))
+def test_malformed_advisory_is_an_error_naming_file_and_key(case: str, tmp_path: Path) -> None:
+    shutil.copy(INVALID / f"{case}.json", tmp_path)
+    expected = (INVALID / f"{case}.expect").read_text().strip()
+    with pytest.raises(AuditError) as info:
+        load_osv_database(tmp_path)
+    assert f"{tmp_path}/{expected}" in info.value.message
+    assert "download the database again" in info.value.hint
+
+
+def test_every_malformed_advisory_is_listed_at_once(tmp_path: Path) -> None:
+    shutil.copytree(INVALID, tmp_path / "db", ignore=shutil.ignore_patterns("*.expect"))
+    shutil.copytree(DB, tmp_path / "db" / "good")
+    with pytest.raises(AuditError) as info:
+        load_osv_database(tmp_path / "db")
+    count = len(list(INVALID.glob("*.json")))
+    assert f"has {count} malformed advisories" in info.value.message
+    assert info.value.message.count("\n  - ") == count
+
+
+@pytest.mark.parametrize(("setup", "words"), [
+    ("missing", "does not exist"),
+    ("empty", "contains no advisories"),
+    ("text", "neither a directory of OSV advisories nor a zip"),
+    ("badzip", "neither a directory"),
+])
+def test_unusable_database_paths(tmp_path: Path, setup: str, words: str) -> None:
+    path = tmp_path / "db"
+    if setup == "empty":
+        path.mkdir()
+        (path / "notes.txt").write_text("nothing")
+    elif setup == "text":
+        path.write_text("{}")
+    elif setup == "badzip":
+        path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(AuditError, match=words):
+        load_osv_database(path)
+
+
+def test_severity_threshold_fails_closed_on_unknown() -> None:
+    assert SEVERITY_LEVELS == ("low", "moderate", "high", "critical")
+    assert is_at_or_above("high", "moderate")
+    assert is_at_or_above("high", "high")
+    assert not is_at_or_above("moderate", "high")
+    assert is_at_or_above("critical", "critical")
+    for level in SEVERITY_LEVELS:
+        assert is_at_or_above("unknown", level)
+    assert check_severity_level(" HIGH ") == "high"
+    with pytest.raises(UsageError, match="'severe' is not a severity level") as info:
+        check_severity_level("severe")
+    assert info.value.hint == "use one of low, moderate, high, critical"
+
+
+@pytest.mark.parametrize(("vector", "score"), [
+    ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", 9.8),
+    ("CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:C/C:L/I:L/A:N", 6.1),
+    ("CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:N/A:N", 5.5),
+    ("CVSS:3.1/AV:N/AC:L/PR:L/UI:N/S:C/C:H/I:H/A:H", 9.9),
+    ("CVSS:3.0/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", 10.0),
+    ("CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:H/I:N/A:N", 5.9),
+    ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N", 0.0),
+    ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H/E:P/RL:O", 9.8),  # temporal: base only
+    ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H", None),  # incomplete
+    ("CVSS:3.1/AV:X/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", None),
+    ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N", None),
+    ("AV:N/AC:L/Au:N/C:P/I:P/A:P", None),  # CVSS v2
+])
+def test_cvss3_base_score(vector: str, score: float | None) -> None:
+    assert cvss3_base_score(vector) == score
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("audit")
+    wheels = hello_wheelhouse(tmp / "wheels")
+    out = tmp / "hello.pyz"
+    build_bundle(BundleRequest(output=out, requirements=("hellopkg",), console_script="hello",
+                               find_links=(str(wheels),), no_index=True))
+    return out
+
+
+def test_audit_bundle_reads_the_verified_manifest(bundle: Path, db: OsvDatabase) -> None:
+    report = audit_bundle(bundle, db)
+    assert report.vulnerable
+    assert (report.app_name, report.app_version) == ("hello", "1.2.0")
+    assert report.dependencies == (("hellopkg", "1.2.0"), ("helperlib", "0.3"))
+    assert [f.advisory_id for f in report.findings] == ["GHSA-h3lp-0001-aaaa"]
+    assert report.at_or_above("high") == report.findings
+    assert report.at_or_above("critical") == ()
+
+    text = render_text(report)
+    assert f"audit of hello 1.2.0 ({bundle})" in text
+    assert ("helperlib 0.3: GHSA-h3lp-0001-aaaa (CVE-2024-0001, PYSEC-2024-11) severity HIGH"
+            in text)
+    assert "affected: <0.4" in text and "fix: upgrade to 0.4" in text
+    assert text.endswith("1 known vulnerability in 1 dependency (1 high)")
+
+    data = report_to_json(report)
+    json.dumps(data)  # serialisable as is
+    assert data["vulnerable"] is True
+    deps = {d["name"]: d["vulns"] for d in data["dependencies"]}
+    assert deps["hellopkg"] == []
+    assert deps["helperlib"][0]["id"] == "GHSA-h3lp-0001-aaaa"
+    assert deps["helperlib"][0]["fix_versions"] == ["0.4"]
+    assert deps["helperlib"][0]["severity"] == "high"
+
+
+def test_clean_bundle(bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"id": "X-1", "affected": []}))
+    report = audit_bundle(bundle, load_osv_database(tmp_path))
+    assert not report.vulnerable
+    assert render_text(report).endswith("no known vulnerabilities")
+    assert report_to_json(report)["vulnerable"] is False
+
+
+def test_a_bundle_that_fails_verification_is_not_audited(bundle: Path, tmp_path: Path,
+                                                         db: OsvDatabase) -> None:
+    tampered = tmp_path / "t.pyz"
+    tampered.write_bytes(bundle.read_bytes() + b"appended")
+    with pytest.raises(VerificationError):
+        audit_bundle(tampered, db)
+
+
+def _report(findings: list[Finding]) -> AuditReport:
+    return AuditReport(database="db", advisories=1,
+                       dependencies=tuple((f.name, f.version) for f in findings),
+                       findings=tuple(findings))
