@@ -725,10 +725,12 @@ def _dos_date_time(date_time: tuple[int, int, int, int, int, int]) -> tuple[int,
 
 
 def write_archive(out: BinaryIO, preamble: bytes, files: Iterable[tuple[str, bytes, int]], *,
-                  date_time: tuple[int, int, int, int, int, int], compresslevel: int = 9) -> None:
+                  date_time: tuple[int, int, int, int, int, int], compresslevel: int = 6) -> None:
     """Write a deterministic zip of `files` (name, content, permission bits) to `out`.
 
-    Entries keep the given order (callers sort). `out` must be at the start of the file:
+    Entries keep the given order (callers sort). Level 6 (zlib's default): level 9 took
+    1.6x the time of shiv on httpbin + gunicorn for under 1% smaller output.
+    `out` must be at the start of the file:
     offsets are absolute, counting the preamble. Same input, same bytes (for a given zlib).
     The writer refuses anything the parser would flag, so its output always parses clean.
     """

@@ -43,21 +43,35 @@ def compile_sources(tmp: Path, final: Path, sources: Iterable[str]) -> list[str]
     `tmp`, recording `final` paths as their file names; return the names written.
 
     A source that does not compile (say, Python 2 code in a wheel) gets no .pyc: the
-    app then fails, or not, on import exactly as it would without sandrun.
+    app then fails, or not, on import exactly as it would without sandrun. Large trees
+    are compiled by one process per CPU (numpy: 2.1 s alone on this 2-core machine).
     """
-    written = []
-    for name in sources:
-        if not name.endswith(".py") or name.startswith(".sandrun/"):
-            continue
-        target = pyc_name(name)
-        try:
-            py_compile.compile(str(tmp / name), cfile=str(tmp / target), dfile=str(final / name),
-                               doraise=True,
-                               invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-        except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError):
-            continue
-        written.append(target)
-    return written
+    jobs = [(str(tmp / name), str(tmp / pyc_name(name)), str(final / name), pyc_name(name))
+            for name in sources if name.endswith(".py") and not name.startswith(".sandrun/")]
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(jobs) < PARALLEL_THRESHOLD:
+        results = [_compile_one(job) for job in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers need nothing but py_compile, already imported here.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_compile_one, jobs, chunksize=32))
+    return [name for name in results if name is not None]
+
+
+PARALLEL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
+
+
+def _compile_one(job: tuple[str, str, str, str]) -> str | None:
+    source, cfile, dfile, name = job
+    try:
+        py_compile.compile(source, cfile=cfile, dfile=dfile, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    return name
 
 
 def source_of(pyc_rel: str) -> str | None:
