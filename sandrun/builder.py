@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 from sandrun import __version__
 from sandrun.errors import BundleError, ResolveError, UsageError
@@ -87,7 +90,7 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
         work = Path(tmp)
         wheelhouse = work / "wheels"
         wheelhouse.mkdir()
-        local = _build_local_projects(request, work / "local", progress, warn)
+        local = _build_local_projects(request, work / "local", epoch, progress, warn)
         if request.lock is not None:
             progress(f"selecting wheels from {request.lock}")
             _fetch_locked(request.lock, wheelhouse, target, supported, progress)
@@ -113,6 +116,10 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
             raise UsageError(f"app name {app_name!r} is not usable as part of a user name",
                              "pass --name with 1-24 characters of a-z, 0-9, '.', '_' or '-'")
         app_version = provider.version if provider else "0"
+        if request.name:  # `--name httpbin` for gunicorn serving httpbin: httpbin's version
+            named = next((w for w in wheels if canonicalize_name(w.name) == app_name), None)
+            if named is not None:
+                app_version = named.version
 
         progress("building the zipapp with shiv")
         shiv_pyz = work / "shiv.pyz"
@@ -206,15 +213,17 @@ def _target(request: BundleRequest) -> tuple[Target, list]:
     return Target(f"{major}.{minor}", "cp", abi, tuple(platforms)), supported
 
 
-def _pip(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def _pip(args: Sequence[str], epoch: int | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_REQUIRE_VIRTUALENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    if epoch is not None:  # wheel builders date their zip entries with it
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
     return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
                           env=env, stdin=subprocess.DEVNULL, check=False)
 
 
-def _build_local_projects(request: BundleRequest, dest: Path, progress: Progress,
-                          warn: Progress) -> list[Path]:
+def _build_local_projects(request: BundleRequest, dest: Path, epoch: int,
+                          progress: Progress, warn: Progress) -> list[Path]:
     """Build local project directories given as REQ into wheels."""
     wheels: list[Path] = []
     for req in request.requirements:
@@ -228,8 +237,15 @@ def _build_local_projects(request: BundleRequest, dest: Path, progress: Progress
         progress(f"building a wheel of {path}")
         dest.mkdir(exist_ok=True)
         before = set(dest.glob("*.whl"))
+        # Build from a fresh copy: setuptools writes build/ and *.egg-info into the source
+        # dir and packages a stale build/lib, so building in place leaks old files into the
+        # bundle and breaks "same inputs, same bytes". An absolute path, because pip takes
+        # a bare "proj" for a package name.
+        source = dest.parent / f"src-{len(wheels)}-{path.resolve().name}"
+        shutil.copytree(path, source, symlinks=True, ignore=shutil.ignore_patterns(
+            "build", "*.egg-info", "__pycache__", "*.pyc", ".venv", ".tox", ".nox"))
         proc = _pip(["wheel", "--no-deps", "-q", "--wheel-dir", str(dest),
-                     *_index_args(request), str(path)])
+                     *_index_args(request), str(source.resolve())], epoch)
         if proc.returncode != 0:
             raise BundleError(f"building a wheel of the project {path} failed:\n"
                               f"{_pip_errors(proc.stderr)}",

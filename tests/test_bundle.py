@@ -243,3 +243,28 @@ def test_invalid_profile_is_never_embedded(wheelhouse: Path, tmp_path: Path) -> 
     assert f"{profile}:2: network.bind_tcp" in proc.stderr
     assert f"{profile}:4: filesystem.read" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.network  # pip fetches the build backend (setuptools) for its isolated build
+def test_local_project_is_built_from_a_clean_copy(tmp_path: Path) -> None:
+    """`./proj` (relative) builds; a stale build/lib never reaches the bundle; nothing is
+    written into the project; two builds are byte-identical."""
+    project = tmp_path / "proj"
+    (project / "localapp").mkdir(parents=True)
+    (project / "localapp" / "__init__.py").write_text("def main():\n    return 0\n")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=65"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "localapp"\nversion = "1.0"\n')
+    stale = project / "build" / "lib" / "localapp" / "stale.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("LEFT_OVER = True\n")
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    outs = []
+    for name in ("a.pyz", "b.pyz"):
+        proc = sandrun("bundle", "./proj", "-e", "localapp:main", "-o", name, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]
+    with zipfile.ZipFile(tmp_path / "a.pyz") as zf:
+        assert not [n for n in zf.namelist() if "stale" in n]
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
