@@ -202,9 +202,14 @@ def test_policy_others_can_change_is_refused(tmp_path: Path, keys: dict[str, Pat
     finally:
         tmp_path.chmod(original)
 
-    if os.geteuid() == 0:
-        os.chown(path, 65534, 65534)
-        assert "is owned by uid 65534, not by root" in policy_error(path).problems[0].what
+
+
+def test_policy_owned_by_another_user_is_refused(tmp_path: Path, keys: dict[str, Path],
+                                                 require_root: None) -> None:
+    good = '[[signer]]\nname = "r"\npublic_key_file = "keys/release.pub"\napps = ["*"]\n'
+    path = write_policy(tmp_path, good)
+    os.chown(path, 65534, 65534)
+    assert "is owned by uid 65534, not by root" in policy_error(path).problems[0].what
 
 
 def test_find_trust_policy(tmp_path: Path, keys: dict[str, Path]) -> None:
