@@ -149,12 +149,7 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
         click.echo(render_plan(plan))
         return 0
     spec = run_spec(plan)
-    from sandrun.trust import DEFAULT_TRUST_PATH
-
-    trust_files = [trust or str(DEFAULT_TRUST_PATH)]  # its absence is an input too
-    if plan.trust_policy is not None:
-        trust_files += plan.trust_policy.files
-    warm_exec.save_record(options, plan, spec, extra_inputs=trust_files)
+    warm_exec.save_record(options, plan, spec)
     return runner.launch(spec, plan.args)
 
 

@@ -96,6 +96,7 @@ class LaunchPlan:
     mdwe: bool
     signature: SignatureStatus
     trust_policy: TrustPolicy | None
+    trust_inputs: tuple[str, ...]  # files the trust decision read (an absent one counts too)
     protections: list[Protection] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -233,7 +234,9 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         landlock_policy=_landlock_policy(profile, interp, tree, state),
         seccomp_policy=_seccomp_policy(profile),
         rlimits=dict(profile.rlimits), mdwe=profile.mdwe, signature=verified_status,
-        trust_policy=policy)
+        trust_policy=policy,
+        trust_inputs=(options.trust or str(DEFAULT_TRUST_PATH),
+                      *(policy.files if policy is not None else ())))
     if audit_note:
         plan.notes.append(audit_note)
     _assess(plan)

@@ -102,6 +102,13 @@ class ExecArgs:
         self.bundle = ""
         self.args: list[str] = []
 
+    @classmethod
+    def from_options(cls, options: ExecOptions) -> ExecArgs:
+        args = cls()
+        args.profile, args.user, args.python = options.profile, options.user, options.python
+        args.store, args.trust, args.bundle = options.store, options.trust, options.bundle
+        return args
+
 
 _VALUE_OPTIONS = {"-p": "profile", "--profile": "profile", "-u": "user", "--user": "user",
                   "--python": "python", "--store": "store", "--trust": "trust"}
@@ -215,20 +222,16 @@ def load_record(args: ExecArgs) -> runner.RunSpec | None:
     return spec
 
 
-def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec,
-                extra_inputs: list[str]) -> None:
+def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) -> None:
     """Remember a launch the cold path fully checked. Best effort: a store that cannot
     take the record only means the next start is cold again."""
     from sandrun.interpreter import candidates
 
-    args = ExecArgs()
-    args.profile, args.user, args.python = options.profile, options.user, options.python
-    args.store, args.bundle, args.trust = options.store, options.bundle, options.trust
     store_root = options.store or default_store_root()
-    key = record_key(args, store_root)
+    key = record_key(ExecArgs.from_options(options), store_root)
     interp = plan.interpreter
-    inputs: list[tuple[str, bool, Identity]] = [(options.bundle, False, None)]
-    files = [*plan.profile.files, *USER_DATABASE, *extra_inputs, interp.path, interp.real_path]
+    files = [*plan.profile.files, *USER_DATABASE, *plan.trust_inputs, interp.path,
+             interp.real_path]
     if interp.elf_interpreter:
         files.append(interp.elf_interpreter)
     if options.python is None:  # a new, preferred candidate would change the choice
@@ -237,8 +240,9 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec,
     while parent not in ("/", ""):  # readability by the app user depends on every dir
         files.append(parent)
         parent = os.path.dirname(parent)
-    inputs += [(path, True, None) for path in dict.fromkeys(files)]
-    inputs = [(path, follow, identity(path, follow=follow)) for path, follow, _ in inputs]
+    # The bundle is opened O_NOFOLLOW, so its own identity counts, not a link target's.
+    inputs = [(options.bundle, False, identity(options.bundle, follow=False))]
+    inputs += [(path, True, identity(path)) for path in dict.fromkeys(files)]
     record = {"key": key, "boot_id": _boot_id(), "inputs": inputs, "tree": str(plan.tree),
               "spec": spec.to_dict()}
     _write_private(store_root, _record_path(store_root, key), marshal.dumps(record))
