@@ -111,7 +111,9 @@ def load_osv_database(path: Path) -> OsvDatabase:
                          "pass a directory of OSV JSON files or an ecosystem zip such as "
                          "PyPI's all.zip")
     else:
-        raise AuditError(f"OSV database {label} does not exist", "check the path")
+        raise AuditError(f"OSV database {label} does not exist",
+                         "check the path; PyPI's advisories are at "
+                         "https://osv-vulnerabilities.storage.googleapis.com/PyPI/all.zip")
 
     problems: list[str] = []
     by_id: dict[str, Advisory] = {}
