@@ -22,17 +22,13 @@ from typing import Any
 
 from sandrun import runner
 from sandrun.errors import EnforcementError
-
-# Landlock syscalls share one number on every architecture but alpha (added after the
-# syscall tables were unified); these are the x86_64 numbers.
-SYS_LANDLOCK_CREATE_RULESET = 444
-SYS_LANDLOCK_ADD_RULE = 445
-SYS_LANDLOCK_RESTRICT_SELF = 446
+from sandrun.runner import (  # one definition of the kernel constants
+    ACCESS_NET_BIND_TCP,
+    ACCESS_NET_CONNECT_TCP,
+    SYS_LANDLOCK_CREATE_RULESET,
+)
 
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
-
-LANDLOCK_RULE_PATH_BENEATH = 1
-LANDLOCK_RULE_NET_PORT = 2
 
 # File system rights (ABI in which each appeared).
 ACCESS_FS_EXECUTE = 1 << 0  # ABI 1
@@ -52,9 +48,6 @@ ACCESS_FS_REFER = 1 << 13  # ABI 2
 ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
 ACCESS_FS_IOCTL_DEV = 1 << 15  # ABI 5
 
-# Network rights (ABI 4).
-ACCESS_NET_BIND_TCP = 1 << 0
-ACCESS_NET_CONNECT_TCP = 1 << 1
 
 # Scopes (ABI 6).
 SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
@@ -116,23 +109,19 @@ def scopes_for_abi(abi: int) -> int:
 
 
 # The kernel calls themselves live in runner.py, which the warm exec path imports alone.
-_syscall = runner.syscall
-_errno_text = runner.errno_text
-_NetPortAttr = runner._NetPortAttr
-_add_rule = runner._add_rule
 
 
 @functools.cache
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is unsupported or disabled."""
-    result, err = _syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    result, err = runner.syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if result >= 0:
         return result
     if err in (errno.ENOSYS, errno.EOPNOTSUPP):
         return 0
     # Anything else (say EPERM from a seccomp filter) is not "no Landlock": say so.
     raise EnforcementError(
-        f"cannot query the Landlock ABI version: {_errno_text(err)}",
+        f"cannot query the Landlock ABI version: {runner.errno_text(err)}",
         "run sandrun outside any seccomp filter that blocks landlock_create_ruleset",
     )
 

@@ -49,7 +49,8 @@ FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SI
                      _signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGWINCH, _signal.SIGALRM,
                      _signal.SIGCONT, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU)
 
-# Landlock (x86_64 syscall numbers; uapi/linux/landlock.h).
+# Landlock (uapi/linux/landlock.h). The syscalls share one number on every architecture
+# but alpha (added after the syscall tables were unified).
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
@@ -57,7 +58,8 @@ LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_RULE_NET_PORT = 2
 ACCESS_NET_BIND_TCP = 1 << 0
 ACCESS_NET_CONNECT_TCP = 1 << 1
-# Rights that apply to files (the kernel rejects directory-only rights on a file rule).
+# Rights that apply to files (the kernel rejects directory-only rights on a file rule);
+# landlock.FS_FILE_RIGHTS spells it out by name (a test keeps the two equal).
 FS_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
 # Size of landlock_ruleset_attr up to the last field an ABI knows: older kernels reject
 # a larger struct unless the extra bytes are zero, so pass only what is filled in.
