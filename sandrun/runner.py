@@ -333,6 +333,15 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
     """Fork, sandbox the child, exec the app; return its exit code (128+N if killed)."""
     env = spec.environment(os.environ)
     argv = [*spec.argv, *args]
+    # First, before any fd or signal mask that a failure here would leave behind. Both
+    # affect only the children forked below.
+    if spec.privileged:
+        if _libc.unshare(CLONE_NEWPID) != 0:
+            raise EnforcementError(f"unshare(CLONE_NEWPID) failed: "
+                                   f"{os.strerror(ctypes.get_errno())}",
+                                   "sandrun needs root with CAP_SYS_ADMIN to isolate the app")
+    else:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
     ruleset_fd = build_ruleset(spec.landlock) if spec.landlock else -1
     try:
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
@@ -345,13 +354,6 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
     waited = {*FORWARDED_SIGNALS, _signal.SIGCHLD}
     old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
     child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last)
-    if spec.privileged:
-        if _libc.unshare(CLONE_NEWPID) != 0:
-            raise EnforcementError(f"unshare(CLONE_NEWPID) failed: "
-                                   f"{os.strerror(ctypes.get_errno())}",
-                                   "sandrun needs root with CAP_SYS_ADMIN to isolate the app")
-    else:
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
     pid = os.fork()
     if pid == 0:
         code = EXIT_REFUSED
