@@ -157,3 +157,16 @@ def test_option_parsing() -> None:
     assert args is not None
     assert (args.profile, args.user, args.store, args.bundle, args.args) == \
         ("web", "svc", "/s", "app.pyz", ["-b", "x"])
+
+
+def test_warm_path_imports_stay_light() -> None:
+    """What every warm start pays for: none of the heavy modules of the cold path."""
+    heavy = ["click", "tomllib", "dataclasses", "typing", "pyseccomp", "sandrun.profile",
+             "sandrun.launcher", "cryptography", "re", "json", "pathlib"]
+    root = str(Path(warm_exec.__file__).parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            "import sandrun.__main__, sandrun.warm_exec, sandrun.runner; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True, cwd="/")
+    assert proc.stdout.strip() == "[]"
