@@ -25,23 +25,29 @@ from packaging.utils import canonicalize_name
 from sandrun import __version__
 from sandrun.errors import BundleError, ResolveError, UsageError
 from sandrun.manifest import (
-    APP_NAME_RE,
     BOOTSTRAP_NAME,
     MANIFEST_NAME,
+    MAX_SOURCE_DATE_EPOCH,
+    MIN_SOURCE_DATE_EPOCH,
+    PLATFORM_RE,
     PROFILE_NAME,
     SBOM_NAME,
+    TARGET_PYTHON_RE,
     Dependency,
     EntryRecord,
     Manifest,
     Target,
+    app_name_problem,
+    console_script_problem,
+    entry_point_problem,
+    manifest_field_problems,
     normalise_mode,
 )
 from sandrun.wheels import Wheel, check_target, install_wheel, read_wheel
 
 # zip cannot store times before 1980; shiv uses the same default.
-DEFAULT_SOURCE_DATE_EPOCH = 315532800
+DEFAULT_SOURCE_DATE_EPOCH = MIN_SOURCE_DATE_EPOCH
 PREAMBLE = b"#!/usr/bin/env python3\n"
-ENTRY_POINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 Progress = Callable[[str], None]
 
@@ -107,13 +113,15 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
         for wheel in wheels:
             progress(f"installing {wheel.filename}")
             check_target(wheel, supported, target_text)
-            install_wheel(wheel, site_packages)
+            install_wheel(wheel, site_packages, warn=warn)
 
         entry_point, console_script, provider = _entry_point(request, site_packages, wheels)
         app_name = request.name or console_script or entry_point.split(":")[0].split(".")[0]
         app_name = app_name.lower().replace("_", "-")
-        if not APP_NAME_RE.match(app_name):
-            raise UsageError(f"app name {app_name!r} is not usable as part of a user name",
+        problem = app_name_problem(app_name)
+        if problem:
+            raise UsageError(f"app name {problem}; it becomes the user name sandrun-<name> "
+                             "and the name of the app's state dir",
                              "pass --name with 1-24 characters of a-z, 0-9, '.', '_' or '-'")
         app_version = provider.version if provider else "0"
         if request.name:  # `--name httpbin` for gunicorn serving httpbin: httpbin's version
@@ -141,6 +149,11 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
             dependencies=tuple(Dependency(w.name, w.version, w.filename, w.sha256)
                                for w in wheels),
             entries=entries, sandrun_version=__version__)
+        # Never write a manifest that `sandrun verify` would refuse.
+        problems = manifest_field_problems(manifest.to_json_obj())
+        if problems:
+            raise BundleError("the manifest would be invalid:\n" + "\n".join(
+                f"    {p}" for p in problems), "fix the inputs named above")
         ordered = [(name, data, mode) for name, (data, mode) in sorted(files.items())]
         ordered.append((MANIFEST_NAME, manifest.to_bytes(), 0o644))
         sha256 = _write_atomically(request.output, ordered, epoch)
@@ -151,9 +164,12 @@ def _check_request(request: BundleRequest) -> None:
     if bool(request.entry_point) == bool(request.console_script):
         raise UsageError("give exactly one of --entry-point and --console-script",
                          "e.g. -c gunicorn, or -e myapp.main:run")
-    if request.entry_point and not ENTRY_POINT_RE.match(request.entry_point):
+    if request.entry_point and entry_point_problem(request.entry_point):
         raise UsageError(f"--entry-point {request.entry_point!r} is not MODULE:FUNCTION",
                          "e.g. -e myapp.main:run")
+    if request.console_script and console_script_problem(request.console_script):
+        raise UsageError(f"--console-script {request.console_script!r} is not a console "
+                         "script name", "e.g. -c gunicorn")
     if request.lock is not None:
         if request.requirements or request.requirement_files:
             raise UsageError("--lock cannot be combined with requirements or -r",
@@ -185,28 +201,39 @@ def _check_request(request: BundleRequest) -> None:
 
 def _source_date_epoch(request: BundleRequest) -> int:
     if request.source_date_epoch is not None:
-        return max(request.source_date_epoch, DEFAULT_SOURCE_DATE_EPOCH)
-    raw = os.environ.get("SOURCE_DATE_EPOCH")
-    if raw is None:
-        return DEFAULT_SOURCE_DATE_EPOCH
-    try:
-        return max(int(raw), DEFAULT_SOURCE_DATE_EPOCH)
-    except ValueError:
-        raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
-                         "set it to seconds since 1970, e.g. $(git log -1 --format=%ct)") from None
+        epoch = request.source_date_epoch
+    else:
+        raw = os.environ.get("SOURCE_DATE_EPOCH")
+        if raw is None:
+            return DEFAULT_SOURCE_DATE_EPOCH
+        try:
+            epoch = int(raw)
+        except ValueError:
+            raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
+                             "set it to seconds since 1970, e.g. $(git log -1 --format=%ct)"
+                             ) from None
+    if epoch > MAX_SOURCE_DATE_EPOCH:
+        raise UsageError(f"SOURCE_DATE_EPOCH={epoch} is after 2107, the last date a zip can "
+                         "store", "set it to seconds since 1970, e.g. $(git log -1 --format=%ct)")
+    return max(epoch, DEFAULT_SOURCE_DATE_EPOCH)
 
 
 def _target(request: BundleRequest) -> tuple[Target, list]:
     from packaging import tags
 
     if request.python_version:
-        if not re.match(r"^3\.\d{1,2}$", request.python_version):
-            raise UsageError(f"--python-version {request.python_version!r} is not X.Y",
+        if not TARGET_PYTHON_RE.match(request.python_version):
+            raise UsageError(f"--python-version {request.python_version!r} is not 3.N",
                              "e.g. --python-version 3.11")
         major, minor = (int(x) for x in request.python_version.split("."))
     else:
         major, minor = sys.version_info[:2]
-    platforms = list(request.platforms) or list(tags.platform_tags())
+    for platform in request.platforms:
+        if not PLATFORM_RE.match(platform):
+            raise UsageError(f"--platform {platform!r} is not a platform tag",
+                             "e.g. --platform manylinux_2_17_x86_64 (lower case, '_' "
+                             "between the parts)")
+    platforms = list(dict.fromkeys(request.platforms)) or list(tags.platform_tags())
     abi = f"cp{major}{minor}"
     supported = [*tags.cpython_tags((major, minor), abis=[abi], platforms=platforms),
                  *tags.compatible_tags((major, minor), interpreter=abi, platforms=platforms)]
@@ -358,7 +385,13 @@ def _entry_point(request: BundleRequest, site_packages: Path,
                 scripts = dict(parser.items("console_scripts"))
                 found += scripts
                 if request.console_script in scripts:
-                    value = scripts[request.console_script].split("[")[0].strip()
+                    value = _object_reference(scripts[request.console_script])
+                    problem = entry_point_problem(value)
+                    if problem:
+                        raise BundleError(
+                            f"console script {request.console_script!r} of {dist_info.name} "
+                            f"points to an object sandrun cannot run: {problem}",
+                            "bundle with -e MODULE:FUNCTION instead")
                     return value, request.console_script, provider_of(dist_info)
         hint = (f"available: {', '.join(sorted(found))}" if found
                 else "no installed distribution declares console scripts; use -e MOD:FUNC")
@@ -376,6 +409,13 @@ def _entry_point(request: BundleRequest, site_packages: Path,
                                    for line in record.read_text("utf-8").splitlines()):
             return request.entry_point, None, provider_of(dist_info)
     return request.entry_point, None, None
+
+
+def _object_reference(value: str) -> str:
+    """`module.path:attr` of an entry point value, without extras and the spaces the
+    entry point specification allows around the colon."""
+    module, colon, attr = value.split("[")[0].partition(":")
+    return f"{module.strip()}{colon}{attr.strip()}"
 
 
 def _shiv_archive(site_packages: Path, target: Path, entry_point: str,

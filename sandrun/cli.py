@@ -8,6 +8,7 @@ pays only for what the launch path needs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -129,28 +130,108 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
 @click.option("--audit-severity", default="high", show_default=True,
               metavar="low|moderate|high|critical",
               help="Lowest severity that refuses the start (unknown severity always does).")
+@click.option("--adopt", is_flag=True, help="Hand the app's name, user and state dir to this "
+              "bundle although another signer (or unsigned bundles) owned it.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec_(profile: str | None, user: str | None, python: str | None, store: str | None,
           dry_run: bool, verify_mode: str, trust: str | None, audit_db: str | None,
-          audit_severity: str, bundle_path: str, args: tuple[str, ...]) -> int:
+          audit_severity: str, adopt: bool, as_json: bool, bundle_path: str,
+          args: tuple[str, ...]) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
     from sandrun import runner, warm_exec
-    from sandrun.launcher import ExecOptions, prepare, render_plan, run_spec
+    from sandrun.launcher import (
+        ExecOptions,
+        decide,
+        materialise,
+        plan_to_json,
+        render_plan,
+        run_spec,
+    )
 
     if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
         args = args[1:]
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run (a launch prints what the app "
+                               "prints)")
     options = ExecOptions(bundle=bundle_path, args=args, profile=profile, user=user,
                           python=python, store=store, dry_run=dry_run,
                           verify_full=verify_mode == "full", trust=trust,
-                          audit_db=audit_db, audit_severity=audit_severity)
-    plan = prepare(options)
+                          audit_db=audit_db, audit_severity=audit_severity, adopt=adopt)
+    plan = decide(options)
     if dry_run:
-        click.echo(render_plan(plan))
-        return 0
+        if as_json:
+            click.echo(json.dumps(plan_to_json(plan), indent=2, sort_keys=True))
+        else:
+            click.echo(render_plan(plan))
+        return EXIT_REFUSED if plan.refusals else 0
+    plan.raise_for_refusals()
+    materialise(plan, options)
+    for notice in plan.notices:
+        click.echo(f"sandrun: {notice}", err=True)
     spec = run_spec(plan)
     warm_exec.save_record(options, plan, spec)
     return runner.launch(spec, plan.args)
+
+
+@cli.command()
+@click.option("--store", metavar="DIR", envvar="SANDRUN_STORE",
+              help="Root-owned store (default /var/lib/sandrun).")
+@click.option("--yes", is_flag=True, help="Record the approval without asking.")
+@click.option("--allow-dangerous", "allow_dangerous", multiple=True, metavar="SYSCALL",
+              help="Approve this dangerous syscall by name (repeatable); a blanket approval "
+              "never grants one.")
+@click.argument("bundle_path", metavar="BUNDLE")
+def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
+            bundle_path: str) -> int:
+    """Show what BUNDLE's embedded profile asks for beyond `default`; record approval."""
+    from sandrun import consent
+    from sandrun.archive import parse_archive
+    from sandrun.manifest import PROFILE_NAME
+    from sandrun.profile import load_profile_text
+    from sandrun.safefile import read_bundle
+    from sandrun.store import default_store_path
+    from sandrun.verify import verify_archive
+
+    data, sha256 = read_bundle(bundle_path)
+    result = verify_archive(parse_archive(data, bundle_path))
+    result.raise_for_problems(f"bundle {bundle_path}")
+    assert result.manifest is not None
+    app = result.manifest.app_name
+    entry = next(e for e in result.archive.entries if e.name == PROFILE_NAME)
+    requested = load_profile_text(result.archive.read(entry).decode("utf-8"),
+                                  f"{bundle_path}:{entry.name}", None)
+    from sandrun.store import Store
+
+    store_obj = Store(Path(store) if store else default_store_path(), os.geteuid())
+    extra = consent.extra_grants(requested, [consent.default_profile()])
+    ceilings = consent.load_ceilings(store_obj, app)
+    new = consent.check_consent(requested, ceilings)
+    click.echo(f"{bundle_path}: app {app} {result.manifest.app_version}, "
+               f"{result.signature_status.describe()}")
+    if not extra:
+        click.echo("  the embedded profile grants nothing beyond `default`: no approval "
+                   "needed")
+        return 0
+    click.echo(f"  asks for {len(extra)} grant(s) beyond `default`"
+               + (f" ({len(new)} not yet approved)" if ceilings else "") + ":")
+    for grant in extra:
+        mark = "!" if grant.danger else " "
+        state = "" if grant in new or not ceilings else "  (approved before)"
+        click.echo(f"  {mark} {grant}{state}")
+    if not new:
+        click.echo("  everything is already approved")
+        return 0
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("not a terminal: pass --yes to approve without asking")
+        if not click.confirm(f"approve these grants for app {app!r}?", default=False):
+            click.echo("not approved", err=True)
+            return 1
+    path = consent.record_approval(store_obj, app, requested, sha256, allow_dangerous)
+    click.echo(f"approved: {path}")
+    return 0
 
 
 @cli.command()
@@ -251,7 +332,12 @@ def inspect(bundle_path: str, as_json: bool, sbom: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def audit(bundle_path: str, osv_path: Path, as_json: bool) -> int:
     """Offline vulnerability audit of a bundle's dependencies (exit 1 if vulnerable)."""
-    from sandrun.audit import audit_bundle, load_osv_database, render_text, report_to_json
+    from sandrun.audit import (
+        audit_bundle,
+        load_osv_database,
+        render_text,
+        report_to_json,
+    )
 
     report = audit_bundle(bundle_path, load_osv_database(osv_path))
     if as_json:

@@ -154,5 +154,28 @@ class LockFileError(ProblemsError):
     """A lock file (pylock.toml) is invalid or does not fit the target."""
 
 
+class ConsentError(ProblemsError):
+    """The operator has not approved what a bundle asks for, or the bundle claims an app
+    name that belongs to another signer."""
+
+
+class LaunchRefused(SandrunError):
+    """A launch was refused for several reasons at once; each keeps its own diagnostics."""
+
+    def __init__(self, bundle: str, reasons: Sequence[SandrunError]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__(f"refusing to run {bundle} ({len(self.reasons)} reasons)",
+                         "fix each reason; `sandrun exec --dry-run` lists them without "
+                         "changing anything")
+
+    def diagnostics(self) -> str:
+        lines = [self.message]
+        for reason in self.reasons:
+            for i, line in enumerate(reason.diagnostics().splitlines()):
+                lines.append(f"  {'*' if i == 0 else ' '} {line}")
+        lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
 class VulnerabilityError(ProblemsError):
     """A bundle has known vulnerabilities at or above the refused severity."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sandrun.errors import BundleError, SandrunError
-from sandrun.manifest import PROFILE_NAME
+from sandrun.errors import BundleError, SandrunError, VerificationError
+from sandrun.manifest import MANIFEST_NAME, PROFILE_NAME
 
 if TYPE_CHECKING:
     from sandrun.archive import StrictArchive
@@ -19,8 +19,12 @@ def describe_bundle(path: str) -> dict[str, Any]:
     result = verify_bundle(path)
     m = result.manifest
     if m is None:
-        raise BundleError(f"{path} has no readable manifest",
-                          "run `sandrun verify` for details; rebuild with `sandrun bundle`")
+        # Nothing of an invalid manifest is shown as if it were true: say what is wrong.
+        about = [p for p in result.problems if p.where.startswith(MANIFEST_NAME)]
+        raise VerificationError(
+            f"{path} has no valid manifest, so there is nothing trustworthy to show",
+            about or result.problems,
+            "run `sandrun verify` for every problem; rebuild the bundle with `sandrun bundle`")
     archive = result.archive
     by_name = {e.name: e for e in archive.entries}
     profile_info: dict[str, Any] = {}
@@ -28,13 +32,7 @@ def describe_bundle(path: str) -> dict[str, Any]:
         text = archive.read(by_name[PROFILE_NAME]).decode("utf-8", "replace")
         try:
             p = load_profile_text(text, f"{path}:{PROFILE_NAME}", None)
-            profile_info = {
-                "name": p.name, "description": p.description,
-                "read": list(p.read), "read_write": list(p.read_write),
-                "execute": list(p.execute), "bind_tcp": list(p.bind_tcp),
-                "connect_tcp": list(p.connect_tcp), "subprocess": p.subprocess,
-                "landlock_min_abi": p.landlock_min_abi,
-            }
+            profile_info = profile_to_json(p)
         except SandrunError as exc:  # a bad embedded profile is reported, not fatal here
             profile_info = {"error": exc.diagnostics()}
     return {
@@ -116,10 +114,40 @@ def render_text(info: dict[str, Any]) -> str:
     if "error" in prof:
         lines.append(f"profile       INVALID: {prof['error']}")
     elif prof:
-        lines.append(f"profile       {prof['name']}: {prof['description']}")
-        for key in ("read", "read_write", "execute", "bind_tcp", "connect_tcp"):
-            if prof[key]:
-                lines.append(f"  {key:<11} {', '.join(str(x) for x in prof[key])}")
-        lines.append(f"  subprocess  {'yes' if prof['subprocess'] else 'no'}; "
-                     f"landlock ABI >= {prof['landlock_min_abi']}")
+        lines.append(f"profile       {prof['name']}: {prof['description']} (embedded, "
+                     "flattened; a request that the operator approves, see below)")
+        lines += [f"  {line}" for line in prof["toml"].splitlines() if line.strip()]
+        grants = prof["grants_beyond_default"]
+        if grants:
+            lines.append(f"  asks for {len(grants)} grant(s) beyond `default` (`sandrun "
+                         "approve` records the operator's approval; `!` deserves a look):")
+            lines += [f"  {'!' if g['danger'] else ' '} {g['key']}: {g['value']}"
+                      + (f"  [{g['danger']}]" if g["danger"] else "") for g in grants]
+        else:
+            lines.append("  grants nothing beyond `default`: runs without an approval")
     return "\n".join(lines)
+
+
+def profile_to_json(profile: Any) -> dict[str, Any]:
+    """Every key of the flattened profile, its TOML, and what it asks beyond `default`."""
+    from sandrun.consent import default_profile, extra_grants
+    from sandrun.profile import render_toml
+
+    return {
+        "name": profile.name, "description": profile.description,
+        "read": list(profile.read), "optional_read": list(profile.optional_read),
+        "read_write": list(profile.read_write), "execute": list(profile.execute),
+        "bind_tcp": list(profile.bind_tcp), "connect_tcp": list(profile.connect_tcp),
+        "dns": profile.dns, "unix_sockets": profile.unix_sockets,
+        "subprocess": profile.subprocess, "fork": profile.fork, "mdwe": profile.mdwe,
+        "env": {"pass": list(profile.env_pass), "set": dict(profile.env_set)},
+        "rlimits": dict(profile.rlimits),
+        "syscalls": {"allow": list(profile.syscalls_allow),
+                     "deny": list(profile.syscalls_deny)},
+        "landlock_min_abi": profile.landlock_min_abi,
+        "limits": dict(profile.limits), "limits_required": list(profile.limits_required),
+        "toml": render_toml(profile),
+        "grants_beyond_default": [
+            {"key": g.key, "value": g.value, "danger": g.danger}
+            for g in extra_grants(profile, [default_profile()])],
+    }

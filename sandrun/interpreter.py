@@ -14,9 +14,13 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
-from sandrun.errors import InterpreterNotExecutable, InterpreterNotFound
+from sandrun.errors import BundleError, InterpreterNotExecutable, InterpreterNotFound
 
-_VERSION_NAME = re.compile(r"python(\d)\.(\d{1,2})$")
+# The file name of an interpreter: exactly pythonX.Y (not python3.11-config, not
+# python3.11d): what an automatic search accepts, and how it learns the version.
+_VERSION_NAME = re.compile(r"python(\d)\.(\d{1,2})")
+# A target version as the manifest gives it (validated there too): 3.N, nothing else.
+_TARGET_VERSION = re.compile(r"3\.(?:0|[1-9][0-9]?)")
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,40 @@ class Interpreter:
     elf_interpreter: str | None  # the dynamic loader the kernel opens for exec
 
 
+def check_target_version(version: str) -> None:
+    """Refuse a target version that is not exactly `3.N` (BundleError, exit 125).
+
+    The manifest parser refuses such a version already; this guards every path built
+    from it (a version of "3-config" would name /usr/bin/python3-config).
+    """
+    if not isinstance(version, str) or not _TARGET_VERSION.fullmatch(version):
+        raise BundleError(f"target Python {version!r} is not a version of the form 3.N",
+                          "rebuild the bundle with `sandrun bundle --python-version 3.N`")
+
+
 def candidates(version: str) -> list[str]:
+    """The paths an automatic search looks at, in order (fixed system paths)."""
+    check_target_version(version)
     return [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}", "/usr/bin/python3",
             "/usr/local/bin/python3"]
 
 
-def find_interpreter(requested: str | None, version: str, uid: int, gids: list[int]) -> Interpreter:
-    """The interpreter to run: `requested`, else the first candidate for `version`."""
+def name_version(path: str) -> str | None:
+    """"X.Y" when the real file (symlinks resolved) is named exactly pythonX.Y, else None.
+
+    Pure apart from resolving symlinks: never runs the file.
+    """
+    match = _VERSION_NAME.fullmatch(os.path.basename(os.path.realpath(path)))
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def find_interpreter(requested: str | None, version: str, uid: int, gids: list[int], *,
+                     search: list[str] | None = None) -> Interpreter:
+    """The interpreter to run: `requested` (the operator's --python), else the first of
+    `search` (default: candidates(version)) whose real file is named exactly
+    python<version>. Automatic candidates are never executed: their name is their
+    version. `requested` may be any CPython; only it is asked for its version."""
+    check_target_version(version)
     if requested:
         if not os.path.exists(requested):
             raise InterpreterNotFound(f"interpreter {requested} does not exist",
@@ -47,26 +78,35 @@ def find_interpreter(requested: str | None, version: str, uid: int, gids: list[i
                 f"pass a Python {version} interpreter with --python, or rebuild the bundle "
                 f"with --python-version {interp.version}")
         return interp
+    paths = candidates(version) if search is None else list(search)
     seen = []
-    for path in candidates(version):
+    for path in paths:
         if not os.path.exists(path):
             continue
-        interp = describe_interpreter(path)
-        seen.append(f"{path} ({interp.version})")
-        if interp.version == version:
-            check_usable(interp, uid, gids)
-            return interp
+        found = name_version(path)
+        real = os.path.realpath(path)
+        if found != version:
+            shown = f"Python {found}" if found else f"{os.path.basename(real)}, not python{version}"
+            seen.append(f"{path} ({shown})")
+            continue
+        interp = _describe(path, real, version)
+        check_usable(interp, uid, gids)
+        return interp
     raise InterpreterNotFound(
-        f"no Python {version} interpreter found (looked at {', '.join(candidates(version))}"
+        f"no Python {version} interpreter found (looked at {', '.join(paths)}"
         + (f"; found {', '.join(seen)}" if seen else "") + ")",
         f"install one the app user can read (e.g. apt-get install python{version}) "
         "or pass --python PATH")
 
 
 def describe_interpreter(path: str) -> Interpreter:
+    """Describe an operator-chosen interpreter (--python): its version from its name, or
+    by running it when the name does not say (a venv's `python`, say)."""
     real = os.path.realpath(path)
-    match = _VERSION_NAME.search(os.path.basename(real))
-    version = f"{match.group(1)}.{match.group(2)}" if match else _ask_version(real)
+    return _describe(path, real, name_version(path) or _ask_version(real))
+
+
+def _describe(path: str, real: str, version: str) -> Interpreter:
     prefix = os.path.dirname(os.path.dirname(real))
     return Interpreter(path, real, version, os.path.join(prefix, "lib", f"python{version}"),
                        elf_interpreter(real))

@@ -10,29 +10,37 @@ module imports only the standard library and sandrun's enforcement modules.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandrun import bytecode, landlock, runner, seccomp, warm_exec
+from sandrun import bytecode, consent, landlock, runner, seccomp
 from sandrun.errors import (
     BundleError,
     EnforcementError,
+    LaunchRefused,
     Problem,
+    SandrunError,
+    StoreError,
     VerificationError,
     VulnerabilityError,
 )
 from sandrun.interpreter import Interpreter, check_wheel_tags, find_interpreter
-from sandrun.manifest import BOOTSTRAP_NAME, MANIFEST_NAME, PROFILE_NAME, Manifest
+from sandrun.manifest import (
+    BOOTSTRAP_NAME,
+    MANIFEST_NAME,
+    PROFILE_NAME,
+    Manifest,
+    is_bytecode_name,
+)
+from sandrun.safefile import read_bundle
 from sandrun.store import Store, default_store_path
-from sandrun.users import AppUser, invoking_user, resolve_user
+from sandrun.users import AppUser, check_user, invoking_user, resolve_user
 
 if TYPE_CHECKING:
+    from sandrun.archive import StrictArchive
     from sandrun.profile import Profile
     from sandrun.signing import SignatureStatus
     from sandrun.trust import TrustPolicy
@@ -46,6 +54,8 @@ SYSTEM_READ = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/et
                "/sys/devices/system/cpu", "/dev/urandom", "/dev/random")
 SYSTEM_READ_WRITE = ("/dev/null", "/dev/zero", "/dev/full")
 # Where shared libraries live: read is all dlopen needs (Landlock's EXECUTE governs execve).
+# Privileged launches get a fresh tmpfs on each (systemd's PrivateTmp): {tmp} is /tmp.
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/local/lib")
 
@@ -63,6 +73,7 @@ class ExecOptions:
     trust: str | None = None  # trust policy file (default /etc/sandrun/trust.toml if present)
     audit_db: str | None = None  # OSV database: refuse known-vulnerable dependencies
     audit_severity: str = "high"  # lowest severity that refuses (unknown always does)
+    adopt: bool = False  # hand the app name (user, state) to this bundle's signer
 
 
 @dataclass
@@ -97,34 +108,47 @@ class LaunchPlan:
     signature: SignatureStatus
     trust_policy: TrustPolicy | None
     trust_inputs: tuple[str, ...]  # files the trust decision read (an absent one counts too)
+    manifest_bytes: bytes = b""
+    archive: StrictArchive | None = None
+    full_check: bool = False  # the tree was re-hashed in full: snapshot it again
+    signer: str | None = None  # fingerprint of a valid signature
+    owner_known: bool = False  # an owner record exists for the app name
+    refusals: list[SandrunError] = field(default_factory=list)  # every reason not to run
+    creates: list[str] = field(default_factory=list)  # what materialise() would create
+    notices: list[str] = field(default_factory=list)  # one line per change made
+    consent: str = ""  # why the profile may be applied
+    seccomp_bpf: bytes = b""  # compiled by decide(): a filter that cannot be built refuses
+    limit_rows: list[tuple[str, str, str]] = field(default_factory=list)  # name, status, how
     protections: list[Protection] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-
-def read_bundle(path: str) -> tuple[bytes, str]:
-    """Read the bundle once, without following a symlink, and hash it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise BundleError(f"bundle {path} does not exist", "check the path") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise BundleError(f"bundle {path} is a symbolic link",
-                              "pass the real file: sandrun never follows a link to a bundle"
-                              ) from None
-        raise BundleError(f"cannot open bundle {path}: {exc.strerror}",
-                          "check the path and its permissions") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise BundleError(f"bundle {path} is not a regular file", "pass a .pyz file")
-        data = f.read()
-    return data, hashlib.sha256(data).hexdigest()
+    def raise_for_refusals(self) -> None:
+        """Nothing was created: refuse with the one reason (its own exit code) or all."""
+        if not self.refusals:
+            return
+        if len(self.refusals) == 1:
+            raise self.refusals[0]
+        raise LaunchRefused(self.bundle, self.refusals)
 
 
 def prepare(options: ExecOptions) -> LaunchPlan:
+    """decide(), refuse if anything was refused, then materialise(): the whole privileged
+    preparation of a launch. Notices (user or state dir created) are in plan.notices."""
+    plan = decide(options)
+    plan.raise_for_refusals()
+    materialise(plan, options)
+    return plan
+
+
+def decide(options: ExecOptions) -> LaunchPlan:
+    """Everything a launch depends on, decided without a side effect on the host.
+
+    Refusals that do not prevent deciding the rest are collected in plan.refusals (so a
+    dry run names every reason); what makes the rest meaningless (an unreadable or
+    unverifiable bundle, an untrusted store) raises at once. Nothing is created here: no
+    user, no store dir, no tree, no state dir, no record.
+    """
     from sandrun.archive import parse_archive
-    from sandrun.profile import load_profile, load_profile_text
     from sandrun.signing import signature_status
     from sandrun.trust import (
         DEFAULT_TRUST_PATH,
@@ -134,28 +158,31 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     )
     from sandrun.verify import verify_archive
 
+    refusals: list[SandrunError] = []
     privileged = os.geteuid() == 0
-    data, sha256 = read_bundle(options.bundle)
+    data, sha256 = read_bundle(options.bundle)  # sandrun.safefile's
     archive = parse_archive(data, options.bundle)
     store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
     tree = store.tree(sha256)
-    installed = tree.is_dir()
-    cold = not installed
+    installed = store.has_tree(sha256)  # checks the store path: StoreError if untrusted
     manifest_entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
     verified_status: SignatureStatus | None = None
+    full_check = False
     if installed and manifest_entry is not None and not archive.problems:
         # Same bytes as the bundle installed before (the dir is named by its sha256):
         # the cheap tree check is enough unless --verify=full.
         manifest_bytes = archive.read(manifest_entry)
         manifest = Manifest.from_bytes(manifest_bytes)
-        store.check_ancestry()
+        bytecode_entries = [n for n in manifest.entries if is_bytecode_name(n)]
+        if bytecode_entries:  # installed by an older sandrun: what runs must be readable
+            raise VerificationError(
+                f"installed tree {tree} lists precompiled code from the bundle",
+                [Problem(n, "bytecode entry in the bundle") for n in bytecode_entries],
+                f"remove the tree (rm -rf {tree}) and rebuild the bundle")
         # Re-hash in full unless the tree is exactly as it was last fully verified (ctime
         # and inode of every entry): a same-size edit cannot pass the cheap check.
-        full = options.verify_full or not warm_exec.tree_matches_snapshot(
-            str(store.root), str(tree))
-        store.check_tree(tree, manifest, manifest_bytes, full=full)
-        if full and not options.dry_run:
-            warm_exec.save_tree_snapshot(str(store.root), str(tree))
+        full_check = options.verify_full or not store.tree_matches_snapshot(sha256)
+        store.check_tree(tree, manifest, manifest_bytes, full=full_check)
     else:
         result = verify_archive(archive)
         if not result.ok or result.manifest is None:
@@ -166,81 +193,297 @@ def prepare(options: ExecOptions) -> LaunchPlan:
         manifest = result.manifest
         manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
         verified_status = result.signature_status
+    app = manifest.app_name
 
     # Trust before anything else is decided: an untrusted bundle changes nothing.
     if verified_status is None:
         verified_status = signature_status(archive, manifest)
-    policy = (load_trust_policy(Path(options.trust)) if options.trust
-              else find_trust_policy(DEFAULT_TRUST_PATH))
-    if policy is not None:
-        require_trust(policy, manifest, verified_status, options.bundle)
+    policy = None
+    try:
+        policy = (load_trust_policy(Path(options.trust)) if options.trust
+                  else find_trust_policy(DEFAULT_TRUST_PATH))
+        if policy is not None:
+            require_trust(policy, manifest, verified_status, options.bundle)
+    except SandrunError as exc:
+        refusals.append(exc)
     audit_note = None
     if options.audit_db:
-        audit_note = _audit(options, manifest)
+        try:
+            audit_note = _audit(options, manifest)
+        except SandrunError as exc:
+            refusals.append(exc)
 
-    if options.profile:
-        profile = load_profile(options.profile)
-    else:
-        entry = next(e for e in archive.entries if e.name == PROFILE_NAME)
-        profile = load_profile_text(archive.read(entry).decode("utf-8"),
-                                    f"{options.bundle}:{PROFILE_NAME}", None)
+    # Who owns the app name: a bundle claiming another signer's app is refused here.
+    signer = verified_status.info.fingerprint if verified_status.info is not None else None
+    owner = consent.load_owner(store, app)
+    creates: list[str] = []
+    notices: list[str] = []
+    try:
+        if options.adopt:
+            if owner is not None and owner.signer != signer:
+                notices.append(f"app {app!r} adopted: it now belongs to "
+                               + (f"signer {signer}" if signer else "unsigned bundles")
+                               + f" (was {owner.describe()})")
+                creates.append(f"owner record {consent.owner_path(store.root, app)} "
+                               "(replaced: --adopt)")
+        else:
+            notice = consent.check_owner(owner, signer, app, options.bundle, options.store)
+            if notice:
+                notices.append(notice)
+                creates.append(f"owner record {consent.owner_path(store.root, app)} "
+                               "(updated)")
+        if owner is None:
+            creates.append(f"owner record {consent.owner_path(store.root, app)} ("
+                           + (f"signer {signer}" if signer else "unsigned") + ")")
+        elif owner.signer is None and signer is None and owner.first_bundle != sha256 \
+                and not installed:
+            notices.append(f"unsigned app {app!r}: this new bundle takes over its state "
+                           "(unsigned bundles carry no identity)")
+    except SandrunError as exc:
+        refusals.append(exc)
+
+    profile, consent_note = _decide_profile(options, archive, app, store, refusals)
 
     # Refuse before any side effect (user creation, installation) what cannot be enforced.
-    require_kernel_support(profile)
-    app = manifest.app_name
-    if privileged:
-        user = resolve_user(options.user, app, create=not options.dry_run)
-    else:
-        if options.user:
-            raise EnforcementError("--user needs root: sandrun can switch users only when "
-                                   "started as root", "run sandrun exec as root, or drop --user")
-        user = invoking_user()
+    try:
+        require_kernel_support(profile)
+    except SandrunError as exc:
+        refusals.append(exc)
+    user = _decide_user(options, app, privileged, refusals)
+    if not user.exists:
+        creates.append(f"system user {user.name} (no login shell, no home)")
     gids = os.getgrouplist(user.name, user.gid) if user.exists else [user.gid]
-    if user.exists:
-        interp = find_interpreter(options.python, manifest.target.python, user.uid, gids)
-    else:  # dry run, user not created yet: check as an unprivileged uid in no group
-        interp = find_interpreter(options.python, manifest.target.python, 65534, [65534])
-
-    if cold:
-        # Install only once the bundle is known to fit this interpreter and machine.
-        check_wheel_tags(interp, [d.wheel for d in manifest.dependencies])
-        if not options.dry_run:
-            store.ensure_layout()
-            tree = store.install(sha256, archive, manifest, interp.version)
-            store.check_tree(tree, manifest, manifest_bytes, full=False)
-            warm_exec.save_tree_snapshot(str(store.root), str(tree))  # written from verified bytes
-            installed = True
-    state = store.state_dir(app, user.uid, user.gid, create=not options.dry_run and user.exists)
-    placeholders = {"app": app, "state": str(state), "tmp": str(state / "tmp"),
+    check_uid, check_gids = (user.uid, gids) if user.exists else (65534, [65534])
+    interp: Interpreter | None = None
+    try:
+        # Not yet created users are checked as an unprivileged uid in no group.
+        interp = find_interpreter(options.python, manifest.target.python, check_uid,
+                                  check_gids)
+        if not installed:
+            # Install only once the bundle is known to fit this interpreter and machine.
+            check_wheel_tags(interp, [d.wheel for d in manifest.dependencies])
+    except SandrunError as exc:
+        refusals.append(exc)
+    if not installed:
+        creates.append(f"store tree {tree} (extracted from the bundle and verified)")
+    state = store.state / app
+    try:
+        existing = store.state_dir(app, user.uid, user.gid, create=False) \
+            if user.exists else None
+    except SandrunError as exc:
+        refusals.append(exc)
+        existing = None
+    if not os.path.lexists(state):
+        creates.append(f"state dir {state} (owner {user.name}, mode 0700)")
+    elif existing is None and not user.exists:
+        refusals.append(StoreError(
+            f"state dir {state} exists but its user {user.name} does not: it belongs to "
+            "an earlier user of that name", f"remove it (rm -rf {state}) or pass --user"))
+    # Privileged: a fresh private tmpfs per launch (nothing to follow or clean up);
+    # not root: no mount namespace, so TMPDIR stays inside the state dir.
+    tmp = PRIVATE_TMP_DIRS[0] if privileged else str(state / "tmp")
+    placeholders = {"app": app, "state": str(state), "tmp": tmp,
                     "store": str(tree), "home": str(state), "cwd": os.getcwd()}
-    profile = profile.expand(placeholders)
+    try:
+        profile = profile.expand(placeholders)
+    except SandrunError as exc:
+        refusals.append(exc)
+        profile = _unexpanded_fallback(profile)
+    refusals += _missing_required_paths(profile, created=(str(state),))
     uses_cwd = os.getcwd() in (*profile.read, *profile.read_write)
     cwd = os.getcwd() if uses_cwd else str(state)
 
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(state),
-                "TMPDIR": str(state / "tmp"), "LANG": "C.UTF-8"}
+                "TMPDIR": tmp, "LANG": "C.UTF-8"}
     env = dict(base_env)
     for name in profile.env_pass:
         if name in os.environ:
             env[name] = os.environ[name]
     env.update(profile.env_set)
 
+    if interp is None:
+        interp = Interpreter(options.python or f"python{manifest.target.python}",
+                             options.python or f"python{manifest.target.python}",
+                             manifest.target.python, "", None)
     plan = LaunchPlan(
         bundle=options.bundle, bundle_sha256=sha256, manifest=manifest, store=store, tree=tree,
         installed=installed, profile=profile, user=user, privileged=privileged,
         interpreter=interp, state_dir=state,
         argv=[interp.path, "-I", "-B", str(tree / BOOTSTRAP_NAME)], args=options.args,
         base_env=base_env, env=env, cwd=cwd,
-        landlock_policy=_landlock_policy(profile, interp, tree, state),
+        landlock_policy=_landlock_policy(profile, interp, tree, state, privileged),
         seccomp_policy=_seccomp_policy(profile),
-        rlimits=dict(profile.rlimits), mdwe=profile.mdwe, signature=verified_status,
+        rlimits=_rlimits(profile), mdwe=profile.mdwe, signature=verified_status,
         trust_policy=policy,
         trust_inputs=(options.trust or str(DEFAULT_TRUST_PATH),
-                      *(policy.files if policy is not None else ())))
+                      *(policy.files if policy is not None else ()),
+                      *consent.consent_inputs(store.root, app),
+                      str(consent.owner_path(store.root, app))),
+        manifest_bytes=manifest_bytes, archive=archive, full_check=full_check,
+        signer=signer, owner_known=owner is not None, refusals=refusals, creates=creates,
+        notices=notices, consent=consent_note)
     if audit_note:
         plan.notes.append(audit_note)
+    try:
+        plan.seccomp_bpf = seccomp.compile_filter(plan.seccomp_policy)
+    except SandrunError as exc:
+        refusals.append(exc)
+    plan.limit_rows = _limit_rows(profile, privileged, refusals)
     _assess(plan)
     return plan
+
+
+def _decide_profile(options: ExecOptions, archive: StrictArchive, app: str, store: Store,
+                    refusals: list[SandrunError]) -> tuple[Profile, str]:
+    """The profile to apply and why it may be applied (the operator's consent)."""
+    from sandrun.profile import load_profile, load_profile_text
+
+    if options.profile:
+        return load_profile(options.profile), f"operator profile -p {options.profile}"
+    entry = next((e for e in archive.entries if e.name == PROFILE_NAME), None)
+    if entry is None:
+        raise BundleError(f"bundle {options.bundle} has no {PROFILE_NAME}",
+                          "rebuild it with `sandrun bundle`, or pass the operator's profile "
+                          "with -p")
+    requested = load_profile_text(archive.read(entry).decode("utf-8"),
+                                  f"{options.bundle}:{PROFILE_NAME}", None)
+    try:
+        ceilings = consent.load_ceilings(store, app)
+        extra = consent.check_consent(requested, ceilings)
+    except SandrunError as exc:
+        refusals.append(exc)
+        return requested, "embedded profile (approval unreadable)"
+    if extra:
+        refusals.append(consent.refusal(requested, app, extra, ceilings, options.bundle,
+                                        options.store))
+        return requested, "embedded profile: NOT APPROVED"
+    if ceilings:
+        return requested, ("embedded profile, within what the operator approved ("
+                           + ", ".join(c.source for c in ceilings) + ")")
+    return requested, "embedded profile (grants nothing beyond `default`)"
+
+
+def _decide_user(options: ExecOptions, app: str, privileged: bool,
+                 refusals: list[SandrunError]) -> AppUser:
+    if not privileged:
+        if options.user:
+            refusals.append(EnforcementError(
+                "--user needs root: sandrun can switch users only when started as root",
+                "run sandrun exec as root, or drop --user"))
+        return invoking_user()
+    try:
+        return check_user(options.user, app)
+    except SandrunError as exc:
+        refusals.append(exc)
+        return AppUser(options.user or f"sandrun-{app}", -1, -1, False)
+
+
+def _unexpanded_fallback(profile: Profile) -> Profile:
+    """For a dry run that already failed expansion: show the rules without the paths
+    that could not be expanded."""
+    from dataclasses import replace
+
+    keep = [p for p in profile.read if p.startswith("/")]
+    return replace(profile, read=tuple(keep), optional_read=(), read_write=(), execute=())
+
+
+def _missing_required_paths(profile: Profile, created: tuple[str, ...]) -> list[SandrunError]:
+    """Granted paths that must exist at launch (optional_read may be absent; what the
+    launch itself creates, the state dir, is not required yet)."""
+    missing = []
+    for key, paths in (("filesystem.read", profile.read),
+                       ("filesystem.read_write", profile.read_write),
+                       ("filesystem.execute", profile.execute)):
+        for path in paths:
+            if any(path == c or path.startswith(c + "/") for c in created):
+                continue
+            if not os.path.exists(path):
+                missing.append(EnforcementError(
+                    f"required path {path} ([{key.split('.')[0]}] {key.split('.')[1]}) "
+                    "does not exist", "create it, or remove it from the profile (or move it "
+                    "to optional_read)"))
+    return missing
+
+
+def _rlimits(profile: Profile) -> dict[str, int | None]:
+    """rlimits for the app: [limits] nofile/fsize, tasks as nproc (per app user, a floor
+    without cgroups), then [process] rlimits, which win."""
+    limits: dict[str, int | None] = {}
+    for name, rlimit in (("nofile", "nofile"), ("fsize", "fsize"), ("tasks", "nproc")):
+        if name in profile.limits:
+            limits[rlimit] = profile.limits[name]
+    limits.update(profile.rlimits)
+    return limits
+
+
+def _limit_rows(profile: Profile, privileged: bool,
+                refusals: list[SandrunError]) -> list[tuple[str, str, str]]:
+    """Per [limits] key: whether and how it is enforced here; a required limit that
+    cannot be is a refusal."""
+    rows: list[tuple[str, str, str]] = []
+    rlimit_of = {"nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE"}
+    for name, value in profile.limits.items():
+        if name in rlimit_of:
+            shown = "infinity" if value is None else value
+            rows.append((name, "enforced", f"{rlimit_of[name]}={shown} (per process)"))
+    if "tasks" in profile.limits and profile.limits["tasks"] is not None:
+        rows.append(("tasks (floor)", "enforced",
+                     f"RLIMIT_NPROC={profile.limits['tasks']} for the app user"))
+    limits = cgroup_limits(profile)
+    if not limits:
+        return rows
+    if not privileged:
+        for name in sorted(set(limits) - {"required"}):
+            rows.append((name, "not enforced", "not root: no cgroup of its own"))
+        required = [n for n in profile.limits_required if n not in rlimit_of]
+        if required:
+            refusals.append(EnforcementError(
+                f"the profile requires the limit(s) {', '.join(required)}, which need a "
+                "cgroup: sandrun is not root", "run sandrun exec as root, or remove them "
+                "from [limits] required"))
+        return rows
+    from sandrun import cgroup
+
+    for name, status, detail in cgroup.plan(limits):
+        if status != "enforced" and name in limits["required"]:  # type: ignore[operator]
+            refusals.append(EnforcementError(
+                f"the profile requires the {name} limit, which cannot be enforced here: "
+                f"{detail}", "enable that cgroup controller (or delegate it to sandrun), or "
+                "remove the limit from [limits] required"))
+        if name in limits or status == "enforced":
+            rows.append((name, status, detail))
+    return rows
+
+
+def materialise(plan: LaunchPlan, options: ExecOptions) -> None:
+    """Create what decide() found missing: the user, the store tree, the state dir, the
+    owner record. Each step is idempotent; plan.notices gets one line per creation."""
+    app = plan.manifest.app_name
+    if plan.privileged and not plan.user.exists:
+        plan.user = resolve_user(options.user, app, create=True)
+        plan.notices.append(f"created system user {plan.user.name} (uid {plan.user.uid})")
+    if not plan.installed:
+        plan.store.ensure_layout()
+        plan.tree = plan.store.install(plan.bundle_sha256, plan.archive, plan.manifest,
+                                       plan.interpreter.version, gid=plan.user.gid)
+        plan.store.check_tree(plan.tree, plan.manifest, plan.manifest_bytes, full=False,
+                              gid=plan.user.gid)
+        plan.store.save_tree_snapshot(plan.bundle_sha256)
+        plan.installed = True
+    else:
+        plan.store.ensure_layout()
+        if plan.store.grant_tree(plan.bundle_sha256, plan.user.gid):
+            plan.notices.append(f"store tree {plan.tree} now readable by group "
+                                f"{plan.user.gid} (was another app group's)")
+        if plan.full_check:
+            plan.store.save_tree_snapshot(plan.bundle_sha256)
+    existed = os.path.lexists(plan.state_dir)
+    plan.store.state_dir(app, plan.user.uid, plan.user.gid, create=True)
+    if not existed:
+        plan.notices.append(f"created state dir {plan.state_dir} (owner {plan.user.name})")
+    if not plan.owner_known or options.adopt or any(
+            c.startswith("owner record") and "(updated)" in c for c in plan.creates):
+        consent.record_owner(plan.store, app, plan.signer, plan.bundle_sha256)
 
 
 def _audit(options: ExecOptions, manifest: Manifest) -> str:
@@ -272,7 +515,7 @@ def _audit(options: ExecOptions, manifest: Manifest) -> str:
 
 
 def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
-                     state: Path) -> landlock.LandlockPolicy:
+                     state: Path, privileged: bool = True) -> landlock.LandlockPolicy:
     A = landlock.Access
     rules: list[landlock.PathRule] = []
     exec_paths = [interp.real_path]
@@ -285,6 +528,8 @@ def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
     rules += [landlock.PathRule(p, A.READ_WRITE, required=False) for p in SYSTEM_READ_WRITE]
     rules.append(landlock.PathRule(str(tree), A.READ))
     rules.append(landlock.PathRule(str(state), A.READ_WRITE))
+    if privileged:  # the launch's own private tmpfs (the runner mounts it before the rules)
+        rules += [landlock.PathRule(p, A.READ_WRITE) for p in PRIVATE_TMP_DIRS]
     if profile.dns:
         from sandrun.profile import DNS_FILES
 
@@ -352,12 +597,25 @@ def _assess(plan: LaunchPlan) -> None:
                       f"runs as {who}; setuid(0) is proven to fail before exec"))
         prot.append(P("capabilities", "enforced", "bounding, ambient and effective sets empty"))
         prot.append(P("code ownership", "enforced",
-                      "store tree owned by root, dirs 0555, files 0444/0555"))
+                      "store tree owned by root, files 0444/0555, dirs 0555; its top dir "
+                      "0750 root:<app group>, so other users cannot read the code or the "
+                      "embedded profile"))
         prot.append(P("pid namespace", "enforced",
                       "nothing the app starts outlives it; other processes are invisible"))
-        prot.append(P("noexec state dir", "enforced",
-                      "the state dir is mounted noexec,nosuid,nodev in a private mount "
-                      "namespace: files the app writes cannot be executed or mmap'd executable"))
+        prot.append(P("noexec writable paths", "enforced",
+                      "the state dir and every read_write grant are mounted noexec,nosuid,"
+                      "nodev in a private mount namespace: files the app writes cannot be "
+                      "executed or mmap'd executable"))
+        prot.append(P("private /tmp", "enforced",
+                      "fresh tmpfs on /tmp and /var/tmp per launch (noexec), gone with the app"))
+        prot.append(P("ipc and uts namespaces", "enforced",
+                      "SysV IPC objects die with the sandbox; host name sandrun-<app>"))
+        prot.append(P("root never follows", "enforced",
+                      "rule paths and mount targets are opened component by component; "
+                      "a symlink in a directory the app or another user can write refuses"))
+        prot.append(P("die with launcher", "enforced",
+                      "PR_SET_PDEATHSIG(SIGKILL) on the namespace's init: killing sandrun "
+                      "exec (even SIGKILL) kills the whole sandbox"))
     else:
         prot.append(P("user switch", "not enforced",
                       f"sandrun is not root: the app runs as the invoking user {plan.user.name}"))
@@ -366,9 +624,15 @@ def _assess(plan: LaunchPlan) -> None:
                       "alone (no write rights), not by file ownership"))
         prot.append(P("pid namespace", "partial", "not root: a subreaper kills what the app "
                       "leaves behind instead"))
-        prot.append(P("noexec state dir", "not enforced",
+        prot.append(P("noexec writable paths", "not enforced",
                       "not root: no private mount namespace; Landlock still denies execve "
                       "of written files, but not mmap(PROT_EXEC) of them"))
+        prot.append(P("private /tmp", "not enforced",
+                      "not root: TMPDIR is inside the state dir instead"))
+        prot.append(P("ipc and uts namespaces", "not enforced", "not root"))
+        prot.append(P("die with launcher", "partial",
+                      "not root: the app dies with sandrun exec; what it forked is killed by "
+                      "the subreaper while sandrun exec lives"))
     prot.append(P("no_new_privs", "enforced", "setuid binaries and file caps cannot elevate"))
     prot.append(P("fds and environment", "enforced",
                   "every fd above 2 closed; environment built from scratch"))
@@ -381,22 +645,41 @@ def _assess(plan: LaunchPlan) -> None:
         prot.append(P(f"landlock: {st.name}", st.status, st.detail))
     sec = seccomp.status()
     prot.append(P("seccomp", sec.status, sec.detail))
+    for name, status, detail in plan.limit_rows:
+        prot.append(P(f"limit: {name}", status, detail))
+
+
+def verdict(plan: LaunchPlan) -> str:
+    """The first line of a dry run: `would run` or `would refuse: <every reason>`."""
+    if not plan.refusals:
+        return "would run"
+    return "would refuse: " + "; ".join(r.message for r in plan.refusals)
 
 
 def render_plan(plan: LaunchPlan) -> str:
     m = plan.manifest
-    lines = [
+    lines = [verdict(plan)]
+    for refusal in plan.refusals:
+        lines += [f"  - {line}" if i == 0 else f"    {line}"
+                  for i, line in enumerate(refusal.diagnostics().splitlines())]
+    if plan.creates:
+        lines.append("would create:" if plan.refusals == [] else
+                     "would create (if it ran):")
+        lines += [f"  + {c}" for c in plan.creates]
+    lines += [f"notice: {n}" for n in plan.notices]
+    lines += [
+        "",
         f"bundle       {plan.bundle}",
         f"  sha256     {plan.bundle_sha256}",
         f"  app        {m.app_name} {m.app_version}  entry {m.entry_point}",
         f"store tree   {plan.tree}" + ("" if plan.installed else "  (not installed yet: "
                                         "would be extracted and verified)"),
-        f"state dir    {plan.state_dir}  (HOME, TMPDIR={plan.state_dir}/tmp)",
+        f"state dir    {plan.state_dir}  (HOME; TMPDIR={plan.env.get('TMPDIR', '')})",
         f"user         {plan.user.name}" + (f" (uid {plan.user.uid}, gid {plan.user.gid})"
                                             if plan.user.exists else
                                             "  (missing: would be created as a system user)"),
         f"interpreter  {plan.interpreter.path} (Python {plan.interpreter.version}, "
-        f"stdlib {plan.interpreter.stdlib})",
+        f"stdlib {plan.interpreter.stdlib or '?'})",
         "bytecode     " + ("precompiled into the store at install (read-only; re-compiled and "
                              "compared by a full check)"
                              if bytecode.compatible(plan.interpreter.version) else
@@ -406,6 +689,7 @@ def render_plan(plan: LaunchPlan) -> str:
         f"command      {' '.join([*plan.argv, *plan.args])}",
         f"cwd          {plan.cwd}",
         f"profile      {plan.profile.source}",
+        f"consent      {plan.consent}",
         "environment  " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())),
         "rlimits      " + (" ".join(f"{k}={'infinity' if v is None else v}"
                                     for k, v in sorted(plan.rlimits.items())) or "(inherited)"),
@@ -418,18 +702,61 @@ def render_plan(plan: LaunchPlan) -> str:
     lines += ["", "landlock rules"]
     lines += [f"  {line}" for line in landlock.describe_rules(plan.landlock_policy)]
     lines += ["", "seccomp"]
-    lines += [f"  {line}" for line in seccomp.describe(plan.seccomp_policy)]
+    lines += [f"  {line}" for line in _seccomp_lines(plan)]
     from sandrun.trust import DEFAULT_TRUST_PATH
 
     lines += ["", f"signature    {plan.signature.describe()}"]
     if plan.trust_policy is not None:
-        lines.append(f"trust        policy {plan.trust_policy.path}: satisfied")
+        ok = not any(type(r).__name__ == "TrustError" for r in plan.refusals)
+        lines.append(f"trust        policy {plan.trust_policy.path}: "
+                     + ("satisfied" if ok else "NOT satisfied"))
     else:
         lines.append("trust        NO POLICY IN FORCE: any bundle runs, signed or not "
                      f"(create {DEFAULT_TRUST_PATH} or pass --trust FILE to require "
                      "signatures)")
     lines += plan.notes
     return "\n".join(lines)
+
+
+def _seccomp_lines(plan: LaunchPlan) -> list[str]:
+    try:
+        return seccomp.describe(plan.seccomp_policy)
+    except SandrunError as exc:
+        return [f"cannot be built: {exc.message}"]
+
+
+def plan_to_json(plan: LaunchPlan) -> dict[str, object]:
+    """The dry run as data (`sandrun exec --dry-run --json`)."""
+    m = plan.manifest
+    return {
+        "verdict": "run" if not plan.refusals else "refuse",
+        "refusals": [{"error": type(r).__name__, "message": r.message, "hint": r.hint,
+                      "problems": [str(p) for p in getattr(r, "problems", ())],
+                      "exit_code": r.exit_code} for r in plan.refusals],
+        "creates": list(plan.creates),
+        "notices": list(plan.notices),
+        "bundle": {"path": plan.bundle, "sha256": plan.bundle_sha256, "app": m.app_name,
+                   "version": m.app_version, "entry_point": m.entry_point,
+                   "signature": plan.signature.describe(), "signer": plan.signer},
+        "store_tree": {"path": str(plan.tree), "installed": plan.installed},
+        "state_dir": str(plan.state_dir),
+        "user": {"name": plan.user.name, "uid": plan.user.uid if plan.user.exists else None,
+                 "gid": plan.user.gid if plan.user.exists else None,
+                 "exists": plan.user.exists},
+        "interpreter": {"path": plan.interpreter.path, "version": plan.interpreter.version},
+        "command": [*plan.argv, *plan.args],
+        "cwd": plan.cwd,
+        "profile": {"source": plan.profile.source, "consent": plan.consent},
+        "environment": dict(sorted(plan.env.items())),
+        "rlimits": {k: v for k, v in sorted(plan.rlimits.items())},
+        "limits": dict(plan.profile.limits),
+        "protections": [{"name": p.name, "status": p.status, "detail": p.detail}
+                        for p in plan.protections],
+        "landlock_rules": landlock.describe_rules(plan.landlock_policy),
+        "seccomp": _seccomp_lines(plan),
+        "trust_policy": str(plan.trust_policy.path) if plan.trust_policy else None,
+        "notes": list(plan.notes),
+    }
 
 
 # ---------------------------------------------------------------- the launch itself
@@ -444,7 +771,30 @@ def run_spec(plan: LaunchPlan) -> runner.RunSpec:
         env_set=dict(plan.profile.env_set), cwd=plan.cwd, state_dir=str(plan.state_dir),
         rlimits=sorted(plan.rlimits.items()), mdwe=plan.mdwe,
         landlock=landlock.ruleset_spec(plan.landlock_policy),
-        seccomp_bpf=seccomp.compile_filter(plan.seccomp_policy))
+        seccomp_bpf=plan.seccomp_bpf or seccomp.compile_filter(plan.seccomp_policy),
+        writable=_writable(plan), hostname=f"sandrun-{plan.manifest.app_name}"[:64],
+        tmp_size=plan.profile.limits.get("memory") or 0,
+        limits=cgroup_limits(plan.profile) if plan.privileged else {})
+
+
+def _writable(plan: LaunchPlan) -> list[str]:
+    """What the app may write, to be mounted noexec,nosuid,nodev (devices are skipped by
+    the runner; the private /tmp already is)."""
+    paths = [str(plan.state_dir), *plan.profile.read_write]
+    return [p for p in dict.fromkeys(paths) if p not in PRIVATE_TMP_DIRS]
+
+
+def cgroup_limits(profile: Profile) -> dict[str, object]:
+    """The profile's [limits] that a cgroup enforces, as cgroup.create takes them
+    ({}: nothing to limit, no cgroup)."""
+    names = {"memory": "memory", "tasks": "tasks", "cpu": "cpu_quota",
+             "cpu_weight": "cpu_weight"}
+    limits: dict[str, object] = {names[k]: v for k, v in profile.limits.items()
+                                 if k in names and v is not None}
+    required = [names[k] for k in profile.limits_required if k in names]
+    if limits:
+        limits["required"] = required
+    return limits
 
 
 def launch(plan: LaunchPlan) -> int:

@@ -122,6 +122,10 @@ class Profile:
     syscalls_allow: tuple[str, ...]
     syscalls_deny: tuple[str, ...]
     landlock_min_abi: int
+    # [limits]: name -> value (None = unlimited); absent names are not limited. Sizes in
+    # bytes, cpu in percent of one CPU.
+    limits: Mapping[str, int | None] = field(hash=False, default_factory=dict)
+    limits_required: tuple[str, ...] = ()
     # The files it was read from (extends chain, shipped ones included): the warm exec
     # cache is valid only while none of them changed.
     files: tuple[str, ...] = field(default=(), compare=False)
@@ -248,6 +252,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     },
     "syscalls": {"allow": "syscalls", "deny": "syscalls"},
     "kernel": {"landlock_min_abi": "abi"},
+    "limits": {"memory": "size", "tasks": "count", "cpu": "cpu", "cpu_weight": "weight",
+               "nofile": "count", "fsize": "size", "required": "limit_names"},
 }
 _ENV_KEYS = ("pass", "set")
 
@@ -271,7 +277,20 @@ _RULES: dict[str, tuple[str, Any]] = {
     "syscalls.allow": ("syscalls_allow", ()),
     "syscalls.deny": ("syscalls_deny", ()),
     "kernel.landlock_min_abi": ("landlock_min_abi", DEFAULT_LANDLOCK_MIN_ABI),
+    "limits.required": ("limits_required", ()),
 }
+# [limits] keys other than `required`: merged per key along `extends` (child wins).
+LIMITS: Mapping[str, str] = MappingProxyType({
+    "memory": "memory the app's processes may use together (cgroup memory controller)",
+    "tasks": "processes and threads (cgroup pids controller; RLIMIT_NPROC per app user)",
+    "cpu": "CPU time as a percentage of one CPU, e.g. \"200%\" (cgroup cpu quota)",
+    "cpu_weight": "relative CPU share 1-10000, 100 is the default (cgroup cpu weight)",
+    "nofile": "open files per process (RLIMIT_NOFILE)",
+    "fsize": "largest file the app may write (RLIMIT_FSIZE)",
+})
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?\Z", re.IGNORECASE)
+_PERCENT = re.compile(r"(\d+)%\Z")
 
 _ALL_GROUP_MEMBERS = frozenset().union(*SYSTEMD_GROUPS.values())
 
@@ -711,6 +730,78 @@ class _Checker:
                 accepted[name] = text
         self.set(dotted, dict(sorted(accepted.items())))
 
+    def _limit_value(self, dotted: str, value: object, example: str) -> tuple[bool, int | None]:
+        """(ok, value): "infinity" is (True, None)."""
+        if value == "infinity":
+            return True, None
+        if isinstance(value, bool):
+            self.problem(dotted, f"expected {example} or \"infinity\", got a boolean",
+                         f"e.g. {dotted.rpartition('.')[2]} = {example}")
+            return False, None
+        return True, value  # type: ignore[return-value]
+
+    def check_size(self, dotted: str, value: object) -> None:
+        ok, raw = self._limit_value(dotted, value, "\"512M\"")
+        if not ok:
+            return
+        if raw is None:
+            self.set(dotted, None)
+            return
+        number: int | None = None
+        if isinstance(raw, int):
+            number = raw
+        elif isinstance(raw, str) and (match := _SIZE.match(raw.strip())):
+            number = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+        if number is None or not 1 <= number <= _RLIM_MAX:
+            self.problem(dotted, f"{raw!r} is not a size",
+                         "write bytes as an integer, a number with K, M, G or T (powers of "
+                         "1024), e.g. \"512M\", or \"infinity\"")
+            return
+        self.set(dotted, number)
+
+    def check_count(self, dotted: str, value: object) -> None:
+        ok, raw = self._limit_value(dotted, value, "512")
+        if not ok:
+            return
+        if raw is not None and (not isinstance(raw, int) or not 1 <= raw <= _RLIM_MAX):
+            self.problem(dotted, f"expected an integer >= 1 or \"infinity\", got {raw!r}",
+                         f"e.g. {dotted.rpartition('.')[2]} = 512")
+            return
+        self.set(dotted, raw)
+
+    def check_cpu(self, dotted: str, value: object) -> None:
+        ok, raw = self._limit_value(dotted, value, "\"100%\"")
+        if not ok:
+            return
+        match = _PERCENT.match(raw.strip()) if isinstance(raw, str) else None
+        if raw is not None and (match is None or not 1 <= int(match.group(1)) <= 100_000):
+            self.problem(dotted, f"expected a percentage of one CPU such as \"150%\", got "
+                         f"{raw!r}", "100% is one full CPU; use \"infinity\" for no quota")
+            return
+        self.set(dotted, None if match is None else int(match.group(1)))
+
+    def check_weight(self, dotted: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+            self.problem(dotted, f"expected an integer from 1 to 10000, got {value!r}",
+                         "100 is the default share; 200 gets twice as much CPU under load")
+            return
+        self.set(dotted, value)
+
+    def check_limit_names(self, dotted: str, value: object) -> None:
+        items = self.list_of(dotted, value, "an array of limit names")
+        if items is None:
+            return
+        names = []
+        for item in items:
+            if item in LIMITS:
+                names.append(item)
+            else:
+                close = _closest(str(item), LIMITS)
+                self.problem(dotted, f"unknown limit {item!r}",
+                             f"did you mean {close!r}?" if close else
+                             f"limits are: {', '.join(LIMITS)}", element=item)
+        self.set(dotted, _dedupe(names))
+
     def check_rlimits(self, dotted: str, value: object) -> None:
         if not isinstance(value, dict):
             self.wrong_type(dotted, "a table like { nofile = 1024, core = 0 }", value)
@@ -941,7 +1032,14 @@ def _merge(layers: list[_Layer], name: str, source: str, problems: list[Problem]
                     where("filesystem.execute"), f"{program} is inside the writable {writable}: "
                     "the app could write and execute the same file",
                     "keep programs out of read_write directories"))
+    limits = {name: values[f"limits.{name}"] for name in LIMITS if f"limits.{name}" in values}
+    for name in values.get("limits.required", ()):
+        if name not in limits or limits[name] is None:
+            problems.append(Problem(
+                where("limits.required"), f"limit {name!r} is required but not set",
+                f"set [limits] {name}, or remove it from required"))
     fields = {field_name: values[key] for key, (field_name, _) in _RULES.items()}
+    fields["limits"] = MappingProxyType(dict(sorted(limits.items())))
     fields["env_set"] = MappingProxyType(dict(sorted(values["process.env.set"].items())))
     fields["rlimits"] = MappingProxyType(dict(sorted(values["process.rlimits"].items())))
     return Profile(name=leaf.name or name, source=source, description=leaf.description,
@@ -1032,6 +1130,13 @@ def _toml_array(items: Iterable[str | int]) -> str:
         _toml_string(i) if isinstance(i, str) else str(i) for i in items) + "]"
 
 
+def render_limit(name: str, value: int | None) -> str:
+    """A [limits] value as TOML: sizes in bytes, cpu as a percentage."""
+    if value is None:
+        return _toml_string("infinity")
+    return _toml_string(f"{value}%") if name == "cpu" else str(value)
+
+
 def render_toml(profile: Profile) -> str:
     """The profile flattened (no extends), every key explicit, stable order, no comments.
 
@@ -1071,5 +1176,9 @@ def render_toml(profile: Profile) -> str:
         "",
         "[kernel]",
         f"landlock_min_abi = {profile.landlock_min_abi}",
+        "",
+        "[limits]",
+        *(f"{name} = {render_limit(name, value)}" for name, value in profile.limits.items()),
+        f"required = {_toml_array(profile.limits_required)}",
     ]
     return "\n".join(lines) + "\n"

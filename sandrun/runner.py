@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 # prctl(2) and unshare(2) constants (linux/prctl.h, linux/sched.h, linux/mount.h).
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
@@ -39,9 +40,35 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_MDWE = 65
 PR_MDWE_REFUSE_EXEC_GAIN = 1
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REC, MS_PRIVATE = 16384, 1 << 18
+
+# The fd-based mount API (Linux 5.2; mount_setattr 5.12): mounts are made on fds from
+# open_trusted_path, so no path is resolved twice. Same numbers on every architecture.
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 2, 4, 8
+NO_EXEC_SUID_DEV = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+
+# Replaced by a fresh tmpfs in every privileged launch (systemd's PrivateTmp).
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
+DEFAULT_TMP_SIZE = "25%"  # of RAM, per tmpfs; pages are charged to the app's memory cgroup
+MAX_SYMLINKS = 40  # as the kernel's path walk
 
 # Signals an operator sends to a service; forwarded when sent by a process (not the tty,
 # whose signals reach the app directly through the foreground process group).
@@ -98,6 +125,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
+class _MountAttr(ctypes.Structure):
+    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+
+
 def syscall(number: int, *args: int) -> tuple[int, int]:
     """Call a raw syscall; return (result, errno) with errno read right after the call."""
     ctypes.set_errno(0)
@@ -125,18 +157,23 @@ class RunSpec:
     absent and the profile accepted that); `seccomp_bpf` a filter from
     `seccomp.compile_filter`. `env` is the fixed part of the environment; the values of
     `env_pass` are taken from sandrun's own environment at each launch, then `env_set`
-    applies.
+    applies. Privileged launches only: `writable` (absolute paths the app may write:
+    the state dir and every read_write grant) are bind-mounted noexec,nosuid,nodev;
+    /tmp and /var/tmp are fresh tmpfs of `tmp_size` bytes each (0: 25% of RAM);
+    `hostname` is the UTS namespace's. `limits` go to `cgroup.create` ({}: no cgroup).
     """
 
-    __slots__ = ("argv", "cwd", "env", "env_pass", "env_set", "gid", "interpreter",
-                 "landlock", "mdwe", "privileged", "rlimits", "seccomp_bpf", "state_dir",
-                 "uid", "user_name")
+    __slots__ = ("argv", "cwd", "env", "env_pass", "env_set", "gid", "hostname",
+                 "interpreter", "landlock", "limits", "mdwe", "privileged", "rlimits",
+                 "seccomp_bpf", "state_dir", "tmp_size", "uid", "user_name", "writable")
 
     def __init__(self, *, privileged: bool, uid: int, gid: int, user_name: str,
                  interpreter: str, argv: list[str], env: dict[str, str],
                  env_pass: list[str], env_set: dict[str, str], cwd: str, state_dir: str,
                  rlimits: list[tuple[str, int | None]], mdwe: bool,
-                 landlock: dict[str, Any] | None, seccomp_bpf: bytes) -> None:
+                 landlock: dict[str, Any] | None, seccomp_bpf: bytes,
+                 writable: list[str] | None = None, hostname: str = "sandrun",
+                 tmp_size: int = 0, limits: dict[str, Any] | None = None) -> None:
         self.privileged = privileged
         self.uid = uid
         self.gid = gid
@@ -152,6 +189,10 @@ class RunSpec:
         self.mdwe = mdwe
         self.landlock = landlock
         self.seccomp_bpf = seccomp_bpf
+        self.writable = [] if writable is None else writable
+        self.hostname = hostname
+        self.tmp_size = tmp_size
+        self.limits = {} if limits is None else limits
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -169,6 +210,100 @@ class RunSpec:
         return env
 
 
+# ---------------------------------------------------------------- paths root acts on
+
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_trusted_path(path: str, *, directory: bool | None = None) -> int:
+    """An O_PATH fd of `path`, resolved so that nobody but root can redirect it.
+
+    Walks from / one component at a time. A symbolic link is followed only while every
+    directory so far is owned by root and not writable by group or others, and the
+    link is root's (a symlinked /etc/resolv.conf works). From the first directory that
+    another user or the app owns or can write (sticky or not), no link is followed: one
+    there refuses the launch (EnforcementError). `..` is refused in `path` (and accepted
+    in a trusted link's target only). `directory` True/False requires a directory /
+    anything else. A missing component raises FileNotFoundError or NotADirectoryError.
+    """
+    if not path.startswith("/"):
+        raise EnforcementError(f"{path!r} is not an absolute path",
+                               "sandrun resolves only absolute paths (a sandrun bug)")
+    todo = [part for part in reversed(path.split("/")) if part not in ("", ".")]
+    if ".." in todo:
+        raise EnforcementError(f"{path!r} contains '..'", "write the path without '..'")
+    current = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    parents: list[int] = []  # fds of the directories above `current`, for a link's '..'
+    walked = [""]  # the path as resolved so far, for messages
+    trusted = True
+    links = 0
+    try:
+        st = os.fstat(current)
+        while todo:
+            name = todo.pop()
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                trusted = False  # and stays so: what follows is another user's choice
+            if name == "..":  # only from a trusted link's target (refused in `path`)
+                if not trusted:
+                    raise EnforcementError(
+                        f"{path!r}: a link's target leads back out of "
+                        f"{'/'.join(walked) or '/'!r}, which another user can change",
+                        "point the link straight at its target")
+                if parents:
+                    os.close(current)
+                    current = parents.pop()
+                    walked.pop()
+                    st = os.fstat(current)
+                continue
+            fd = os.open(name, _PATH_FLAGS, dir_fd=current)
+            link_st = os.fstat(fd)
+            if stat.S_ISLNK(link_st.st_mode):
+                where = "/".join([*walked, name])
+                try:
+                    if not trusted:
+                        raise EnforcementError(
+                            f"{path!r}: {where} is a symbolic link inside a directory the "
+                            "app or another user can write: sandrun does not follow it; "
+                            "remove it",
+                            f"replace {where} by the real directory or file (sandrun follows "
+                            "links only in root-owned directories nobody else can write)")
+                    if link_st.st_uid != 0:
+                        raise EnforcementError(
+                            f"{path!r}: {where} is a symbolic link owned by uid "
+                            f"{link_st.st_uid}: sandrun does not follow it; remove it",
+                            "sandrun follows only root's links in root's directories")
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                    target = os.readlink("", dir_fd=fd)
+                finally:
+                    os.close(fd)
+                todo.extend(part for part in reversed(target.split("/"))
+                            if part not in ("", "."))
+                if target.startswith("/"):
+                    for old in (current, *parents):
+                        os.close(old)
+                    parents = []
+                    current = -1
+                    current = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    walked = [""]
+                    st = os.fstat(current)
+                continue
+            parents.append(current)
+            current, st = fd, link_st
+            walked.append(name)
+        if directory is True and not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        if directory is False and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        result, current = current, -1
+        return result
+    finally:
+        for fd in (current, *parents):
+            if fd >= 0:
+                os.close(fd)
+
+
 # ---------------------------------------------------------------- Landlock (kernel side)
 
 
@@ -181,9 +316,10 @@ def _landlock_error(what: str, err: int, meanings: dict[int, str], hint: str
 def build_ruleset(spec: dict[str, Any]) -> int:
     """Create the ruleset of a `landlock.ruleset_spec` and add its rules; return its fd.
 
-    Runs as root before forking: it opens the paths, which the app user may not be
-    able to open. A missing required path refuses the launch; a missing optional one
-    is skipped.
+    Runs as root (privileged: in the namespace's init, after the private mounts, so
+    each path is what the app will see): it opens the paths, which the app user may not
+    be able to open, with open_trusted_path. A missing required path refuses the
+    launch; a missing optional one is skipped.
     """
     attr = _RulesetAttr(handled_access_fs=spec["handled_fs"],
                         handled_access_net=spec["handled_net"], scoped=spec["scoped"])
@@ -228,10 +364,9 @@ def build_ruleset(spec: dict[str, Any]) -> int:
 
 
 def _open_rule_path(path: str, required: bool, label: str) -> int | None:
-    """O_PATH fd of a rule's path (following symlinks), or None for an absent optional."""
+    """O_PATH fd of a rule's path (open_trusted_path), or None for an absent optional."""
     try:
-        # No O_NOFOLLOW: a symlinked /etc/resolv.conf must grant its target.
-        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+        return open_trusted_path(path)
     except (FileNotFoundError, NotADirectoryError) as exc:
         if not required:
             return None
@@ -330,9 +465,16 @@ def load_seccomp_filter(bpf: bytes) -> None:
 
 
 def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
-    """Fork, sandbox the child, exec the app; return its exit code (128+N if killed)."""
-    env = spec.environment(os.environ)
-    argv = [*spec.argv, *args]
+    """Fork, sandbox the child, exec the app; return its exit code (128+N if killed).
+
+    Privileged, the child is PID 1 of new PID, mount, IPC and UTS namespaces
+    (`_init_process`), which makes the mounts, builds the Landlock ruleset on what the
+    app will see and forks the app. Either way the child dies with the launcher, even
+    by SIGKILL: privileged, everything in its PID namespace dies with it; not root, only
+    the app itself (what it forked is killed by the subreaper while the launcher
+    lives). The child waits for the launcher's go before anything else: by then it is
+    in its cgroup (`spec.limits`), which is removed after the app exited.
+    """
     # First, before any fd or signal mask that a failure here would leave behind. Both
     # affect only the children forked below.
     if spec.privileged:
@@ -342,40 +484,128 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
                                    "sandrun needs root with CAP_SYS_ADMIN to isolate the app")
     else:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-    ruleset_fd = build_ruleset(spec.landlock) if spec.landlock else -1
+    group = None
+    if spec.limits:
+        from sandrun import cgroup  # only launches with limits pay for the import
+
+        group = cgroup.create(_cgroup_name(spec.user_name), spec.limits)
     try:
+        status = _fork_and_wait(spec, [*spec.argv, *args], spec.environment(os.environ), group)
+    except BaseException:
+        if group is not None:
+            try:
+                group.remove()
+            except (OSError, SandrunError):
+                pass  # the first error is the one to report
+        raise
+    if group is not None:
+        group.remove()  # raises if something the app left cannot be killed: never hidden
+    return status
+
+
+def _cgroup_name(user_name: str) -> str:
+    """<user>-<launcher pid>, in the characters cgroup names allow."""
+    allowed = "abcdefghijklmnopqrstuvwxyz0123456789._-"
+    user = "".join(c if c in allowed else "_" for c in user_name.lower())[:64]
+    return f"{user}-{os.getpid()}" if user[:1].isalnum() else f"app-{os.getpid()}"
+
+
+def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: Any) -> int:
+    fds: list[int] = []  # closed on the way out, whatever happens
+    try:
+        ruleset_fd = -1
+        if spec.landlock and not spec.privileged:  # privileged: the init builds it
+            ruleset_fd = build_ruleset(spec.landlock)
+            fds.append(ruleset_fd)
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             cap_last = int(f.read())
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    except BaseException:
-        if ruleset_fd >= 0:
-            os.close(ruleset_fd)
-        raise
-    waited = {*FORWARDED_SIGNALS, _signal.SIGCHLD}
-    old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
-    child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last)
-    pid = os.fork()
-    if pid == 0:
-        code = EXIT_REFUSED
+        fds += (err_r, err_w)
+        # The launcher holds go_w open until the app has exited: the child reads its go
+        # from go_r, and end of file there means the launcher is gone.
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        fds += (go_r, go_w)
+        waited = {*FORWARDED_SIGNALS, _signal.SIGCHLD}
+        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
         try:
-            if spec.privileged:
-                code = _init_process(child)
-            else:
-                _enter_sandbox(child)
-        except BaseException as exc:  # report, never return into the parent's code
-            _report(err_w, "launch", exc)
-        os._exit(code)
-    os.close(err_w)
-    if ruleset_fd >= 0:
-        os.close(ruleset_fd)
-    status = _supervise(pid, kill_leftovers=not spec.privileged)
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
-    report = _read_report(err_r)
+            child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last)
+            pid = os.fork()
+            if pid == 0:
+                code = EXIT_REFUSED
+                try:
+                    os.close(err_r)
+                    _die_with_launcher(go_w)
+                    if spec.privileged:
+                        code = _init_process(child, go_r)
+                    else:
+                        _await_go(go_r)
+                        _enter_sandbox(child)
+                except BaseException as exc:  # report, never return into the parent's code
+                    _report(err_w, "launch", exc)
+                os._exit(code)
+            for fd in (err_w, go_r, ruleset_fd):  # the child's now
+                if fd >= 0:
+                    fds.remove(fd)
+                    os.close(fd)
+            # Entering the cgroup waits for an RCU grace period (5-20 ms): the child sets
+            # up its namespaces meanwhile and waits for the go only before it forks the
+            # app (privileged) or before anything else (not root).
+            try:
+                if group is not None:
+                    group.enter(pid)  # before the go: the app is in it before it execs
+            except BaseException:
+                os.kill(pid, _signal.SIGKILL)
+                os.waitpid(pid, 0)
+                fds.remove(err_r)
+                early = _read_report(err_r)
+                if early:  # the child failed first: that is the error to report
+                    raise EnforcementError(
+                        f"the sandbox could not be set up ({early['stage']}): "
+                        f"{early['message']}", early.get("hint", ""),
+                        exit_code=early.get("exit", EXIT_REFUSED)) from None
+                raise
+            try:
+                os.write(go_w, b"g")
+            except BrokenPipeError:
+                pass  # the child failed before its go: its report says why
+            status = _supervise(pid, kill_leftovers=not spec.privileged)
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
+        fds.remove(err_r)
+        report = _read_report(err_r)
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     if report:
         raise EnforcementError(f"the sandbox could not be set up ({report['stage']}): "
                                f"{report['message']}", report.get("hint", ""),
                                exit_code=report.get("exit", EXIT_REFUSED))
     return status
+
+
+def _die_with_launcher(go_w: int) -> None:
+    """In the child: die with the launcher, even by SIGKILL (as bwrap --die-with-parent)."""
+    os.close(go_w)
+    _check_prctl(prctl(PR_SET_PDEATHSIG, _signal.SIGKILL), "set the parent-death signal")
+
+
+def _await_go(go_r: int) -> None:
+    """Wait for the launcher's go (it has put us in our cgroup by then). Exits quietly if
+    the launcher is gone: died before the pdeathsig took effect, or gave up."""
+    if os.read(go_r, 1) != b"g":
+        os._exit(EXIT_REFUSED)
+    # Did it die right after the go? getppid() cannot tell in a new PID namespace (the
+    # parent is outside it: 0 either way); its end of the pipe can.
+    os.set_blocking(go_r, False)
+    try:
+        if os.read(go_r, 1) == b"":
+            os._exit(EXIT_REFUSED)
+    except BlockingIOError:
+        pass  # still there: its death now sends SIGKILL
+    os.close(go_r)
 
 
 class _Child:
@@ -490,16 +720,23 @@ def _kill_orphans() -> None:
             return
 
 
-def _init_process(child: _Child) -> int:
-    """PID 1 of the app's PID namespace (root): private mounts, then supervise the app."""
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+def _init_process(child: _Child, go_r: int) -> int:
+    """PID 1 of the app's PID namespace (root): private namespaces and mounts, the
+    Landlock ruleset as the app will see the file system, then supervise the app."""
+    spec = child.spec
+    os.umask(0o022)  # what it creates (the private /tmp's skeleton) must be traversable
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS),
+           "unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)")
     _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
-    state = child.spec.state_dir.encode()
-    _check(_libc.mount(state, state, None, MS_BIND, None), "bind the state dir")
-    _check(_libc.mount(None, state, None, MS_BIND | MS_REMOUNT | MS_NOEXEC | MS_NOSUID |
-                       MS_NODEV, None), "remount the state dir noexec,nosuid,nodev")
+    hostname = spec.hostname.encode()
+    _check(_libc.sethostname(hostname, len(hostname)), f"set the host name {spec.hostname!r}")
+    _mount_private_tmp(spec)
+    _bind_writable_noexec(spec)
     _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                        b"hidepid=invisible"), "mount a private /proc")
+    if spec.landlock:
+        child.ruleset_fd = build_ruleset(spec.landlock)
+    _await_go(go_r)  # in the cgroup from here on: the app inherits it
     app = os.fork()
     if app == 0:
         try:
@@ -511,6 +748,184 @@ def _init_process(child: _Child) -> int:
     if child.ruleset_fd >= 0:
         os.close(child.ruleset_fd)
     return _supervise(app, kill_leftovers=False)
+
+
+def _mount_syscall(number: int, *args: int, what: str) -> int:
+    result, err = syscall(number, *args)
+    if result < 0:
+        raise EnforcementError(f"{what} failed: {errno_text(err)}",
+                               "sandrun needs root (CAP_SYS_ADMIN) and the mount API of "
+                               "Linux >= 5.12 for its private mounts")
+    return result
+
+
+def _clone_tree(fd: int, what: str) -> int:
+    """A detached copy of the mount at `fd` and everything mounted beneath it."""
+    empty = ctypes.create_string_buffer(b"")
+    return _mount_syscall(SYS_OPEN_TREE, fd, ctypes.addressof(empty),
+                          OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH | os.O_CLOEXEC,
+                          what=what)
+
+
+def _move_mount(source: int, target: int, what: str) -> None:
+    empty = ctypes.create_string_buffer(b"")
+    _mount_syscall(SYS_MOVE_MOUNT, source, ctypes.addressof(empty), target,
+                   ctypes.addressof(empty), MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                   what=what)
+
+
+def _new_tmpfs(options: tuple[tuple[str, str], ...]) -> int:
+    """A detached noexec,nosuid,nodev tmpfs; returns the fd of its root."""
+    name = ctypes.create_string_buffer(b"tmpfs")
+    fs_fd = _mount_syscall(SYS_FSOPEN, ctypes.addressof(name), FSOPEN_CLOEXEC,
+                           what="fsopen(tmpfs)")
+    try:
+        for key, value in options:
+            key_buf = ctypes.create_string_buffer(key.encode())
+            value_buf = ctypes.create_string_buffer(value.encode())
+            _mount_syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING,
+                           ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0,
+                           what=f"tmpfs option {key}={value}")
+        _mount_syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, 0, 0, 0,
+                       what="create a tmpfs")
+        return _mount_syscall(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, NO_EXEC_SUID_DEV,
+                              what="fsmount(tmpfs)")
+    finally:
+        os.close(fs_fd)
+
+
+def _paths_used(spec: RunSpec) -> list[str]:
+    """Every host path the launch itself names: what must stay visible to the app."""
+    paths = [spec.state_dir, spec.cwd, spec.interpreter, *spec.writable,
+             *(arg for arg in spec.argv if arg.startswith("/"))]
+    if spec.landlock:
+        paths += [rule[0] for rule in spec.landlock["paths"]]
+    return paths
+
+
+def _mount_private_tmp(spec: RunSpec) -> None:
+    """A fresh tmpfs on /tmp and /var/tmp: nothing of the host's, nothing left after.
+
+    Mode 0700, owned by the app user: it is the only user in this mount namespace, so
+    there is nobody to share with (01777 and its sticky-bit rules exist for users who
+    share a directory), and the smallest grant is the one nothing can misuse. The
+    paths the launch itself names beneath them (store, state dir, grants, cwd) are
+    mounted through from the host at the same place; nothing else of the host's is.
+    """
+    size = str(spec.tmp_size) if spec.tmp_size else DEFAULT_TMP_SIZE
+    options = (("size", size), ("mode", "0700"), ("uid", str(spec.uid)),
+               ("gid", str(spec.gid)))
+    used = _paths_used(spec)
+    done: set[tuple[int, int]] = set()
+    for tmp in PRIVATE_TMP_DIRS:
+        try:
+            target = open_trusted_path(tmp, directory=True)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        kept: list[tuple[str, list[str], int, bool]] = []
+        try:
+            st = os.fstat(target)
+            if (st.st_dev, st.st_ino) in done:
+                continue  # /var/tmp is a link to /tmp
+            _keep_beneath(tmp, used, kept)
+            root = _new_tmpfs(options)
+            try:
+                _move_mount(root, target, f"mount a private tmpfs on {tmp}")
+                st = os.fstat(root)
+                done.add((st.st_dev, st.st_ino))
+                for path, parts, tree, is_dir in kept:
+                    _graft(root, parts, tree, is_dir,
+                           f"keep {path} visible beneath the private {tmp}")
+            finally:
+                os.close(root)
+        finally:
+            for _path, _parts, tree, _is_dir in kept:
+                os.close(tree)
+            os.close(target)
+
+
+def _keep_beneath(tmp: str, used: list[str],
+                  kept: list[tuple[str, list[str], int, bool]]) -> None:
+    """Clone, before the tmpfs covers them, the used paths beneath `tmp` (outermost
+    only: a clone holds what is beneath it)."""
+    prefix = tmp + "/"
+    wanted = {}
+    for path in used:
+        if path.startswith(prefix):
+            parts = [part for part in path[len(prefix):].split("/") if part not in ("", ".")]
+            if parts:
+                wanted["/".join(parts)] = (path, parts)
+    chosen: list[str] = []
+    for key in sorted(wanted):  # an ancestor sorts before what is beneath it
+        if any(key.startswith(outer + "/") for outer in chosen):
+            continue
+        path, parts = wanted[key]
+        try:
+            fd = open_trusted_path(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # an absent optional grant; a required one is refused with the ruleset
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+            tree = _clone_tree(fd, f"clone {path} for the private {tmp}")
+        finally:
+            os.close(fd)
+        kept.append((path, parts, tree, is_dir))
+        chosen.append(key)
+
+
+def _graft(root: int, parts: list[str], tree: int, is_dir: bool, what: str) -> None:
+    """Mount `tree` at `parts` beneath the fresh tmpfs `root`, creating the way there.
+    Only root has written to that tmpfs yet: nothing in it can be a trap."""
+    opened = []
+    current = root
+    try:
+        for i, name in enumerate(parts):
+            try:
+                if i == len(parts) - 1 and not is_dir:
+                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC, 0o644, dir_fd=current))
+                else:
+                    os.mkdir(name, 0o755, dir_fd=current)
+            except FileExistsError:
+                pass  # made for an earlier path
+            current = os.open(name, _PATH_FLAGS, dir_fd=current)
+            opened.append(current)
+        _move_mount(tree, current, what)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _bind_writable_noexec(spec: RunSpec) -> None:
+    """Bind every path the app may write onto itself noexec,nosuid,nodev (everything
+    mounted beneath it too): nothing the app writes can be executed or mapped
+    executable. Devices (/dev/null) are left to Landlock; the private /tmp and
+    /var/tmp are mounted so already."""
+    empty = ctypes.create_string_buffer(b"")
+    attr = _MountAttr(attr_set=NO_EXEC_SUID_DEV)
+    for path in dict.fromkeys([spec.state_dir, *spec.writable]):
+        if path.rstrip("/") in PRIVATE_TMP_DIRS:
+            continue
+        try:
+            fd = open_trusted_path(path)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise EnforcementError(f"writable path {path!r} does not exist",
+                                   "create it, or remove it from the profile's read_write "
+                                   "list") from exc
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                continue
+            tree = _clone_tree(fd, f"bind {path}")
+            try:
+                _mount_syscall(SYS_MOUNT_SETATTR, tree, ctypes.addressof(empty),
+                               AT_EMPTY_PATH | AT_RECURSIVE, ctypes.addressof(attr),
+                               ctypes.sizeof(attr), what=f"make {path} noexec,nosuid,nodev")
+                _move_mount(tree, fd, f"mount {path} noexec,nosuid,nodev")
+            finally:
+                os.close(tree)
+        finally:
+            os.close(fd)
 
 
 def _check(result: int, what: str) -> None:
@@ -570,6 +985,9 @@ def _enter_sandbox(child: _Child) -> None:
         os.execve(spec.interpreter, child.argv, child.env)
     except OSError as exc:
         code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_EXECUTE
-        raise EnforcementError(f"cannot execute {spec.interpreter}: {exc.strerror}",
-                               "check the interpreter and the profile's rules",
+        hint = "check the interpreter and the profile's rules"
+        if exc.errno == errno.EACCES and spec.privileged:
+            hint += (" (every read_write path is mounted noexec: none may contain the "
+                     "interpreter)")
+        raise EnforcementError(f"cannot execute {spec.interpreter}: {exc.strerror}", hint,
                                exit_code=code) from None

@@ -181,6 +181,17 @@ ARGUMENT_RULES: Mapping[str, str] = MappingProxyType({
 
 _ENOSYS_WHEN_DENIED = frozenset({"clone3"})
 
+# Not dangerous, but outside what Landlock mediates: inotify watches work on any directory
+# the app user may read under Unix permissions, granted or not (Landlock has no hook for
+# them), so they would reveal names and access times of files outside every grant. Off
+# (EPERM: watchdog-style libraries fall back to polling) unless the profile names one of
+# them, or a group holding them, in [syscalls] allow.
+OPT_IN: Mapping[str, str] = MappingProxyType({
+    "inotify_init": "file change notifications (not mediated by Landlock)",
+    "inotify_init1": "file change notifications (not mediated by Landlock)",
+    "inotify_add_watch": "file change notifications (not mediated by Landlock)",
+})
+
 
 @dataclass(frozen=True)
 class SeccompPolicy:
@@ -255,8 +266,9 @@ def _unknown(name: str, known: Iterable[str], kind: str, hint: str) -> str:
 
 @functools.cache
 def baseline() -> frozenset[str]:
-    """The allowlist: systemd's @system-service minus DANGEROUS (some with ARGUMENT_RULES)."""
-    return expand(["@system-service"]) - DANGEROUS.keys()
+    """The allowlist: systemd's @system-service minus DANGEROUS and OPT_IN (some with
+    ARGUMENT_RULES)."""
+    return expand(["@system-service"]) - DANGEROUS.keys() - OPT_IN.keys()
 
 
 def _family_number(name: str) -> int:
@@ -289,6 +301,7 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
     allow -= denied
     # Denial wins over allowance: profiles from `extends` union their lists.
     eperm = ((DANGEROUS.keys() - dangerous_allowed) | denied) - _ENOSYS_WHEN_DENIED
+    eperm |= OPT_IN.keys() - allow
     if not policy.allow_fork:
         eperm |= {"fork", "vfork"}
         allow -= {"fork", "vfork"}
@@ -648,7 +661,7 @@ def describe(policy: SeccompPolicy) -> list[str]:
     plan = _resolve_or_raise(policy)
     lines = [
         f"seccomp: {len(plan.allow)} syscalls allowed (systemd @system-service minus "
-        f"{len(expand(['@system-service']) - baseline())} dangerous ones, with profile "
+        f"{len(expand(['@system-service']) - baseline())} dangerous or opt-in ones, with profile "
         "changes); any other syscall -> ENOSYS",
         "seccomp: other architectures (IA-32 int 0x80, x32) -> KILL_PROCESS",
         "seccomp: socket families: " + (", ".join(n for n, _ in plan.socket_families)
@@ -673,6 +686,10 @@ def describe(policy: SeccompPolicy) -> list[str]:
     extra = plan.allow - baseline()
     if extra:
         lines.append("seccomp: profile adds: " + ", ".join(sorted(extra)))
+    opt_in_off = sorted(OPT_IN.keys() - plan.allow)
+    if opt_in_off:
+        lines.append("seccomp: deny (EPERM) unless named in [syscalls] allow: "
+                     + ", ".join(opt_in_off) + " (inotify is not mediated by Landlock)")
     profile_denied = plan.profile_denied - DANGEROUS.keys()
     if profile_denied:
         lines.append("seccomp: profile denies (EPERM): " + ", ".join(sorted(profile_denied)))

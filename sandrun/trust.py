@@ -12,7 +12,7 @@ intact and, if signed, which key signed it; the policy decides whether that is e
     public_key = "ssh-ed25519 AAAA... release@example.org"
     # or instead of public_key:
     # public_key_file = "keys/release.pub"    # relative to this file's directory
-    apps = ["httpbin", "web-*"]         # required: app names (fnmatch globs) it may sign
+    apps = ["httpbin", "web-*"]         # required: app names or globs (*, ?, [...]) it may sign
 
     [[signer]]
     name = "ops"
@@ -45,7 +45,7 @@ their directories: whoever can edit the policy decides what runs.
 from __future__ import annotations
 
 import difflib
-import fnmatch
+import functools
 import os
 import re
 import stat
@@ -74,7 +74,7 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 TOP_KEYS = ("signer", "min_version")
 SIGNER_KEYS = ("name", "public_key", "public_key_file", "apps")
 # What a glob can contain and still match such a name.
-_APPS_GLOB_RE = re.compile(r"^[a-z0-9_.*?\[\]!-]+$")
+_APPS_GLOB_RE = re.compile(r"^[a-z0-9_.*?\[\]!-]+\Z")
 _SIGNER_HEADER_RE = re.compile(r"""^\s*\[\[\s*(?:signer|"signer"|'signer')\s*\]\]\s*(?:#.*)?$""")
 _TOML_ERROR_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -87,7 +87,7 @@ PERMISSION_HINT = ("whoever can change the trust policy decides what runs: make 
 class TrustedSigner:
     name: str
     public_key: PublicKey
-    apps: tuple[str, ...]  # fnmatch globs of app names
+    apps: tuple[str, ...]  # app name globs (see app_glob_matches)
     where: str  # "file:line: signer[N]" of its table, for messages
     apps_where: str  # "file:line: signer[N].apps"
 
@@ -96,7 +96,7 @@ class TrustedSigner:
         return self.public_key.fingerprint
 
     def allows(self, app_name: str) -> bool:
-        return any(fnmatch.fnmatchcase(app_name, glob) for glob in self.apps)
+        return any(app_glob_matches(glob, app_name) for glob in self.apps)
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,85 @@ class TrustPolicy:
 
     def signers_allowing(self, app_name: str) -> list[TrustedSigner]:
         return [s for s in self.signers if s.allows(app_name)]
+
+
+# ---------------------------------------------------------------------------------------
+# App name globs
+
+
+def app_glob_matches(glob: str, app_name: str) -> bool:
+    """Whether the policy glob `glob` matches the whole of `app_name`.
+
+    A name that is not a valid app name matches nothing, whatever the glob. `*` matches
+    any run of characters and `?` any one character, but neither ever matches `/`
+    (unlike fnmatch's); `[...]` and `[!...]` are character classes, also without `/`.
+    A glob that cannot be translated (an empty range such as `[z-a]`) matches nothing;
+    the policy loader refuses such globs.
+    """
+    if not APP_NAME_RE.match(app_name):
+        return False
+    try:
+        pattern = app_glob_pattern(glob)
+    except ValueError:
+        return False
+    return pattern.match(app_name) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def app_glob_pattern(glob: str) -> re.Pattern[str]:
+    """The regular expression of a policy glob; ValueError for an invalid class.
+
+    Translated here rather than by fnmatch, whose `*` also matches `/`.
+    """
+    out: list[str] = []
+    index, end = 0, len(glob)
+    while index < end:
+        char = glob[index]
+        index += 1
+        if char == "*":
+            if not out or out[-1] != "[^/]*":  # runs of * are one *
+                out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            close = index
+            if close < end and glob[close] == "!":
+                close += 1
+            if close < end and glob[close] == "]":  # a leading ] is a member
+                close += 1
+            while close < end and glob[close] != "]":
+                close += 1
+            if close >= end:  # no closing ]: a literal [
+                out.append(re.escape(char))
+                continue
+            body, index = glob[index:close], close + 1
+            negated = body.startswith("!")
+            out.append(_glob_class(body[1:] if negated else body, negated))
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _glob_class(body: str, negated: bool) -> str:
+    """A regex character class for the members of a glob class; never matches `/`."""
+    members: list[str] = []
+    index = 0
+    while index < len(body):
+        first = body[index]
+        if index + 2 < len(body) and body[index + 1] == "-":
+            last = body[index + 2]
+            if first > last:
+                raise ValueError(f"empty range {first}-{last}")
+            members.append(f"{re.escape(first)}-{re.escape(last)}")
+            index += 3
+        else:
+            members.append(re.escape(first))
+            index += 1
+    if not members:
+        raise ValueError("empty character class")
+    inner = "".join(members)
+    # A positive range such as [.-0] spans '/': exclude it explicitly either way.
+    return f"[^/{inner}]" if negated else f"(?!/)[{inner}]"
 
 
 # ---------------------------------------------------------------------------------------
@@ -514,6 +593,14 @@ class _Checker:
                 self.add(self.signer_where(index, "apps", glob),
                          f"{glob!r} can never match an app name (a-z, 0-9, '.', '_', '-')",
                          "use app names and the globs *, ? and [...]")
+            else:
+                try:
+                    app_glob_pattern(glob)
+                except ValueError as exc:
+                    ok = False
+                    self.add(self.signer_where(index, "apps", glob),
+                             f"{glob!r} is not a valid glob ({exc})",
+                             "write a character class as [abc] or [a-z], low end first")
         return tuple(dict.fromkeys(apps)) if ok else None
 
     def check_min_versions(self, value: object) -> dict[str, MinimumVersion]:

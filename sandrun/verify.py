@@ -1,9 +1,11 @@
 """Verify a bundle: its zip structure, every entry against the manifest, and the signature.
 
 Every problem is reported, never only the first: structural findings of the strict
-parser, unreadable or corrupt entries, each difference from the manifest, and a
-signature entry that is malformed, signs another manifest or does not verify. An
-unsigned bundle verifies: whether a signature is required is the trust policy's call.
+parser, unreadable or corrupt entries, every invalid manifest field (`manifest.
+manifest_field_problems`), precompiled bytecode (a bundle ships sources only: the
+store compiles them itself), each difference from the manifest, and a signature entry
+that is malformed, signs another manifest or does not verify. An unsigned bundle
+verifies: whether a signature is required is the trust policy's call.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ from sandrun.archive import (
     open_archive,
 )
 from sandrun.errors import ArchiveError, BundleError, Problem, VerificationError
-from sandrun.manifest import MANIFEST_NAME, NORMALISED_MODES, UNLISTED_ENTRIES, Manifest
+from sandrun.manifest import (
+    BYTECODE_HINT,
+    MANIFEST_NAME,
+    NORMALISED_MODES,
+    UNLISTED_ENTRIES,
+    Manifest,
+    is_bytecode_name,
+)
 from sandrun.signing import UNSIGNED, SignatureInfo, SignatureStatus, signature_status
 
 REBUILD_HINT = "rebuild the bundle with `sandrun bundle` and do not modify it afterwards"
+BYTECODE_WHAT = ("precompiled bytecode (__pycache__, .pyc or .pyo): a bundle carries none, "
+                 "the store compiles bytecode from the verified sources itself")
 ADDED_HINT = ("an entry added after the build (such as a .pth file, which Python runs at "
               "start-up) would run with the app; rebuild the bundle from trusted inputs")
 
@@ -67,6 +78,12 @@ def verify_archive(archive: StrictArchive) -> VerifyResult:
     manifest = _load_manifest(archive, problems)
 
     hashes = _hash_entries(archive, problems)
+    names = [entry.name for entry in archive.entries]
+    if manifest is not None:
+        names += manifest.entries
+    for name in dict.fromkeys(names):
+        if is_bytecode_name(name):
+            problems.append(Problem(display_name(name), BYTECODE_WHAT, BYTECODE_HINT))
     if manifest is not None:
         present = {entry.name for entry in archive.entries}
         for name, record in manifest.entries.items():
@@ -131,6 +148,8 @@ def _load_manifest(archive: StrictArchive, problems: list[Problem]) -> Manifest 
         problems.append(_entry_problem(entry, exc))
     except BundleError as exc:
         problems.append(Problem(MANIFEST_NAME, exc.message, exc.hint))
+    except VerificationError as exc:  # every invalid field, one problem each
+        problems.extend(exc.problems)
     return None
 
 

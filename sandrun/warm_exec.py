@@ -14,6 +14,11 @@ The tree snapshot (<store>/launch/<bundle sha256>.tree) is taken only right afte
 tree was installed or fully re-hashed, and includes every entry's inode and ctime: a
 tree that differs from it in any way, even a same-size content edit, is re-hashed in
 full by the cold path before it runs again.
+
+The store is reached as the cold path reaches it (safefile.open_trusted_dir: its path
+as given, component by component, no symlink another user controls) and everything in
+it is then opened relative to the store's fd; records and snapshots are 0600 files of
+the running uid in its 0700 launch/ dir, anything else is ignored.
 Imports are limited to what loads in microseconds: this is every warm start's cost.
 """
 
@@ -23,7 +28,7 @@ import marshal
 import os
 import stat
 
-from sandrun import __version__, runner
+from sandrun import __version__, runner, safefile
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
 if TYPE_CHECKING:
@@ -31,8 +36,12 @@ if TYPE_CHECKING:
 
     from sandrun.launcher import ExecOptions, LaunchPlan
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
+SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
+TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>
+TREE_TOP_MODE_UNSHARED = 0o500  # the same in an unprivileged user's own store
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # Files whose change can change what the cold path decides about users and groups.
 USER_DATABASE = ("/etc/passwd", "/etc/group")
@@ -70,20 +79,27 @@ def _boot_id() -> str:
         return ""
 
 
-def tree_snapshot(tree: str) -> list[tuple[str, int, int, int, int, int]]:
-    """Every entry of an installed tree: name, mode, owner, size, inode and ctime."""
-    snapshot = []
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        with os.scandir(os.path.join(tree, rel_dir) if rel_dir else tree) as it:
-            for entry in it:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
-                snapshot.append((rel, st.st_mode, st.st_uid, st.st_size, st.st_ino,
-                                 st.st_ctime_ns))
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
+def tree_top_mode(owner: int) -> int:
+    """Mode of <store>/apps/<sha>: root and the app's group (root:<gid>) in a root
+    store, only the user in a user's own store (store.py)."""
+    return TREE_TOP_MODE if owner == 0 else TREE_TOP_MODE_UNSHARED
+
+
+def tree_snapshot(tree: str | int) -> list[tuple[str, int, int, int, int, int]]:
+    """Every entry of an installed tree (a path, or an O_RDONLY fd of its top dir):
+    name, mode, owner, size, inode and ctime; first the top dir itself as "" (mode,
+    owner and inode: its group and ctime change when the tree is granted to another
+    app group, which is checked against the launch instead)."""
+    opened = not isinstance(tree, int)
+    fd = os.open(tree, _DIR) if opened else tree
+    try:
+        top = os.fstat(fd)
+        snapshot = [(rel, st.st_mode, st.st_uid, st.st_size, st.st_ino, st.st_ctime_ns)
+                    for rel, st in safefile.walk_dir(fd)]
+    finally:
+        if opened:
+            os.close(fd)
+    snapshot.append(("", top.st_mode, top.st_uid, 0, top.st_ino, 0))
     snapshot.sort()
     return snapshot
 
@@ -162,43 +178,62 @@ def record_key(args: ExecArgs, store_root: str) -> tuple[Any, ...]:
             os.path.abspath(store_root), os.getcwd())
 
 
-def _record_path(store_root: str, key: tuple[Any, ...]) -> str:
+def _record_name(key: tuple[Any, ...]) -> str:
     try:
         from _sha256 import sha256  # builtin: hashlib would load OpenSSL (~2 ms)
     except ImportError:
         from hashlib import sha256
-    name = sha256(marshal.dumps(key)).hexdigest()[:32]
-    return os.path.join(store_root, RECORD_DIR, name)
+    return sha256(marshal.dumps(key)).hexdigest()[:32]
 
 
-def _safe_dir(path: str, owner: int) -> bool:
-    """Owned by root or `owner`, and not writable by others (sticky dirs excepted)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    writable_by_others = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
-    return stat.S_ISDIR(st.st_mode) and st.st_uid in (0, owner) and not writable_by_others
+def _record_path(store_root: str, key: tuple[Any, ...]) -> str:
+    """Where the record of `key` is (for messages and tests: it is opened by fd)."""
+    return os.path.join(os.path.abspath(store_root), RECORD_DIR, _record_name(key))
 
 
-def _store_is_safe(store_root: str) -> bool:
-    """The cold path's Store.check_ancestry, answered yes or no."""
+def open_store(store_root: str) -> int | None:
+    """An O_PATH fd of the store root if its path as given is trusted component by
+    component (safefile.open_trusted_dir: what Store.check_ancestry checks) and the
+    root, apps/ and state/ are ours and writable only by us; else None."""
     owner = os.geteuid()
-    current = "/"
-    for part in os.path.realpath(store_root).split("/")[1:]:
-        current = os.path.join(current, part)
-        if not _safe_dir(current, owner):
-            return False
-    return _safe_dir(os.path.join(store_root, RECORD_DIR), owner)
+    try:
+        fd = safefile.open_trusted_dir(store_root, owner)
+    except (safefile.UnsafePath, OSError):
+        return None
+    try:
+        for st in (os.fstat(fd), os.stat("apps", dir_fd=fd, follow_symlinks=False),
+                   os.stat("state", dir_fd=fd, follow_symlinks=False)):
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != owner or st.st_mode & 0o022:
+                os.close(fd)
+                return None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def load_record(args: ExecArgs) -> runner.RunSpec | None:
     """The cached RunSpec for these options, if every input is unchanged; else None."""
     store_root = args.store or default_store_root()
     key = record_key(args, store_root)
-    if not _store_is_safe(store_root):
+    store_fd = open_store(store_root)
+    if store_fd is None:
         return None
-    data = _read_private(_record_path(store_root, key))
+    try:
+        return _load_record(store_fd, os.path.abspath(store_root), key)
+    except (safefile.UnsafePath, OSError):
+        return None
+    finally:
+        os.close(store_fd)
+
+
+def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
+                 ) -> runner.RunSpec | None:
+    launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
+    try:
+        data = safefile.read_private(_record_name(key), dir_fd=launch)
+    finally:
+        os.close(launch)
     if data is None:
         return None
     try:
@@ -212,12 +247,21 @@ def load_record(args: ExecArgs) -> runner.RunSpec | None:
     for path, follow, expected in record["inputs"]:
         if identity(path, follow=follow) != expected:
             return None
-    if not tree_matches_snapshot(store_root, record["tree"]):
+    apps, sha = os.path.split(record["tree"])
+    if apps != os.path.join(store_root, "apps") or not snapshot_matches(store_fd, sha):
         return None
     spec = runner.RunSpec.from_dict(record["spec"])
-    state = identity(spec.state_dir, follow=False)
-    if state is None or not stat.S_ISDIR(state[2]) or state[3] != spec.uid or \
-            stat.S_IMODE(state[2]) != 0o700:
+    owner = os.geteuid()
+    top = os.stat(os.path.join("apps", sha), dir_fd=store_fd, follow_symlinks=False)
+    if stat.S_IMODE(top.st_mode) != tree_top_mode(owner) or \
+            (owner == 0 and top.st_gid != spec.gid):
+        return None  # another app group was granted the tree since: the cold path
+    states, app = os.path.split(spec.state_dir)
+    if states != os.path.join(store_root, "state"):
+        return None
+    state = os.stat(os.path.join("state", app), dir_fd=store_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(state.st_mode) or state.st_uid != spec.uid or \
+            stat.S_IMODE(state.st_mode) != 0o700:
         return None
     return spec
 
@@ -225,6 +269,7 @@ def load_record(args: ExecArgs) -> runner.RunSpec | None:
 def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) -> None:
     """Remember a launch the cold path fully checked. Best effort: a store that cannot
     take the record only means the next start is cold again."""
+    from sandrun.errors import SandrunError
     from sandrun.interpreter import candidates
 
     store_root = options.store or default_store_root()
@@ -245,63 +290,74 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
     inputs += [(path, True, identity(path)) for path in dict.fromkeys(files)]
     record = {"key": key, "boot_id": _boot_id(), "inputs": inputs, "tree": str(plan.tree),
               "spec": spec.to_dict()}
-    _write_private(store_root, _record_path(store_root, key), marshal.dumps(record))
+    try:
+        _write_record(plan.store.dir_fd(), _record_name(key), marshal.dumps(record))
+    except (SandrunError, safefile.UnsafePath, OSError):
+        pass
 
 
-def _snapshot_path(store_root: str, tree: str) -> str:
-    return os.path.join(store_root, RECORD_DIR, os.path.basename(tree) + ".tree")
+def snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
+    """Whether the tree is exactly (names, modes, owners, sizes, inodes, ctimes) as it
+    was when last fully verified."""
+    try:
+        launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
+        try:
+            data = safefile.read_private(bundle_sha256 + SNAPSHOT_SUFFIX, dir_fd=launch)
+        finally:
+            os.close(launch)
+        if data is None:
+            return False
+        top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
+        try:
+            return marshal.loads(data) == tree_snapshot(top)
+        finally:
+            os.close(top)
+    except (safefile.UnsafePath, ValueError, EOFError, TypeError, OSError):
+        return False
 
 
-def save_tree_snapshot(store_root: str, tree: str) -> None:
-    """Call only right after the tree was installed or fully re-hashed."""
-    _write_private(store_root, _snapshot_path(store_root, tree),
-                   marshal.dumps(tree_snapshot(tree)))
+def save_snapshot(store_fd: int, bundle_sha256: str) -> None:
+    """Call only right after the tree was installed or fully re-hashed. Best effort: a
+    snapshot that cannot be written only means the next check re-hashes in full."""
+    try:
+        top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
+        try:
+            data = marshal.dumps(tree_snapshot(top))
+        finally:
+            os.close(top)
+        _write_record(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX, data)
+    except (safefile.UnsafePath, OSError):
+        pass
 
 
 def tree_matches_snapshot(store_root: str, tree: str) -> bool:
-    """Whether the tree is exactly (names, modes, owners, sizes, inodes, ctimes) as it
-    was when last fully verified."""
-    data = _read_private(_snapshot_path(store_root, tree))
-    if data is None:
+    """snapshot_matches for a store named by its path (checked as open_store does)."""
+    store_fd = open_store(store_root)
+    if store_fd is None:
         return False
     try:
-        return marshal.loads(data) == tree_snapshot(tree)
-    except (ValueError, EOFError, TypeError, OSError):
-        return False
-
-
-def _read_private(path: str) -> bytes | None:
-    """The file's bytes if it is a regular file of ours that nobody else can write."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+        return snapshot_matches(store_fd, os.path.basename(tree))
     finally:
-        os.close(fd)
+        os.close(store_fd)
 
 
-def _write_private(store_root: str, path: str, data: bytes) -> None:
-    """Atomically, 0600 in a 0700 dir. Best effort: a store that cannot take it only
-    means the next start is cold (or fully verified) again."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        os.makedirs(os.path.join(store_root, RECORD_DIR), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.rename(tmp, path)
-    except OSError:
+def save_tree_snapshot(store_root: str, tree: str) -> None:
+    """save_snapshot for a store named by its path (checked as open_store does)."""
+    store_fd = open_store(store_root)
+    if store_fd is not None:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            save_snapshot(store_fd, os.path.basename(tree))
+        finally:
+            os.close(store_fd)
+
+
+def _write_record(store_fd: int, name: str, data: bytes) -> None:
+    """0600 in the 0700 launch/ dir, atomically; raises OSError or UnsafePath."""
+    launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd, create=True)
+    try:
+        safefile.write_private(name, data, dir_fd=launch)
+    finally:
+        os.close(launch)
 
 
 def try_warm_exec(argv: list[str]) -> int | None:

@@ -4,6 +4,13 @@ sandrun installs wheels itself instead of calling `pip install`: unpacking is
 all a wheel needs, it runs no code, writes no build paths (pip writes
 direct_url.json and script shebangs naming the build machine) and lets us
 normalise every mode.
+
+No precompiled code goes into a bundle: what runs must be what a reviewer reads,
+and the store compiles bytecode from the verified sources itself. A `__pycache__`
+file in a wheel is a leftover cache that CPython uses only beside its source (numpy
+ships one): it is checked against RECORD like every file, then left out, with a
+warning. A `.pyc`/`.pyo` anywhere else is sourceless code that Python would import
+instead of reading a source: the wheel is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import io
 import os
 import stat
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -23,7 +30,7 @@ from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from sandrun.errors import BundleError
-from sandrun.manifest import normalise_mode
+from sandrun.manifest import is_bytecode_name, normalise_mode
 
 # What a RECORD may leave unhashed: itself and its signatures.
 _RECORD_SELF = ("RECORD", "RECORD.jws", "RECORD.p7s")
@@ -79,11 +86,17 @@ def _record_digest(data: bytes, algorithm: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def install_wheel(wheel: Wheel, site_packages: Path) -> list[str]:
+def _ignore(_: str) -> None:
+    pass
+
+
+def install_wheel(wheel: Wheel, site_packages: Path,
+                  warn: Callable[[str], None] = _ignore) -> list[str]:
     """Verify every file against RECORD, then unpack into site_packages.
 
     Returns the installed paths relative to site_packages. Nothing is written
-    when the RECORD check fails.
+    when the RECORD check fails or the wheel ships sourceless bytecode; `__pycache__`
+    files are verified, then left out (one `warn` per wheel names them).
     """
     with zipfile.ZipFile(wheel.path) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -93,6 +106,7 @@ def install_wheel(wheel: Wheel, site_packages: Path) -> list[str]:
                               "this wheel is malformed; do not use it")
         for name in names:
             _safe_member(name, wheel.filename)
+        caches = _bytecode_caches(names, wheel.filename)
         dist_info = _dist_info_dir(names, wheel)
         record = _read_record(zf, f"{dist_info}/RECORD", wheel)
         files: list[tuple[str, bytes, int]] = []
@@ -114,6 +128,8 @@ def install_wheel(wheel: Wheel, site_packages: Path) -> list[str]:
                     expected[1] and int(expected[1]) != len(data)):
                 raise BundleError(f"{wheel.filename}: {info.filename} does not match its RECORD "
                                   "hash", "the wheel was altered after it was built; do not use it")
+            if info.filename in caches:
+                continue  # verified above, but never installed
             mode = normalise_mode((info.external_attr >> 16) & 0o777)
             files.append((info.filename, data, mode))
         missing = [n for n in record if not n.endswith("/") and
@@ -123,6 +139,10 @@ def install_wheel(wheel: Wheel, site_packages: Path) -> list[str]:
                               f"{', '.join(sorted(missing)[:5])}",
                               "the wheel is truncated or altered; download it again")
 
+    if caches:
+        shown = ", ".join(sorted(caches)[:3]) + (", ..." if len(caches) > 3 else "")
+        warn(f"{wheel.filename}: left out {len(caches)} precompiled bytecode file(s) "
+             f"({shown}); the store compiles bytecode from the sources itself")
     installed: list[str] = []
     data_dir = f"{dist_info[: -len('.dist-info')]}.data/"
     for name, data, mode in files:
@@ -138,6 +158,22 @@ def install_wheel(wheel: Wheel, site_packages: Path) -> list[str]:
     _write_new(site_packages / dist_info / "RECORD", rec_data, 0o644, wheel.filename)
     installed.append(f"{dist_info}/RECORD")
     return installed
+
+
+def _bytecode_caches(names: list[str], wheel: str) -> set[str]:
+    """The wheel's `__pycache__` files (left out); BundleError for any other bytecode."""
+    caches = set()
+    for name in names:
+        if not is_bytecode_name(name):
+            continue
+        if "__pycache__" not in name.split("/")[:-1]:
+            raise BundleError(
+                f"{wheel}: {name} is precompiled bytecode without a __pycache__ directory: "
+                "Python would import it instead of a source that a reviewer can read",
+                "sandrun bundles no precompiled code; use a wheel that ships its sources "
+                "(or build one from the project's sources with `pip wheel`)")
+        caches.add(name)
+    return caches
 
 
 def _write_new(target: Path, data: bytes, mode: int, wheel: str) -> None:

@@ -95,6 +95,17 @@ def bundle_bytes(files: Files | None = None, preamble: bytes = PREAMBLE,
     return out.getvalue()
 
 
+def bundle_with_manifest_bytes(data: bytes, files: Files | None = None,
+                               preamble: bytes = PREAMBLE) -> bytes:
+    """A bundle of `files` whose manifest entry holds exactly `data` (any JSON, or none)."""
+    files = default_files() if files is None else files
+    out = io.BytesIO()
+    write_archive(out, preamble,
+                  [(name, content, mode) for name, (content, mode) in sorted(files.items())]
+                  + [(MANIFEST_NAME, data, 0o644)], date_time=DATE_TIME)
+    return out.getvalue()
+
+
 def make_bundle(tmp_path: Path, name: str = "app.pyz", files: Files | None = None) -> Path:
     """Write the small valid bundle to tmp_path/name and return its path."""
     return write(tmp_path, bundle_bytes(files), name)

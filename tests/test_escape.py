@@ -7,7 +7,7 @@ positive control runs the same probe outside any sandbox as nobody (65534), wher
 same attacks succeed: the suite is not vacuous. The probe refuses to run as root.
 
 Everything the app user could reach if it were not for Landlock and seccomp lives in
-0755 dirs under a fresh /tmp dir (not pytest's 0700 tmp_path), so a denial proves the
+0755 dirs under a fresh /var/lib dir (not pytest's 0700 tmp_path), so a denial proves the
 sandbox, not plain file permissions.
 """
 
@@ -108,7 +108,7 @@ DEFAULT_ATTACKS: dict[str, Expect] = {
     "environ": Expect(None, "the launcher building the environment from scratch",
                       "allowed_env"),
     "write_outside": Expect("EACCES", "Landlock (a 1777 dir outside the grants)", "drop"),
-    "write_tmp": Expect("EACCES", "Landlock (/tmp is 1777, DAC would allow it)"),
+    "write_devshm": Expect("EACCES", "Landlock (/dev/shm is 1777, DAC would allow it)"),
     "setuid0": Expect("EPERM", "the dropped uid (no CAP_SETUID)"),
     "setgid0": Expect("EPERM", "the dropped gid (no CAP_SETGID)"),
     "setgroups": Expect("EPERM", "no CAP_SETGID"),
@@ -172,7 +172,7 @@ UNSANDBOXED_SUCCEEDS = ("inherited_fds", "read_file", "socket_inet", "socket_net
                         "mmap_exec_written", "cdll_written", "ld_preload_written", "rwx_anon",
                         "mprotect_wx", "int80", "keyctl", "io_uring_setup", "userfaultfd",
                         "personality", "tiocsti", "tiocsti_high", "abstract_unix",
-                        "proc_environ", "write_tmp")
+                        "proc_environ", "write_devshm")
 # Syscalls that fail anyway for nobody, but with another errno than seccomp's EPERM.
 UNSANDBOXED_ERRNO = {"execveat": "EBADF", "perf_event_open": "EFAULT", "bpf": "EINVAL"}
 
@@ -184,7 +184,7 @@ UNSANDBOXED_ERRNO = {"execveat": "EBADF", "perf_event_open": "EFAULT", "bpf": "E
 class Lab:
     """Everything one module run shares: dirs, the bundle, listeners, arguments."""
 
-    root: Path  # /tmp/sandrun-escape-XXXX, 0755
+    root: Path  # /var/lib/sandrun-escape-XXXX, 0755
     store: Path
     bundle: Path
     args: dict[str, str]
@@ -251,7 +251,9 @@ def lab() -> Iterator[Lab]:
     need(os.geteuid() == 0, "this test needs root")
     need(os.path.exists("/proc/sys/kernel/seccomp/actions_avail"), "seccomp is not available")
     need(_landlock_abi() >= 1, "Landlock is not available on this kernel")
-    root = Path(tempfile.mkdtemp(prefix="sandrun-escape-", dir="/tmp"))
+    # Not under /tmp: the sandbox's /tmp is a private tmpfs, where the lab's files would
+    # be absent (ENOENT) rather than denied.
+    root = Path(tempfile.mkdtemp(prefix="sandrun-escape-", dir="/var/lib"))
     try:
         root.chmod(0o755)
         store = root / "store"

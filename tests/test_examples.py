@@ -140,7 +140,8 @@ def processes_of(uid: int) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def work(require_root: None, require_landlock: int, require_seccomp: None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sandrun-examples-", dir="/tmp"))
+    # Not under /tmp: the sandbox has a private /tmp (absent there, not denied).
+    path = Path(tempfile.mkdtemp(prefix="sandrun-examples-", dir="/var/lib"))
     path.chmod(0o755)  # the venv deployment's user must reach its venv inside
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -182,6 +183,9 @@ def sandrun_gunicorn(work: Path, bundle: Path, app: str,
                      workers: int = 2) -> Iterator[subprocess.Popen[str]]:
     """`sandrun exec BUNDLE -- -b 127.0.0.1:8000 -w N APP`, serving once the context opens."""
     assert port_is_free(PORT), f"port {PORT} is taken: the example's profile binds {PORT} only"
+    # The example's profile asks for port 8000 beyond `default`: the operator approves it.
+    approved = sandrun("approve", "--store", str(work / "store"), "--yes", str(bundle))
+    assert approved.returncode == 0, approved.stderr
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandrun", "exec", "--store", str(work / "store"), str(bundle),
          "--", "-b", f"127.0.0.1:{PORT}", "-w", str(workers), app],

@@ -112,7 +112,7 @@ def test_runs_as_dedicated_user_with_scrubbed_env(world: dict[str, Path]) -> Non
     assert proc.returncode == 0, proc.stderr
     env = dict(line.split("=", 1) for line in proc.stdout.splitlines())
     state = world["store"] / "state" / "exectest"
-    assert env == {"HOME": str(state), "TMPDIR": f"{state}/tmp", "LANG": "C.UTF-8",
+    assert env == {"HOME": str(state), "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                    "TZ": "Europe/Paris",
                    "PATH": "/usr/local/bin:/usr/bin:/bin"}
     user = pwd.getpwnam("sandrun-exectest")
@@ -125,9 +125,13 @@ def test_store_layout(world: dict[str, Path]) -> None:
     assert exec_app(world, "hello").returncode == 0
     store = world["store"]
     tree = store / "apps" / bundle_sha(world)
+    user = pwd.getpwnam("sandrun-exectest")
+    top = os.lstat(tree)  # root and the app's group only (test_store_paths.py)
+    assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (0, user.pw_gid, 0o750)
     for dirpath, _dirnames, filenames in os.walk(tree):
         st = os.lstat(dirpath)
-        assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o555, dirpath
+        assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == (0o750 if dirpath == str(tree)
+                                                               else 0o555), dirpath
         for name in filenames:
             st = os.lstat(os.path.join(dirpath, name))
             assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) in (0o444, 0o555)
@@ -207,6 +211,7 @@ def test_tampered_store_is_refused(world: dict[str, Path]) -> None:
     target = tree / "site-packages" / "exectest.py"
     original = target.read_bytes()
 
+    top_mode = tree.stat().st_mode & 0o7777
     tree.chmod(0o755)
     (tree / "site-packages").chmod(0o755)
     try:
@@ -228,7 +233,7 @@ def test_tampered_store_is_refused(world: dict[str, Path]) -> None:
         target.write_bytes(original.replace(b"refusing", b"REFUSING"))
         target.chmod(0o444)
         (tree / "site-packages").chmod(0o555)
-        tree.chmod(0o555)
+        tree.chmod(top_mode)
         for extra_args in ((), ("--verify", "full")):
             proc = exec_app(world, "hello", store=store, extra=extra_args)
             assert proc.returncode == 125
@@ -357,7 +362,9 @@ def test_non_root_runs_as_invoking_user_under_landlock(world: dict[str, Path]) -
                           preexec_fn=drop, cwd=str(home), check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[:2] == ["hello", "65534"]
-    assert (home / ".cache" / "sandrun" / "apps" / bundle_sha(world)).is_dir()
+    tree = home / ".cache" / "sandrun" / "apps" / bundle_sha(world)
+    assert tree.is_dir()  # the user's own store: the tree is the user's alone, read-only
+    assert (tree.stat().st_uid, stat.S_IMODE(tree.stat().st_mode)) == (65534, 0o500)
     # HOME belongs to the invoking user, yet the app may not write there (Landlock), and
     # has no network under the default profile (seccomp).
     outside = home / "outside.txt"

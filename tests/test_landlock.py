@@ -146,7 +146,9 @@ def landlock_abi(require_root: None, require_landlock: int) -> int:
 @pytest.fixture
 def tree() -> Iterator[Tree]:
     # Not pytest's tmp_path: its parents are 0700 and nobody could not traverse them.
-    base = Path(tempfile.mkdtemp(prefix="sandrun-landlock-", dir="/tmp"))
+    # Not under /tmp: a symlink in sticky, world-writable /tmp is one the launcher refuses
+    # to follow (tests/test_isolation.py), and this fixture tests Landlock itself.
+    base = Path(tempfile.mkdtemp(prefix="sandrun-landlock-", dir="/var/lib"))
     try:
         base.chmod(0o755)
         made = Tree(base, base / "ro", base / "rw", base / "rw2", base / "ex", base / "secret")

@@ -57,7 +57,7 @@ NR = {name: number for name, number in (
     ("bpf", 321), ("perf_event_open", 298), ("personality", 135), ("memfd_create", 319),
     ("ioctl", 16), ("socket", 41), ("socketpair", 53), ("execveat", 322), ("kcmp", 312),
     ("process_vm_readv", 310), ("getpid", 39), ("timerfd_create", 283), ("alarm", 37),
-    ("name_to_handle_at", 303),
+    ("name_to_handle_at", 303), ("inotify_init1", 294), ("inotify_add_watch", 254),
 )}
 
 
@@ -557,6 +557,26 @@ def test_group_does_not_allow_dangerous_members(require_root: None,
 
 
 @pytest.mark.root
+def test_inotify_is_opt_in(require_root: None, require_seccomp: None) -> None:
+    """Landlock does not mediate inotify: watches on /etc (outside any grant) must fail
+    under the default filter and work only where the profile names the calls."""
+    def probe(_: object) -> list[int]:
+        refuse_root()
+        fd = raw("inotify_init1", 0)
+        watch = raw("inotify_add_watch", fd, b"/etc", 0x100) if fd >= 0 else fd
+        return [fd, watch]
+
+    result, status = run_child(probe, seccomp.compile_filter(SeccompPolicy()))
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert result == [-errno.EPERM, -errno.EPERM]
+    allowed = SeccompPolicy(allow=("inotify_init1", "inotify_add_watch"))
+    result, status = run_child(probe, seccomp.compile_filter(allowed))
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert result[0] >= 0 and result[1] >= 0
+    assert any("inotify" in line for line in seccomp.describe(SeccompPolicy()))
+
+
+@pytest.mark.root
 def test_network_policy_allows_inet(require_root: None, require_seccomp: None) -> None:
     def probe(_: object) -> list[int]:
         return [probe_socket(socket.AF_INET), probe_socket(socket.AF_INET6),
@@ -730,6 +750,7 @@ def test_baseline_shape() -> None:
     assert {"read", "write", "openat", "mmap", "futex", "clone", "execve", "ioctl", "socket",
             "epoll_wait", "rseq", "getrandom", "wait4"} <= base
     assert {"clone3", "ptrace", "io_uring_setup", "memfd_create", "userfaultfd"}.isdisjoint(base)
+    assert seccomp.OPT_IN.keys().isdisjoint(base)
 
 
 def test_describe_lines() -> None:

@@ -88,7 +88,9 @@ def sandrun(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def base(require_root: None, require_landlock: int, require_seccomp: None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sandrun-profiles-", dir="/tmp"))
+    # Not under /tmp: the sandbox's /tmp is private, so a path there would be absent
+    # (ENOENT) inside rather than denied by Landlock, which is what these tests show.
+    path = Path(tempfile.mkdtemp(prefix="sandrun-profiles-", dir="/var/lib"))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -151,6 +153,7 @@ def test_web_profile_serves_gunicorn(base: Path) -> None:
                    "--find-links", str(cached_wheels("gunicorn")), "-c", "gunicorn", "-p", "web",
                    "--name", "webtest", "-o", str(bundle))
     assert proc.returncode == 0, proc.stderr
+    approve(base, bundle)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -179,6 +182,12 @@ def test_web_profile_serves_gunicorn(base: Path) -> None:
     assert "Permission denied" in refused.stderr
 
 
+def approve(base: Path, bundle: Path) -> None:
+    """The shipped profiles other than `default` grant more: the operator approves them."""
+    proc = sandrun("approve", "--store", str(base / "store"), "--yes", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"served by the test\n"
@@ -193,6 +202,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 def test_client_profile_connects_to_80_only(base: Path) -> None:
     bundle = bundle_app(base, "fetcher", CLIENT, "client")
+    approve(base, bundle)
     servers = []
     for port in (80, free_port()):
         srv = http.server.HTTPServer(("127.0.0.1", port), _Handler)
@@ -213,6 +223,7 @@ def test_client_profile_connects_to_80_only(base: Path) -> None:
 
 def test_cli_profile_works_in_its_directory_only(base: Path) -> None:
     bundle = bundle_app(base, "clitool", CLITOOL, "cli")
+    approve(base, bundle)
     work = base / "work"
     work.mkdir()
     (work / "input.txt").write_text("shout\n")

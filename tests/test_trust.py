@@ -327,11 +327,26 @@ def test_min_version_is_a_pep440_comparison(tmp_path: Path, keys: dict[str, Path
 
 def test_min_version_with_an_unparsable_app_version(tmp_path: Path,
                                                     keys: dict[str, Path]) -> None:
+    # The manifest itself refuses a version that is not PEP 440 ...
+    files = default_files()
+    nightly = dataclasses.replace(make_manifest(files), app_version="nightly")
+    result = verify_bundle(write(tmp_path, bundle_bytes(files, manifest=nightly), "n.pyz"))
+    assert [(p.where, "not a PEP 440 version" in p.what) for p in result.problems] == [
+        (f"{MANIFEST_NAME}: app.version", True)]
+    # ... and the policy still refuses one it is handed (defence in depth).
     policy = standard_policy(tmp_path, keys)
-    only(check(policy, make(tmp_path, keys["release"], version="nightly")),
-         "demo version 'nightly' is not a PEP 440 version", "minimum 1.0")
+    signed = make(tmp_path, keys["release"])
+    assert signed.manifest is not None
+    problems = check_trust(policy, dataclasses.replace(signed.manifest, app_version="nightly"),
+                           signed.signature_status, "app.pyz")
+    assert any("demo version 'nightly' is not a PEP 440 version" in p.what
+               and "minimum 1.0" in p.what for p in problems), problems
     # Apps without a floor are not compared at all.
-    assert check(policy, make(tmp_path, keys["release"], app="web-x", version="nightly")) == []
+    web_x = make(tmp_path, keys["release"], app="web-x")
+    assert web_x.manifest is not None
+    problems = check_trust(policy, dataclasses.replace(web_x.manifest, app_version="nightly"),
+                           web_x.signature_status, "app.pyz")
+    assert not any("PEP 440" in p.what for p in problems), problems
 
 
 def test_every_failing_rule_is_reported(tmp_path: Path, keys: dict[str, Path]) -> None:

@@ -110,13 +110,14 @@ def test_changed_tree_is_refused_not_run(world: dict[str, Path]) -> None:
     assert run_exec(world).returncode == 0
     tree = next(p for p in (world["store"] / "apps").iterdir() if p.is_dir())
     target = tree / "site-packages" / "warmapp.py"
+    top_mode = tree.stat().st_mode & 0o7777  # 0750: root and the app's group
     for directory in (tree, tree / "site-packages"):
         directory.chmod(0o755)
     target.chmod(0o644)
     target.write_text(target.read_text().replace("hi", "HI"))  # same size
     target.chmod(0o444)
-    for directory in (tree / "site-packages", tree):
-        directory.chmod(0o555)
+    (tree / "site-packages").chmod(0o555)
+    tree.chmod(top_mode)
     assert warm_spec(world) is None
     proc = run_exec(world)
     assert proc.returncode == 125

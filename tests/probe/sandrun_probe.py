@@ -540,9 +540,10 @@ def write_outside(directory: str) -> str:
 
 
 @attack
-def write_tmp(_: str) -> str:
-    """Create a file in /tmp (1777: DAC allows it; Landlock: EACCES)."""
-    path = f"/tmp/sandrun-probe-{os.getpid()}"
+def write_devshm(_: str) -> str:
+    """Create a file in /dev/shm (1777 and shared with the host: DAC allows it; Landlock:
+    EACCES). /tmp is the sandbox's own private tmpfs, writable by design."""
+    path = f"/dev/shm/sandrun-probe-{os.getpid()}"
     create_file(path)
     os.unlink(path)
     return f"created {path}"
