@@ -705,7 +705,7 @@ def bench_seccomp(inp: Inputs, iterations: int, reps: int, report: Report) -> No
     # Filter only: sandrun's default filter loaded in a forked child before exec.
     note_filter = ""
     try:
-        from sandrun import seccomp as sc
+        from sandrun.sandbox import seccomp as sc
 
         bpf = sc.compile_filter(sc.SeccompPolicy())
 

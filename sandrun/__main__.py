@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["exec"]:
         from sandrun.errors import SandrunError
-        from sandrun.warm_exec import try_warm_exec
+        from sandrun.launch.warm_exec import try_warm_exec
 
         try:
             code = try_warm_exec(args[1:])

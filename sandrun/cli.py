@@ -73,10 +73,10 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
            index_url: str | None, profile: str, name: str | None, python_version: str | None,
            platforms: tuple[str, ...], lock: Path | None, sign_key: Path | None) -> None:
     """Freeze REQs (wheels only) into a reproducible, verifiable zipapp."""
-    from sandrun.builder import BundleRequest, build_bundle
+    from sandrun.build.builder import BundleRequest, build_bundle
 
     if sign_key is not None:  # a bad key fails before the build, not after
-        from sandrun.signing import load_private_key
+        from sandrun.supply.signing import load_private_key
 
         load_private_key(sign_key)
 
@@ -92,7 +92,7 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
     if sign_key is not None:
         import hashlib
 
-        from sandrun.signing import sign_bundle
+        from sandrun.supply.signing import sign_bundle
 
         signed = sign_bundle(result.path, sign_key).describe()
         sha256 = hashlib.sha256(result.path.read_bytes()).hexdigest()
@@ -140,14 +140,15 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
           audit_severity: str, adopt: bool, as_json: bool, bundle_path: str,
           args: tuple[str, ...]) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
-    from sandrun import runner, warm_exec
-    from sandrun.launcher import (
+    from sandrun.launch import runner
+    from sandrun.launch.launcher import (
         ExecOptions,
         decide,
         materialise,
         plan_to_json,
         render_plan,
         run_spec,
+        save_record,
     )
 
     if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
@@ -171,7 +172,7 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
     for notice in plan.notices:
         click.echo(f"sandrun: {notice}", err=True)
     spec = run_spec(plan)
-    warm_exec.save_record(options, plan, spec)
+    save_record(options, plan, spec)
     return runner.launch(spec, plan.args)
 
 
@@ -186,13 +187,13 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
 def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
             bundle_path: str) -> int:
     """Show what BUNDLE's embedded profile asks for beyond `default`; record approval."""
-    from sandrun import consent
-    from sandrun.archive import parse_archive
-    from sandrun.manifest import PROFILE_NAME
-    from sandrun.profile import load_profile_text
-    from sandrun.safefile import read_bundle
-    from sandrun.store import default_store_path
-    from sandrun.verify import verify_archive
+    from sandrun.bundle.archive import parse_archive
+    from sandrun.bundle.manifest import PROFILE_NAME
+    from sandrun.bundle.verify import verify_archive
+    from sandrun.config.profile import load_profile_text
+    from sandrun.launch import consent
+    from sandrun.launch.safefile import read_bundle
+    from sandrun.launch.store import default_store_path
 
     data, sha256 = read_bundle(bundle_path)
     result = verify_archive(parse_archive(data, bundle_path))
@@ -202,7 +203,7 @@ def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
     entry = next(e for e in result.archive.entries if e.name == PROFILE_NAME)
     requested = load_profile_text(result.archive.read(entry).decode("utf-8"),
                                   f"{bundle_path}:{entry.name}", None)
-    from sandrun.store import Store
+    from sandrun.launch.store import Store
 
     store_obj = Store(Path(store) if store else default_store_path(), os.geteuid())
     extra = consent.extra_grants(requested, [consent.default_profile()])
@@ -240,12 +241,12 @@ def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
               "policy (exit 1 if it would be refused).")
 def verify(bundle_path: str, trust: str | None) -> int:
     """Check a bundle's integrity and signature; list every problem (exit 1 if any)."""
-    from sandrun.verify import verify_bundle
+    from sandrun.bundle.verify import verify_bundle
 
     result = verify_bundle(bundle_path)
     problems = list(result.problems)
     if trust and result.manifest is not None:
-        from sandrun.trust import check_trust, load_trust_policy
+        from sandrun.supply.trust import check_trust, load_trust_policy
 
         problems += check_trust(load_trust_policy(Path(trust)), result.manifest,
                                 result.signature_status, bundle_path)
@@ -270,7 +271,8 @@ def verify(bundle_path: str, trust: str | None) -> int:
               "signatures (default user@hostname).")
 def keygen(output: Path, identity: str | None) -> None:
     """Create an Ed25519 signing key (OpenSSH format); never overwrites."""
-    from sandrun.signing import fingerprint, generate_key, parse_public_key
+    from sandrun.bundle.signature import fingerprint, parse_public_key
+    from sandrun.supply.signing import generate_key
 
     private, public = generate_key(output, identity)
     key = parse_public_key(public.read_text().strip(), str(public))
@@ -284,7 +286,7 @@ def keygen(output: Path, identity: str | None) -> None:
               type=click.Path(dir_okay=False, path_type=Path), help="Private key.")
 def sign(bundle_path: Path, key_path: Path) -> None:
     """Sign BUNDLE's manifest digest (replaces an earlier signature)."""
-    from sandrun.signing import sign_bundle
+    from sandrun.supply.signing import sign_bundle
 
     info = sign_bundle(bundle_path, key_path)
     click.echo(f"{bundle_path}: {info.describe()}")
@@ -299,7 +301,7 @@ def trust() -> None:
 @click.argument("policy_file", metavar="[FILE]", required=False)
 def trust_check(policy_file: str | None) -> None:
     """Validate a trust policy (default /etc/sandrun/trust.toml); list its signers."""
-    from sandrun.trust import DEFAULT_TRUST_PATH, load_trust_policy
+    from sandrun.supply.trust import DEFAULT_TRUST_PATH, load_trust_policy
 
     policy = load_trust_policy(Path(policy_file) if policy_file else DEFAULT_TRUST_PATH)
     click.echo(f"{policy.path}: OK ({len(policy.signers)} signer(s))")
@@ -332,7 +334,7 @@ def inspect(bundle_path: str, as_json: bool, sbom: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def audit(bundle_path: str, osv_path: Path, as_json: bool) -> int:
     """Offline vulnerability audit of a bundle's dependencies (exit 1 if vulnerable)."""
-    from sandrun.audit import (
+    from sandrun.supply.audit import (
         audit_bundle,
         load_osv_database,
         render_text,
@@ -353,8 +355,8 @@ def audit(bundle_path: str, osv_path: Path, as_json: bool) -> int:
               metavar="FILE", help="Write here (default: stdout).")
 def lock(bundle_path: str, output: Path | None) -> None:
     """Hash-pinned requirements (name==version --hash) of exactly what BUNDLE contains."""
-    from sandrun.lockfile import requirements_from_manifest
-    from sandrun.verify import verify_bundle
+    from sandrun.build.lockfile import requirements_from_manifest
+    from sandrun.bundle.verify import verify_bundle
 
     result = verify_bundle(bundle_path)
     result.raise_for_problems(f"bundle {bundle_path}")
@@ -375,7 +377,7 @@ def profile() -> None:
 @profile.command(name="list")
 def profile_list() -> None:
     """Shipped profiles and what they are for."""
-    from sandrun.profile import shipped_profiles
+    from sandrun.config.profile import shipped_profiles
 
     items = shipped_profiles()
     width = max((len(n) for n, _ in items), default=0)
@@ -387,8 +389,8 @@ def profile_list() -> None:
 @click.argument("name_or_file", metavar="NAME|FILE")
 def profile_show(name_or_file: str) -> None:
     """The fully resolved profile, and what this kernel enforces of it."""
-    from sandrun.profile import load_profile, render_toml
-    from sandrun.profile_report import enforcement_summary
+    from sandrun.config.profile import load_profile, render_toml
+    from sandrun.sandbox.report import enforcement_summary
 
     resolved = load_profile(name_or_file)
     click.echo(render_toml(resolved).rstrip())
@@ -401,7 +403,7 @@ def profile_show(name_or_file: str) -> None:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 def profile_check(files: tuple[str, ...]) -> int:
     """Validate profile files; report every problem (exit 1 if any)."""
-    from sandrun.profile import check_files
+    from sandrun.config.profile import check_files
 
     problems = check_files(list(files))
     for problem in problems:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sandrun.bundle.manifest import MANIFEST_NAME, PROFILE_NAME
 from sandrun.errors import BundleError, SandrunError, VerificationError
-from sandrun.manifest import MANIFEST_NAME, PROFILE_NAME
 
 if TYPE_CHECKING:
-    from sandrun.archive import StrictArchive
-    from sandrun.signing import SignatureStatus
+    from sandrun.bundle.archive import StrictArchive
+    from sandrun.bundle.signature import SignatureStatus
 
 
 def describe_bundle(path: str) -> dict[str, Any]:
-    from sandrun.profile import load_profile_text
-    from sandrun.verify import verify_bundle
+    from sandrun.bundle.verify import verify_bundle
+    from sandrun.config.profile import load_profile_text
 
     result = verify_bundle(path)
     m = result.manifest
@@ -56,7 +56,7 @@ def describe_bundle(path: str) -> dict[str, Any]:
 
 
 def _sbom_info(archive: StrictArchive) -> dict[str, Any]:
-    from sandrun.sbom import load_sbom, sbom_summary
+    from sandrun.build.sbom import load_sbom, sbom_summary
 
     try:
         sbom = load_sbom(archive)
@@ -67,8 +67,8 @@ def _sbom_info(archive: StrictArchive) -> dict[str, Any]:
 
 def embedded_sbom(path: str) -> bytes:
     """The SBOM's exact (signed) bytes, after verifying the bundle."""
-    from sandrun.sbom import read_sbom
-    from sandrun.verify import verify_bundle
+    from sandrun.build.sbom import read_sbom
+    from sandrun.bundle.verify import verify_bundle
 
     result = verify_bundle(path)
     result.raise_for_problems(f"bundle {path}")
@@ -130,8 +130,8 @@ def render_text(info: dict[str, Any]) -> str:
 
 def profile_to_json(profile: Any) -> dict[str, Any]:
     """Every key of the flattened profile, its TOML, and what it asks beyond `default`."""
-    from sandrun.consent import default_profile, extra_grants
-    from sandrun.profile import render_toml
+    from sandrun.config.profile import render_toml
+    from sandrun.launch.consent import default_profile, extra_grants
 
     return {
         "name": profile.name, "description": profile.description,

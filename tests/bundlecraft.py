@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sandrun.archive import (
+from sandrun.bundle.archive import (
     CENTRAL_HEADER,
     CENTRAL_SIG,
     CREATE_SYSTEM_UNIX,
@@ -38,7 +38,7 @@ from sandrun.archive import (
     ZIP_VERSION,
     write_archive,
 )
-from sandrun.manifest import MANIFEST_NAME, EntryRecord, Manifest, Target, normalise_mode
+from sandrun.bundle.manifest import MANIFEST_NAME, EntryRecord, Manifest, Target, normalise_mode
 
 PREAMBLE = b"#!/usr/bin/env python3\n"
 DATE_TIME = (2020, 1, 1, 0, 0, 0)

@@ -32,7 +32,7 @@ from bundlecraft import (
     write,
 )
 
-from sandrun.archive import (
+from sandrun.bundle.archive import (
     ARCHIVE,
     DEFLATED,
     MAX_RATIO,
@@ -47,7 +47,7 @@ from sandrun.archive import (
     parse_archive,
     write_archive,
 )
-from sandrun.archive import PREAMBLE as PREAMBLE_WHERE
+from sandrun.bundle.archive import PREAMBLE as PREAMBLE_WHERE
 from sandrun.errors import ArchiveError
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from wheelcraft import hello_wheelhouse
 
-from sandrun.audit import (
+from sandrun.build.builder import BundleRequest, build_bundle
+from sandrun.errors import AuditError, UsageError, VerificationError
+from sandrun.supply.audit import (
     SEVERITY_LEVELS,
     AuditReport,
     Finding,
@@ -24,8 +26,6 @@ from sandrun.audit import (
     render_text,
     report_to_json,
 )
-from sandrun.builder import BundleRequest, build_bundle
-from sandrun.errors import AuditError, UsageError, VerificationError
 
 HERE = Path(__file__).resolve().parent
 DB = HERE / "osv" / "db"

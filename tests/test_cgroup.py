@@ -1,4 +1,4 @@
-"""Per-launch resource limits (sandrun/cgroup.py) on the real kernel, and the v2 logic on a fake.
+"""Per-launch resource limits (sandbox/cgroup.py) on the real kernel, and v2 logic on a fake.
 
 This machine's layout is hybrid: the memory, pids and cpu controllers are on cgroup v1, and the
 v2 mount has none of them (only hugetlb). So:
@@ -28,8 +28,8 @@ from typing import ClassVar
 
 import pytest
 
-from sandrun import cgroup
 from sandrun.errors import EnforcementError
+from sandrun.sandbox import cgroup
 
 NOBODY = pwd.getpwnam("nobody")
 MiB = 1 << 20

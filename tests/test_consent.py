@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from wheelcraft import make_wheel
 
-from sandrun import consent
-from sandrun.profile import load_profile, load_profile_text
-from sandrun.store import Store
+from sandrun.config.profile import load_profile, load_profile_text
+from sandrun.launch import consent
+from sandrun.launch.store import Store
 
 APP = '''\
 import os, sys

@@ -33,22 +33,27 @@ from bundlecraft import (
 )
 from wheelcraft import make_wheel
 
+from sandrun.bundle.manifest import MANIFEST_NAME, Manifest, canonical_json, manifest_field_problems
+from sandrun.bundle.verify import verify_bundle
 from sandrun.errors import (
     BundleError,
     InterpreterNotFound,
     UserError,
     VerificationError,
 )
-from sandrun.interpreter import candidates, describe_interpreter, find_interpreter, name_version
-from sandrun.manifest import MANIFEST_NAME, Manifest, canonical_json, manifest_field_problems
-from sandrun.trust import app_glob_matches, app_glob_pattern
-from sandrun.users import (
+from sandrun.launch.interpreter import (
+    candidates,
+    describe_interpreter,
+    find_interpreter,
+    name_version,
+)
+from sandrun.launch.users import (
     check_user,
     default_user_name,
     default_user_problems,
     resolve_user,
 )
-from sandrun.verify import verify_bundle
+from sandrun.supply.trust import app_glob_matches, app_glob_pattern
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_A = "a" * 24 + "x"  # 25 characters: sandrun-<name> would be 33

@@ -34,8 +34,9 @@ import pytest
 from conftest import need
 from wheelcraft import make_wheel
 
-from sandrun import runner
 from sandrun.errors import EnforcementError
+from sandrun.launch import runner
+from sandrun.sandbox import kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -152,9 +153,9 @@ def main():
 
 DRIVER = '''\
 import json, sys
-from sandrun import runner
+from sandrun.launch import runner
 from sandrun.errors import SandrunError
-from sandrun.launcher import ExecOptions, prepare, run_spec
+from sandrun.launch.launcher import ExecOptions, prepare, run_spec
 
 opts = json.loads(sys.argv[1])
 try:
@@ -303,7 +304,7 @@ def test_root_links_in_root_dirs_are_followed(paths: Path) -> None:
                         (f"{paths}/trusted/rel", f"{paths}/trusted2/file"),
                         ("/etc/localtime", "/etc/localtime"),
                         (f"{paths}/open", f"{paths}/open")):
-        fd = runner.open_trusted_path(given)
+        fd = kernel.open_trusted_path(given)
         try:
             assert _same_file(fd, real), given
             assert os.fstat(fd)  # an O_PATH fd: enough for fstat, rules and mounts
@@ -322,30 +323,30 @@ def test_root_links_in_root_dirs_are_followed(paths: Path) -> None:
 ])
 def test_links_others_can_change_are_refused(paths: Path, given: str, where: str) -> None:
     with pytest.raises(EnforcementError) as info:
-        runner.open_trusted_path(f"{paths}/{given}")
+        kernel.open_trusted_path(f"{paths}/{given}")
     assert f"{paths}/{where} {SYMLINK_REFUSED}" in info.value.message
 
 
 def test_other_paths_refused_or_missing(paths: Path) -> None:
     with pytest.raises(EnforcementError, match="owned by uid 65534"):
-        runner.open_trusted_path(f"{paths}/trusted/nobodys")
+        kernel.open_trusted_path(f"{paths}/trusted/nobodys")
     with pytest.raises(EnforcementError, match="leads back out of"):
-        runner.open_trusted_path(f"{paths}/trusted/out_of_open")
+        kernel.open_trusted_path(f"{paths}/trusted/out_of_open")
     with pytest.raises(EnforcementError, match=r"contains '\.\.'"):
-        runner.open_trusted_path(f"{paths}/trusted/../trusted2/file")
+        kernel.open_trusted_path(f"{paths}/trusted/../trusted2/file")
     with pytest.raises(EnforcementError, match="not an absolute path"):
-        runner.open_trusted_path("etc/hostname")
+        kernel.open_trusted_path("etc/hostname")
     with pytest.raises(OSError) as loop:
-        runner.open_trusted_path(f"{paths}/trusted/loop")
+        kernel.open_trusted_path(f"{paths}/trusted/loop")
     assert loop.value.errno == errno.ELOOP
     with pytest.raises(FileNotFoundError):
-        runner.open_trusted_path(f"{paths}/trusted/missing")
+        kernel.open_trusted_path(f"{paths}/trusted/missing")
     with pytest.raises(NotADirectoryError):
-        runner.open_trusted_path(f"{paths}/trusted2/file/below")
+        kernel.open_trusted_path(f"{paths}/trusted2/file/below")
     with pytest.raises(NotADirectoryError):
-        runner.open_trusted_path(f"{paths}/trusted2/file", directory=True)
+        kernel.open_trusted_path(f"{paths}/trusted2/file", directory=True)
     with pytest.raises(IsADirectoryError):
-        runner.open_trusted_path(f"{paths}/trusted2", directory=False)
+        kernel.open_trusted_path(f"{paths}/trusted2", directory=False)
 
 
 def test_runspec_new_fields_have_defaults() -> None:

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 from conftest import need
 
-from sandrun import landlock, runner
 from sandrun.errors import EnforcementError
-from sandrun.landlock import (
+from sandrun.sandbox import kernel, landlock
+from sandrun.sandbox.landlock import (
     ENFORCED,
     NOT_ENFORCED,
     PARTIAL,
@@ -310,17 +310,17 @@ def test_bad_port_refused(landlock_abi: int) -> None:
         landlock.prepare(LandlockPolicy(paths=(), bind_tcp=(70000,)))
 
 
-def test_file_rights_agree_with_the_runner() -> None:
-    assert runner.FS_FILE_RIGHTS == landlock.FS_FILE_RIGHTS
+def test_file_rights_agree_with_the_kernel_module() -> None:
+    assert kernel.FS_FILE_RIGHTS == landlock.FS_FILE_RIGHTS
 
 
 def test_syscall_failure_names_the_errno(landlock_abi: int) -> None:
     # The PyPI binding misreads errno; here a closed fd must come back as EBADF.
-    attr = runner._NetPortAttr(allowed_access=runner.ACCESS_NET_BIND_TCP, port=1)
+    attr = kernel._NetPortAttr(allowed_access=kernel.ACCESS_NET_BIND_TCP, port=1)
     unused_fd = os.open("/dev/null", os.O_RDONLY)
     os.close(unused_fd)
     with pytest.raises(EnforcementError, match="EBADF"):
-        runner._add_rule(unused_fd, runner.LANDLOCK_RULE_NET_PORT, attr, "test")
+        kernel._add_rule(unused_fd, kernel.LANDLOCK_RULE_NET_PORT, attr, "test")
 
 
 def test_restrict_self_requires_no_new_privs(landlock_abi: int, tree: Tree) -> None:

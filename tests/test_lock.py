@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from wheelcraft import hello_wheelhouse, make_wheel
 
-from sandrun.builder import BundleRequest, _target, build_bundle
+from sandrun.build.builder import BundleRequest, _target, build_bundle
+from sandrun.build.lockfile import marker_environment, requirements_from_manifest, select_wheels
+from sandrun.bundle.manifest import Target
+from sandrun.bundle.verify import verify_bundle
 from sandrun.errors import LockFileError, UsageError
-from sandrun.lockfile import marker_environment, requirements_from_manifest, select_wheels
-from sandrun.manifest import Target
-from sandrun.verify import verify_bundle
 
 HERE = Path(__file__).resolve().parent
 INVALID = HERE / "lock" / "invalid"

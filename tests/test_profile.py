@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandrun.errors import EXIT_REFUSED, Problem, ProfileError
-from sandrun.profile import (
+from sandrun.config.profile import (
     DNS_FILES,
     LANDLOCK_ABI_MAX,
     PLACEHOLDERS,
@@ -27,6 +26,7 @@ from sandrun.profile import (
     shipped_profile_path,
     shipped_profiles,
 )
+from sandrun.errors import EXIT_REFUSED, Problem, ProfileError
 
 HERE = Path(__file__).parent / "profiles"
 INVALID = sorted((HERE / "invalid").glob("*.toml"))

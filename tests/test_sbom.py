@@ -16,12 +16,12 @@ import pytest
 from bundlecraft import make_bundle
 from wheelcraft import make_wheel
 
-from sandrun.archive import open_archive
-from sandrun.builder import BundleRequest, BundleResult, build_bundle
+from sandrun.build.builder import BundleRequest, BundleResult, build_bundle
+from sandrun.build.sbom import load_sbom, parse_sbom, read_sbom, sbom_summary
+from sandrun.bundle.archive import open_archive
+from sandrun.bundle.manifest import SBOM_NAME
+from sandrun.bundle.verify import verify_bundle
 from sandrun.errors import BundleError
-from sandrun.manifest import SBOM_NAME
-from sandrun.sbom import load_sbom, parse_sbom, read_sbom, sbom_summary
-from sandrun.verify import verify_bundle
 
 LONG_LICENSE = "Copyright (c) the authors.\n\nPermission is hereby granted, free of charge..."
 
@@ -229,7 +229,7 @@ def test_wheel_carried_sbom_is_merged_without_duplicates(built: tuple) -> None:
 BUILD_SCRIPT = """
 import sys
 from pathlib import Path
-from sandrun.builder import BundleRequest, build_bundle
+from sandrun.build.builder import BundleRequest, build_bundle
 build_bundle(BundleRequest(output=Path(sys.argv[2]), requirements=("myapp", "lic-long", "native"),
                            console_script="myapp", find_links=(sys.argv[1],), no_index=True))
 """
@@ -268,7 +268,7 @@ def test_source_date_epoch_sets_the_timestamp_and_serial(wheelhouse: Path, built
 def test_classifier_table_names_real_spdx_ids() -> None:
     from cyclonedx.spdx import is_supported_id
 
-    from sandrun.sbom import CLASSIFIER_SPDX
+    from sandrun.build.sbom import CLASSIFIER_SPDX
 
     assert all(is_supported_id(i) for i in CLASSIFIER_SPDX.values())
 
@@ -285,7 +285,7 @@ def test_license_field(field: str, expected: dict[str, Any]) -> None:
     from cyclonedx.model.component import Component
     from cyclonedx.output.json import JsonV1Dot6
 
-    from sandrun.sbom import _licenses
+    from sandrun.build.sbom import _licenses
 
     component = Component(name="x", version="1", bom_ref="x",
                           licenses=_licenses(None, field, []))

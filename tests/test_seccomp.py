@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 from conftest import need
 
-from sandrun import seccomp
 from sandrun.errors import EnforcementError
-from sandrun.seccomp import SeccompPolicy
-from sandrun.syscall_table import X86_64_SYSCALLS
+from sandrun.sandbox import seccomp
+from sandrun.sandbox.seccomp import SeccompPolicy
+from sandrun.sandbox.syscall_table import X86_64_SYSCALLS
 
 NOBODY = 65534
 PR_SET_NO_NEW_PRIVS = 38

@@ -35,24 +35,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from wheelcraft import hello_wheelhouse
 
-from sandrun.archive import END_RECORD, open_archive, write_archive
-from sandrun.errors import KeyFileError, SignatureError, VerificationError
-from sandrun.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
-from sandrun.signing import (
+from sandrun.bundle.archive import END_RECORD, open_archive, write_archive
+from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
+from sandrun.bundle.signature import (
     SIGNATURE_DOMAIN,
     PublicKey,
     SignatureInfo,
     SignatureState,
-    default_identity,
     fingerprint,
-    generate_key,
-    load_private_key,
     parse_public_key,
     read_signature,
-    sign_bundle,
     signature_status,
 )
-from sandrun.verify import VerifyResult, verify_bundle
+from sandrun.bundle.verify import VerifyResult, verify_bundle
+from sandrun.errors import KeyFileError, SignatureError, VerificationError
+from sandrun.supply.signing import default_identity, generate_key, load_private_key, sign_bundle
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
 SIGNED_AT = 1700000000  # 2023-11-14T22:13:20Z
@@ -399,7 +396,7 @@ def test_resigning_replaces_an_invalid_signature(tmp_path: Path) -> None:
 
 
 def test_a_bundle_from_the_builder_signs_reproducibly(tmp_path: Path) -> None:
-    from sandrun.builder import BundleRequest, build_bundle
+    from sandrun.build.builder import BundleRequest, build_bundle
 
     wheels = hello_wheelhouse(tmp_path / "wheels")
     out = tmp_path / "hello.pyz"

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from wheelcraft import make_wheel
 
-from sandrun import safefile, warm_exec
 from sandrun.errors import BundleError, StoreError
-from sandrun.store import Store
+from sandrun.launch import safefile, warm_exec
+from sandrun.launch.store import Store
 
 NOBODY = 65534
 APP = "pathapp"
@@ -362,7 +362,7 @@ def test_oversized_bundle_is_refused_before_reading(world: dict[str, Path]) -> N
 
 
 def test_read_bundle(world: dict[str, Path]) -> None:
-    from sandrun.archive import MAX_ARCHIVE_SIZE
+    from sandrun.bundle.archive import MAX_ARCHIVE_SIZE
 
     assert safefile.MAX_BUNDLE_SIZE == MAX_ARCHIVE_SIZE  # what `sandrun bundle` may write
     data, sha = safefile.read_bundle(str(world["bundle"]))

@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 from bundlecraft import CORE, DATE_TIME, bundle_bytes, default_files, make_manifest, write
 
-from sandrun.archive import open_archive, write_archive
+from sandrun.bundle.archive import open_archive, write_archive
+from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, EntryRecord
+from sandrun.bundle.signature import SignatureState
+from sandrun.bundle.verify import VerifyResult, verify_bundle
 from sandrun.errors import EXIT_REFUSED, Problem, TrustError
-from sandrun.manifest import MANIFEST_NAME, SIGNATURE_NAME, EntryRecord
-from sandrun.signing import SignatureState, generate_key, load_private_key, sign_bundle
-from sandrun.trust import (
+from sandrun.supply.signing import generate_key, load_private_key, sign_bundle
+from sandrun.supply.trust import (
     DEFAULT_TRUST_PATH,
     TrustPolicy,
     check_trust,
@@ -29,7 +31,6 @@ from sandrun.trust import (
     load_trust_policy,
     require_trust,
 )
-from sandrun.verify import VerifyResult, verify_bundle
 
 HERE = Path(__file__).parent / "trust"
 INVALID = sorted((HERE / "invalid").glob("*.toml"))

@@ -28,11 +28,11 @@ from bundlecraft import (
     zip64_extra,
 )
 
-from sandrun.archive import ARCHIVE
-from sandrun.archive import PREAMBLE as PREAMBLE_WHERE
+from sandrun.bundle.archive import ARCHIVE
+from sandrun.bundle.archive import PREAMBLE as PREAMBLE_WHERE
+from sandrun.bundle.manifest import MANIFEST_NAME
+from sandrun.bundle.verify import VerifyResult, verify_bundle
 from sandrun.errors import ArchiveError, Problem, VerificationError
-from sandrun.manifest import MANIFEST_NAME
-from sandrun.verify import VerifyResult, verify_bundle
 
 EVIL = "site-packages/demo/evil.py"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from wheelcraft import make_wheel
 
-from sandrun import runner, warm_exec
+from sandrun.launch import runner, warm_exec
 
 APP = '''\
 import os, sys
@@ -162,11 +162,11 @@ def test_option_parsing() -> None:
 
 def test_warm_path_imports_stay_light() -> None:
     """What every warm start pays for: none of the heavy modules of the cold path."""
-    heavy = ["click", "tomllib", "dataclasses", "typing", "pyseccomp", "sandrun.profile",
-             "sandrun.launcher", "cryptography", "re", "json", "pathlib"]
-    root = str(Path(warm_exec.__file__).parent.parent)
+    heavy = ["click", "tomllib", "dataclasses", "typing", "pyseccomp", "sandrun.config.profile",
+             "sandrun.launch.launcher", "cryptography", "re", "json", "pathlib"]
+    root = str(Path(warm_exec.__file__).parent.parent.parent)  # holds the sandrun package
     code = (f"import sys; sys.path.insert(0, {root!r}); "
-            "import sandrun.__main__, sandrun.warm_exec, sandrun.runner; "
+            "import sandrun.__main__, sandrun.launch.warm_exec, sandrun.launch.runner; "
             f"print([m for m in {heavy!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                           text=True, check=True, cwd="/")

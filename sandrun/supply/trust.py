@@ -2,7 +2,7 @@
 
 When a policy is in force (by default when `/etc/sandrun/trust.toml` exists), a bundle
 runs only if it passes every rule; each failing rule is reported on its own, saying
-which rule and how to fix it. Verification (`sandrun.verify`) proves that a bundle is
+which rule and how to fix it. Verification (`sandrun.bundle.verify`) proves that a bundle is
 intact and, if signed, which key signed it; the policy decides whether that is enough.
 
     # /etc/sandrun/trust.toml   (owned by root, not writable by group or others)
@@ -57,16 +57,16 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from sandrun.errors import KeyFileError, Problem, TrustError
-from sandrun.manifest import APP_NAME_RE, SIGNATURE_NAME, Manifest
-from sandrun.profile import TomlLocator  # the same best-effort line finder as profiles
-from sandrun.signing import (
+from sandrun.bundle.manifest import APP_NAME_RE, SIGNATURE_NAME, Manifest
+from sandrun.bundle.signature import (
     SIGN_HINT,
     PublicKey,
     SignatureState,
     SignatureStatus,
     parse_public_key,
 )
+from sandrun.config.profile import TomlLocator  # the same best-effort line finder as profiles
+from sandrun.errors import KeyFileError, Problem, TrustError
 
 DEFAULT_TRUST_PATH = Path("/etc/sandrun/trust.toml")
 MAX_POLICY_BYTES = 1 << 20

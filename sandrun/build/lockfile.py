@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandrun import __version__
+from sandrun.bundle.manifest import Manifest, Target
 from sandrun.errors import LockFileError, Problem
-from sandrun.manifest import Manifest, Target
 
 if TYPE_CHECKING:
     from packaging.pylock import Package, PackageWheel, Pylock
@@ -210,7 +210,7 @@ def _lock_level_problems(lock: Pylock, env: dict[str, str], label: str,
                                 "lock for the target's Python or change --python-version"))
     if lock.environments:
         try:
-            fits = any(m.evaluate(env) for m in lock.environments)  # type: ignore[arg-type]
+            fits = any(m.evaluate(env) for m in lock.environments)
         except Exception:
             fits = False
         if not fits:

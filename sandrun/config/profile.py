@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sandrun.errors import Problem, ProfileError
-from sandrun.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
+from sandrun.sandbox.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
 
 __all__ = [
     "DEFAULT_LANDLOCK_MIN_ABI",
@@ -831,8 +831,8 @@ class _Checker:
 # ---------------------------------------------------------------- loading
 
 def _profiles_dir() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "profiles", here.parent / "profiles"):
+    package = Path(__file__).resolve().parent.parent  # sandrun/
+    for candidate in (package / "profiles", package.parent / "profiles"):
         if candidate.is_dir():
             return candidate
     return None

@@ -31,7 +31,7 @@ from sandrun.errors import AuditError, UsageError
 if TYPE_CHECKING:
     from packaging.version import Version
 
-    from sandrun.manifest import Manifest
+    from sandrun.bundle.manifest import Manifest
 
 SEVERITY_LEVELS = ("low", "moderate", "high", "critical")
 UNKNOWN = "unknown"
@@ -426,8 +426,8 @@ def audit_bundle(bundle_path: str | os.PathLike[str], db: OsvDatabase) -> AuditR
     A bundle that fails verification is refused (VerificationError): its manifest
     cannot be trusted to say what it contains.
     """
+    from sandrun.bundle.verify import verify_bundle
     from sandrun.errors import BundleError
-    from sandrun.verify import verify_bundle
 
     result = verify_bundle(bundle_path)
     result.raise_for_problems(str(bundle_path))
@@ -495,7 +495,7 @@ def _match(advisory: Advisory, name: str, version: str) -> Finding | None:
 
 def _version_sort_key(text: str) -> tuple[int, Any]:
     parsed = _parse_version(text)
-    return (0, parsed) if parsed is not None else (1, text)  # type: ignore[return-value]
+    return (0, parsed) if parsed is not None else (1, text)
 
 
 def _in_range(osv_range: OsvRange, installed: Version | None) -> tuple[bool | None, str]:

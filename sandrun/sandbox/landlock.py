@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandrun import runner
 from sandrun.errors import EnforcementError
-from sandrun.runner import (  # one definition of the kernel constants
+from sandrun.sandbox import kernel
+from sandrun.sandbox.kernel import (  # one definition of the kernel constants
     ACCESS_NET_BIND_TCP,
     ACCESS_NET_CONNECT_TCP,
     SYS_LANDLOCK_CREATE_RULESET,
@@ -108,20 +108,20 @@ def scopes_for_abi(abi: int) -> int:
     return SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
 
 
-# The kernel calls themselves live in runner.py, which the warm exec path imports alone.
+# The kernel calls themselves live in kernel.py, which the warm exec path imports alone.
 
 
 @functools.cache
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is unsupported or disabled."""
-    result, err = runner.syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    result, err = kernel.syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if result >= 0:
         return result
     if err in (errno.ENOSYS, errno.EOPNOTSUPP):
         return 0
     # Anything else (say EPERM from a seccomp filter) is not "no Landlock": say so.
     raise EnforcementError(
-        f"cannot query the Landlock ABI version: {runner.errno_text(err)}",
+        f"cannot query the Landlock ABI version: {kernel.errno_text(err)}",
         "run sandrun outside any seccomp filter that blocks landlock_create_ruleset",
     )
 
@@ -332,7 +332,7 @@ def _check_port(port: int, key: str) -> None:
 
 def ruleset_spec(policy: LandlockPolicy) -> dict[str, Any] | None:
     """The ruleset this kernel will enforce for `policy`, as plain data for
-    `runner.build_ruleset` (cacheable: it depends only on the policy and the ABI).
+    `kernel.build_ruleset` (cacheable: it depends only on the policy and the ABI).
 
     Handles every right the running ABI knows, so whatever is not granted is denied.
     Returns None when Landlock is absent and the policy accepts that (min_abi 0).
@@ -384,14 +384,14 @@ def prepare(policy: LandlockPolicy) -> Prepared:
     spec = ruleset_spec(policy)
     if spec is None:
         return Prepared(ruleset_fd=-1, keep_fds=(), abi=0, statuses=statuses)
-    ruleset_fd = runner.build_ruleset(spec)
+    ruleset_fd = kernel.build_ruleset(spec)
     return Prepared(ruleset_fd=ruleset_fd, keep_fds=(ruleset_fd,), abi=spec["abi"],
                     statuses=statuses, restrict_flags=spec["restrict_flags"])
 
 
 def no_new_privs_set() -> bool:
     """Whether this thread has no_new_privs (required by an unprivileged restrict_self)."""
-    return runner.prctl(PR_GET_NO_NEW_PRIVS) == 1
+    return kernel.prctl(PR_GET_NO_NEW_PRIVS) == 1
 
 
 def restrict_self(prepared: Prepared) -> None:
@@ -400,4 +400,4 @@ def restrict_self(prepared: Prepared) -> None:
     The caller must already have set no_new_privs: this does not set it, but refuses
     without it (root with CAP_SYS_ADMIN could otherwise skip it by mistake).
     """
-    runner.restrict_self(prepared.ruleset_fd, prepared.restrict_flags)
+    kernel.restrict_self(prepared.ruleset_fd, prepared.restrict_flags)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from sandrun import runner
 from sandrun.errors import EnforcementError
-from sandrun.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
+from sandrun.sandbox import kernel
+from sandrun.sandbox.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
 
 # --- kernel ABI (x86_64) ---------------------------------------------------------------
 
@@ -447,7 +447,7 @@ def _build(s: Any, plan: _Plan) -> bytes:
 
 def _inet_protocols(plan: _Plan) -> dict[int, tuple[int, ...]]:
     """Socket type -> protocols allowed for AF_INET/AF_INET6."""
-    types = {SOCK_STREAM: (0, IPPROTO_TCP)}
+    types: dict[int, tuple[int, ...]] = {SOCK_STREAM: (0, IPPROTO_TCP)}
     if plan.udp:
         types[SOCK_DGRAM] = (0, IPPROTO_UDP)
     return types
@@ -522,7 +522,7 @@ def _self_check(bpf: bytes, plan: _Plan) -> list[str]:
         probes += [(f"ioctl {cmd:#x}", nr["ioctl"], (0, cmd), AUDIT_ARCH_X86_64, eperm)
                    for cmd in (TIOCSTI, TIOCLINUX, high | TIOCSTI, (1 << 32) | TIOCLINUX)]
     if "personality" in plan.allow:
-        arg_probes["personality"] = [(v,) for v in PERSONALITY_ALLOWED] + [(high,)]
+        arg_probes["personality"] = [*((v,) for v in PERSONALITY_ALLOWED), (high,)]
         probes += [(f"personality {v:#x}", nr["personality"], (v,), AUDIT_ARCH_X86_64, eperm)
                    for v in (0x0400000, 0x0040000, 0x0100000, 0x1, 0xFFFFFFFE)]
     families = {number for _, number in plan.socket_families}
@@ -549,11 +549,11 @@ def _self_check(bpf: bytes, plan: _Plan) -> list[str]:
         arg_probes["socket"] = ok
     for name, index in _SEND_FLAGS_ARG.items():
         if name in plan.allow:
-            args = [0] * 6
-            args[index] = 0x4040
-            arg_probes[name] = [tuple(args)]
-            args[index] = MSG_FASTOPEN | 0x40
-            probes.append((f"{name} MSG_FASTOPEN", nr[name], tuple(args), AUDIT_ARCH_X86_64,
+            flags = [0] * 6
+            flags[index] = 0x4040
+            arg_probes[name] = [tuple(flags)]
+            flags[index] = MSG_FASTOPEN | 0x40
+            probes.append((f"{name} MSG_FASTOPEN", nr[name], tuple(flags), AUDIT_ARCH_X86_64,
                            eperm))
     for name, arg_sets in arg_probes.items():
         probes += [(f"{name} {args}", nr[name], args, AUDIT_ARCH_X86_64, allow)
@@ -650,8 +650,8 @@ def _alu(op: int, a: int, operand: int) -> int:
 
 # --- loading (runs in the child: ctypes only, no libseccomp) ----------------------------
 
-# runner.py holds the kernel call, so that the warm exec path need not import this module.
-load_filter = runner.load_seccomp_filter
+# kernel.py holds the kernel call, so that the warm exec path need not import this module.
+load_filter = kernel.load_seccomp_filter
 
 
 # --- reporting -------------------------------------------------------------------------

@@ -528,7 +528,7 @@ class _FieldChecker:
                          f"{dep['version']}")
 
     def check_entries(self, value: object) -> None:
-        from sandrun.archive import MAX_ENTRY_SIZE, check_name, display_name
+        from sandrun.bundle.archive import MAX_ENTRY_SIZE, check_name, display_name
 
         if not isinstance(value, dict):
             self.add("entries", f"must be an object (entry name -> record), got "

@@ -158,10 +158,10 @@ class StrictArchive:
         produced = 0
         if entry.method == STORED:
             for start in range(0, len(raw), CHUNK):
-                chunk = raw[start:start + CHUNK]
-                crc = zlib.crc32(chunk, crc)
-                produced += len(chunk)
-                yield chunk
+                piece = raw[start:start + CHUNK]
+                crc = zlib.crc32(piece, crc)
+                produced += len(piece)
+                yield piece
         else:
             for chunk in _inflate(raw, entry, where):
                 crc = zlib.crc32(chunk, crc)
@@ -554,9 +554,11 @@ def _parse_archive(data: bytes | bytearray) -> StrictArchive:
         if entry_comment_len:
             add(where, f"entry comment of {entry_comment_len} bytes (data outside the entries)")
 
+        def report(what: str, w: str = where) -> None:
+            add(w, what)
+
         data_offset, span_end = _check_local_header(data, cd_offset, header_offset, raw_name,
-                                                    flags, method, crc, csize, usize,
-                                                    lambda what, w=where: add(w, what))
+                                                    flags, method, crc, csize, usize, report)
         entry = ZipEntry(name=name, mode=external >> 16, method=method, flags=flags, crc32=crc,
                          compressed_size=csize, size=usize, header_offset=header_offset,
                          data_offset=data_offset)

@@ -28,13 +28,12 @@ import marshal
 import os
 import stat
 
-from sandrun import __version__, runner, safefile
+from sandrun import __version__
+from sandrun.launch import runner, safefile
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
 if TYPE_CHECKING:
     from typing import Any
-
-    from sandrun.launcher import ExecOptions, LaunchPlan
 
 RECORD_FORMAT = 2
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
@@ -90,8 +89,8 @@ def tree_snapshot(tree: str | int) -> list[tuple[str, int, int, int, int, int]]:
     name, mode, owner, size, inode and ctime; first the top dir itself as "" (mode,
     owner and inode: its group and ctime change when the tree is granted to another
     app group, which is checked against the launch instead)."""
-    opened = not isinstance(tree, int)
-    fd = os.open(tree, _DIR) if opened else tree
+    fd = tree if isinstance(tree, int) else os.open(tree, _DIR)
+    opened = fd is not tree
     try:
         top = os.fstat(fd)
         snapshot = [(rel, st.st_mode, st.st_uid, st.st_size, st.st_ino, st.st_ctime_ns)
@@ -118,12 +117,6 @@ class ExecArgs:
         self.bundle = ""
         self.args: list[str] = []
 
-    @classmethod
-    def from_options(cls, options: ExecOptions) -> ExecArgs:
-        args = cls()
-        args.profile, args.user, args.python = options.profile, options.user, options.python
-        args.store, args.trust, args.bundle = options.store, options.trust, options.bundle
-        return args
 
 
 _VALUE_OPTIONS = {"-p": "profile", "--profile": "profile", "-u": "user", "--user": "user",
@@ -183,7 +176,8 @@ def _record_name(key: tuple[Any, ...]) -> str:
         from _sha256 import sha256  # builtin: hashlib would load OpenSSL (~2 ms)
     except ImportError:
         from hashlib import sha256
-    return sha256(marshal.dumps(key)).hexdigest()[:32]
+    digest: str = sha256(marshal.dumps(key)).hexdigest()
+    return digest[:32]
 
 
 def _record_path(store_root: str, key: tuple[Any, ...]) -> str:
@@ -266,34 +260,12 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
     return spec
 
 
-def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) -> None:
-    """Remember a launch the cold path fully checked. Best effort: a store that cannot
-    take the record only means the next start is cold again."""
-    from sandrun.errors import SandrunError
-    from sandrun.interpreter import candidates
-
-    store_root = options.store or default_store_root()
-    key = record_key(ExecArgs.from_options(options), store_root)
-    interp = plan.interpreter
-    files = [*plan.profile.files, *USER_DATABASE, *plan.trust_inputs, interp.path,
-             interp.real_path]
-    if interp.elf_interpreter:
-        files.append(interp.elf_interpreter)
-    if options.python is None:  # a new, preferred candidate would change the choice
-        files += candidates(plan.manifest.target.python)
-    parent = os.path.dirname(interp.real_path)
-    while parent not in ("/", ""):  # readability by the app user depends on every dir
-        files.append(parent)
-        parent = os.path.dirname(parent)
-    # The bundle is opened O_NOFOLLOW, so its own identity counts, not a link target's.
-    inputs = [(options.bundle, False, identity(options.bundle, follow=False))]
-    inputs += [(path, True, identity(path)) for path in dict.fromkeys(files)]
-    record = {"key": key, "boot_id": _boot_id(), "inputs": inputs, "tree": str(plan.tree),
+def write_record(store_fd: int, key: tuple[Any, ...], inputs: list[Any], tree: str,
+                 spec: runner.RunSpec) -> None:
+    """Store the record of a launch the cold path fully checked (see launcher.save_record)."""
+    record = {"key": key, "boot_id": _boot_id(), "inputs": inputs, "tree": tree,
               "spec": spec.to_dict()}
-    try:
-        _write_record(plan.store.dir_fd(), _record_name(key), marshal.dumps(record))
-    except (SandrunError, safefile.UnsafePath, OSError):
-        pass
+    _write_record(store_fd, _record_name(key), marshal.dumps(record))
 
 
 def snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
@@ -309,7 +281,7 @@ def snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
             return False
         top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
         try:
-            return marshal.loads(data) == tree_snapshot(top)
+            return bool(marshal.loads(data) == tree_snapshot(top))
         finally:
             os.close(top)
     except (safefile.UnsafePath, ValueError, EOFError, TypeError, OSError):

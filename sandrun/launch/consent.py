@@ -32,10 +32,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandrun import safefile
+from sandrun.config.profile import Profile, load_profile, load_profile_text, render_toml
 from sandrun.errors import ConsentError, Problem, StoreError
-from sandrun.profile import Profile, load_profile, load_profile_text, render_toml
-from sandrun.store import Store
+from sandrun.launch import safefile
+from sandrun.launch.store import Store
 
 DEFAULT_CONFIG_DIR = "/etc/sandrun"
 APPROVALS_DIR = "approvals"  # <store>/approvals/<app>.toml
@@ -86,7 +86,7 @@ def _sensitive(path: str) -> str:
 def extra_grants(requested: Profile, allowed: Sequence[Profile]) -> list[Grant]:
     """Every grant of `requested` that no profile in `allowed` gives (placeholders kept:
     both sides are compared unexpanded)."""
-    from sandrun import seccomp
+    from sandrun.sandbox import seccomp
 
     grants: list[Grant] = []
     readable = [*_OWN_READ, *(p for a in allowed for p in (*a.read, *a.optional_read,
@@ -140,7 +140,7 @@ def extra_grants(requested: Profile, allowed: Sequence[Profile]) -> list[Grant]:
 
 
 def _expand(names: Iterable[str]) -> set[str]:
-    from sandrun import seccomp
+    from sandrun.sandbox import seccomp
 
     try:
         return set(seccomp.expand(list(names)))
@@ -165,7 +165,7 @@ def _raised_limits(key: str, requested: object, allowed: list[object]) -> list[G
 
 
 def dangerous_syscalls(grants: Iterable[Grant]) -> list[str]:
-    from sandrun import seccomp
+    from sandrun.sandbox import seccomp
 
     return sorted(g.value for g in grants
                   if g.key == "syscalls.allow" and g.value in seccomp.DANGEROUS)
@@ -319,7 +319,7 @@ def record_approval(store: Store, app: str, requested: Profile, bundle_sha256: s
 
 
 def _danger(name: str) -> str:
-    from sandrun import seccomp
+    from sandrun.sandbox import seccomp
 
     return seccomp.DANGEROUS.get(name, "")
 

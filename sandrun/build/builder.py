@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name
 
 from sandrun import __version__
-from sandrun.errors import BundleError, ResolveError, UsageError
-from sandrun.manifest import (
+from sandrun.build.wheels import Wheel, check_target, install_wheel, read_wheel
+from sandrun.bundle.manifest import (
     BOOTSTRAP_NAME,
     MANIFEST_NAME,
     MAX_SOURCE_DATE_EPOCH,
@@ -43,7 +44,7 @@ from sandrun.manifest import (
     manifest_field_problems,
     normalise_mode,
 )
-from sandrun.wheels import Wheel, check_target, install_wheel, read_wheel
+from sandrun.errors import BundleError, ResolveError, UsageError
 
 # zip cannot store times before 1980; shiv uses the same default.
 DEFAULT_SOURCE_DATE_EPOCH = MIN_SOURCE_DATE_EPOCH
@@ -86,7 +87,7 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
                  warn: Progress = _quiet) -> BundleResult:
     """Build the bundle described by `request`; raise a SandrunError on any problem."""
     _check_request(request)
-    from sandrun.profile import load_profile, render_toml  # validated before any work
+    from sandrun.config.profile import load_profile, render_toml  # validated before any work
 
     profile_text = render_toml(load_profile(request.profile))
     target, supported = _target(request)
@@ -218,7 +219,7 @@ def _source_date_epoch(request: BundleRequest) -> int:
     return max(epoch, DEFAULT_SOURCE_DATE_EPOCH)
 
 
-def _target(request: BundleRequest) -> tuple[Target, list]:
+def _target(request: BundleRequest) -> tuple[Target, list[Any]]:
     from packaging import tags
 
     if request.python_version:
@@ -313,9 +314,9 @@ def _download(request: BundleRequest, dest: Path, local: list[Path], target: Tar
         raise _explain_pip_failure(proc.stderr, target)
 
 
-def _fetch_locked(lock: Path, dest: Path, target: Target, supported: list,
+def _fetch_locked(lock: Path, dest: Path, target: Target, supported: list[Any],
                   progress: Progress) -> None:
-    from sandrun.lockfile import fetch_wheels, select_wheels
+    from sandrun.build.lockfile import fetch_wheels, select_wheels
 
     locked = select_wheels(lock, target, supported)
     fetch_wheels(locked, dest, progress)
@@ -324,7 +325,7 @@ def _fetch_locked(lock: Path, dest: Path, target: Target, supported: list,
 def _sbom(app_name: str, app_version: str, entry_point: str, console_script: str | None,
           provider: Wheel | None, wheels: list[Wheel], target: Target, epoch: int,
           warn: Progress) -> bytes:
-    from sandrun.sbom import build_sbom
+    from sandrun.build.sbom import build_sbom
 
     return build_sbom(app_name=app_name, app_version=app_version, entry_point=entry_point,
                       console_script=console_script,
@@ -483,7 +484,7 @@ if __name__ == "__main__":
 
 
 def _write_atomically(output: Path, files: list[tuple[str, bytes, int]], epoch: int) -> str:
-    from sandrun.archive import write_archive
+    from sandrun.bundle.archive import write_archive
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:

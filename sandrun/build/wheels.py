@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
+from sandrun.bundle.manifest import is_bytecode_name, normalise_mode
 from sandrun.errors import BundleError
-from sandrun.manifest import is_bytecode_name, normalise_mode
 
 # What a RECORD may leave unhashed: itself and its signatures.
 _RECORD_SELF = ("RECORD", "RECORD.jws", "RECORD.p7s")

@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from sandrun.archive import (
+from sandrun.bundle.archive import (
     ARCHIVE,
     MAX_TOTAL_SIZE,
     PREAMBLE,
@@ -23,8 +23,7 @@ from sandrun.archive import (
     display_name,
     open_archive,
 )
-from sandrun.errors import ArchiveError, BundleError, Problem, VerificationError
-from sandrun.manifest import (
+from sandrun.bundle.manifest import (
     BYTECODE_HINT,
     MANIFEST_NAME,
     NORMALISED_MODES,
@@ -32,7 +31,8 @@ from sandrun.manifest import (
     Manifest,
     is_bytecode_name,
 )
-from sandrun.signing import UNSIGNED, SignatureInfo, SignatureStatus, signature_status
+from sandrun.bundle.signature import UNSIGNED, SignatureInfo, SignatureStatus, signature_status
+from sandrun.errors import ArchiveError, BundleError, Problem, VerificationError
 
 REBUILD_HINT = "rebuild the bundle with `sandrun bundle` and do not modify it afterwards"
 BYTECODE_WHAT = ("precompiled bytecode (__pycache__, .pyc or .pyo): a bundle carries none, "
@@ -86,13 +86,13 @@ def verify_archive(archive: StrictArchive) -> VerifyResult:
             problems.append(Problem(display_name(name), BYTECODE_WHAT, BYTECODE_HINT))
     if manifest is not None:
         present = {entry.name for entry in archive.entries}
-        for name, record in manifest.entries.items():
+        for name, listed in manifest.entries.items():
             where = display_name(name)
             if name in UNLISTED_ENTRIES:
                 problems.append(Problem(where, "listed in the manifest, which must not list "
                                                "itself or the signature", REBUILD_HINT))
-            if record.mode not in NORMALISED_MODES:
-                problems.append(Problem(where, f"manifest lists mode {record.mode:04o}, not a "
+            if listed.mode not in NORMALISED_MODES:
+                problems.append(Problem(where, f"manifest lists mode {listed.mode:04o}, not a "
                                                "normalised mode (0644 or 0755)", REBUILD_HINT))
             if name not in present and name not in UNLISTED_ENTRIES:
                 problems.append(Problem(where, "missing entry: listed in the manifest but not "

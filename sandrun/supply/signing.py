@@ -33,22 +33,17 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import datetime
-import enum
 import errno
-import hashlib
 import io
-import json
 import os
-import re
 import stat
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sandrun.archive import (
+from sandrun.bundle.archive import (
     MAX_ARCHIVE_SIZE,
     StrictArchive,
     ZipEntry,
@@ -56,100 +51,53 @@ from sandrun.archive import (
     parse_archive,
     write_archive,
 )
+from sandrun.bundle.manifest import SIGNATURE_NAME
+from sandrun.bundle.signature import (  # what signing shares with checking
+    KEY_TYPE,
+    KEYGEN_HINT,
+    SIGNATURE_MODE,
+    PublicKey,
+    SignatureInfo,
+    SignatureState,
+    _describe_key_data,
+    _identity_problem,
+    _ssh_string,
+    _SshReader,
+    format_signed_at,
+)
 from sandrun.errors import (
-    ArchiveError,
     KeyFileError,
-    Problem,
     SignatureError,
     VerificationError,
 )
-from sandrun.manifest import SIGNATURE_NAME, Manifest, canonical_json
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
-        Ed25519PublicKey,
     )
 
 # cryptography is imported where it is used: verifying an unsigned bundle (every warm
 # `sandrun exec` of one) should not pay for loading it.
 
-SIGNATURE_FORMAT = 1
-ALGORITHM = "ed25519"
-# Prefixed to the signed JSON: a signature made for a bundle can never be valid for any
-# other protocol that uses the same key, nor the other way round.
-SIGNATURE_DOMAIN = b"sandrun-signature-v1\0"
-KEY_TYPE = "ssh-ed25519"
-SIGNATURE_MODE = 0o644
 PRIVATE_KEY_MODE = 0o600
+
+
 PUBLIC_KEY_MODE = 0o644
+
+
 BUNDLE_MODE = 0o444
+
+
 MAX_KEY_FILE_BYTES = 64 * 1024
-MAX_SIGNATURE_BYTES = 16 * 1024
-MAX_IDENTITY_CHARS = 256
 
-SIGNATURE_FIELDS = frozenset({"algorithm", "app_name", "app_version", "fingerprint", "format",
-                              "manifest_sha256", "public_key", "signature", "signed_at",
-                              "signer"})
-
-KEYGEN_HINT = "create an Ed25519 signing key with `ssh-keygen -t ed25519 -N '' -f KEY`"
-SIGN_HINT = "sign it with `sandrun sign --key KEY BUNDLE`"
-RESIGN_HINT = ("get the bundle exactly as its publisher signed it, or check its contents and "
-               "re-sign it (signing replaces the signature entry)")
 
 _OPENSSH_MAGIC = b"openssh-key-v1\0"
+
+
 _PEM_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+
+
 _PEM_END = b"-----END OPENSSH PRIVATE KEY-----"
-_SIGNED_AT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-_OTHER_KEY_TYPES = {"ssh-rsa": "RSA", "ssh-dss": "DSA", "ecdsa-sha2-nistp256": "ECDSA",
-                    "ecdsa-sha2-nistp384": "ECDSA", "ecdsa-sha2-nistp521": "ECDSA",
-                    "sk-ssh-ed25519@openssh.com": "security-key Ed25519",
-                    "sk-ecdsa-sha2-nistp256@openssh.com": "security-key ECDSA"}
-
-
-# ---------------------------------------------------------------------------------------
-# Keys
-
-
-@dataclass(frozen=True)
-class PublicKey:
-    """An Ed25519 public key; equal keys compare equal whatever their comments."""
-
-    raw: bytes  # the 32 key bytes
-    comment: str = field(default="", compare=False)
-
-    def __repr__(self) -> str:
-        return f"PublicKey({self.fingerprint}, comment={self.comment!r})"
-
-    @property
-    def key(self) -> Ed25519PublicKey:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        return Ed25519PublicKey.from_public_bytes(self.raw)
-
-    @property
-    def blob(self) -> bytes:
-        """The SSH wire encoding, which fingerprints hash."""
-        return _ssh_string(KEY_TYPE.encode()) + _ssh_string(self.raw)
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self)
-
-    def openssh(self, *, with_comment: bool = True) -> str:
-        """The one-line OpenSSH form: `ssh-ed25519 AAAA... [comment]`."""
-        line = f"{KEY_TYPE} {base64.b64encode(self.blob).decode('ascii')}"
-        return f"{line} {self.comment}" if with_comment and self.comment else line
-
-    def verify(self, signature: bytes, message: bytes) -> bool:
-        from cryptography.exceptions import InvalidSignature
-
-        try:
-            self.key.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
 
 
 @dataclass(frozen=True)
@@ -166,12 +114,6 @@ class SigningKey:
 
     def sign(self, message: bytes) -> bytes:
         return self.private_key.sign(message)
-
-
-def fingerprint(public_key: PublicKey) -> str:
-    """`SHA256:<base64 without padding>`, exactly as `ssh-keygen -l` prints it."""
-    digest = hashlib.sha256(public_key.blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def default_identity() -> str:
@@ -265,80 +207,11 @@ def load_private_key(path: Path) -> SigningKey:
     return SigningKey(path, private_key, PublicKey(_public_raw(private_key), comment))
 
 
-def parse_public_key(line: str, where: str) -> PublicKey:
-    """Parse `ssh-ed25519 AAAA... [comment]`; `where` (file:line, key) prefixes errors."""
-    try:
-        return _parse_public_key(line)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{where}: {exc.message}", exc.hint) from None
-
-
-def _parse_public_key(line: str) -> PublicKey:
-    example = "expected one line `ssh-ed25519 AAAA... [comment]`, the content of a .pub file"
-    fields = line.strip().split(None, 2)
-    if not fields:
-        raise KeyFileError("public key is empty", example)
-    if len(fields) < 2:
-        raise KeyFileError(f"not an OpenSSH public key: {_shorten(line.strip())!r}", example)
-    key_type, data = fields[0], fields[1]
-    if key_type != KEY_TYPE:
-        if key_type in _OTHER_KEY_TYPES:
-            raise KeyFileError(f"{key_type} keys ({_OTHER_KEY_TYPES[key_type]}) are not "
-                               f"supported; only {KEY_TYPE} keys are", KEYGEN_HINT)
-        raise KeyFileError(f"not an OpenSSH public key: it starts with {_shorten(key_type)!r}, "
-                           f"not {KEY_TYPE!r} (options before the key type are not supported)",
-                           example)
-    try:
-        blob = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyFileError("the key data is not valid base64", "copy the whole line from the "
-                           ".pub file; it must not be wrapped or shortened") from None
-    reader = _SshReader(blob)
-    try:
-        blob_type = reader.string()
-        raw = reader.string()
-        reader.end()
-    except ValueError:
-        raise KeyFileError("the key data is truncated or malformed",
-                           "copy the whole line from the .pub file") from None
-    if blob_type != KEY_TYPE.encode() or len(raw) != 32:
-        raise KeyFileError(f"the key data is not an Ed25519 key (it says {blob_type[:40]!r}, "
-                           f"{len(raw)} key bytes)", "copy the whole line from the .pub file")
-    comment = fields[2].strip() if len(fields) > 2 else ""
-    problem = _identity_problem(comment)
-    if problem:
-        raise KeyFileError(f"the key's comment {problem}", "keep the comment on one line")
-    return PublicKey(raw, comment)
-
-
 def _public_raw(private_key: Ed25519PrivateKey) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return private_key.public_key().public_bytes(serialization.Encoding.Raw,
                                                  serialization.PublicFormat.Raw)
-
-
-def _identity_problem(identity: str) -> str | None:
-    if len(identity) > MAX_IDENTITY_CHARS:
-        return f"is longer than {MAX_IDENTITY_CHARS} characters"
-    if not identity.isprintable():  # also catches newlines, which would split the .pub line
-        return "contains control characters"
-    return None
-
-
-def _shorten(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _describe_key_data(data: bytes) -> str:
-    if data.startswith(KEY_TYPE.encode() + b" ") or data.startswith(b"ssh-"):
-        return "it is a public key: pass the private key, the file without .pub"
-    if data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"):
-        return "it is an encrypted PKCS#8 key"
-    if data.startswith(b"-----BEGIN "):
-        label = data.split(b"\n", 1)[0].decode("ascii", "replace").strip("- \r")
-        return f"it is a PEM {label.removeprefix('BEGIN ')} file"
-    return "no '-----BEGIN OPENSSH PRIVATE KEY-----' line"
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -398,37 +271,6 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
                            "check free space and permissions") from None
 
 
-def _ssh_string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-class _SshReader:
-    """Reads the SSH wire format (uint32 and length-prefixed strings)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def uint32(self) -> int:
-        if self.pos + 4 > len(self.data):
-            raise ValueError("truncated")
-        (value,) = struct.unpack_from(">I", self.data, self.pos)
-        self.pos += 4
-        return int(value)
-
-    def string(self) -> bytes:
-        length = self.uint32()
-        if self.pos + length > len(self.data):
-            raise ValueError("truncated")
-        value = self.data[self.pos:self.pos + length]
-        self.pos += length
-        return value
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise ValueError("trailing data")
-
-
 def _openssh_private_pem(private_key: Ed25519PrivateKey, comment: str) -> bytes:
     """The unencrypted "openssh-key-v1" format, as ssh-keygen writes it, with a comment.
 
@@ -482,250 +324,6 @@ def _openssh_private_comment(data: bytes) -> str:
         raise ValueError("the comment is not UTF-8") from None
 
 
-# ---------------------------------------------------------------------------------------
-# The signature entry
-
-
-@dataclass(frozen=True)
-class SignatureInfo:
-    """The content of `.sandrun/signature` (see the module docstring)."""
-
-    manifest_sha256: str
-    app_name: str
-    app_version: str
-    public_key: PublicKey
-    signer: str
-    signed_at: str  # UTC, "YYYY-MM-DDTHH:MM:SSZ"
-    signature: bytes = field(repr=False)
-    format: int = SIGNATURE_FORMAT
-    algorithm: str = ALGORITHM
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.public_key)
-
-    def describe(self) -> str:
-        """For people: `signed by NAME (SHA256:...) at TIME`."""
-        who = f"{self.signer} ({self.fingerprint})" if self.signer else self.fingerprint
-        return f"signed by {who} at {self.signed_at}"
-
-    def signed_fields(self) -> dict[str, Any]:
-        return {"algorithm": self.algorithm, "app_name": self.app_name,
-                "app_version": self.app_version, "fingerprint": self.fingerprint,
-                "format": self.format, "manifest_sha256": self.manifest_sha256,
-                "public_key": self.public_key.openssh(with_comment=False),
-                "signed_at": self.signed_at, "signer": self.signer}
-
-    def signed_message(self) -> bytes:
-        """What the Ed25519 signature covers: every field but the signature itself."""
-        return SIGNATURE_DOMAIN + canonical_json(self.signed_fields())
-
-    def to_bytes(self) -> bytes:
-        fields = self.signed_fields()
-        fields["signature"] = base64.b64encode(self.signature).decode("ascii")
-        return canonical_json(fields)
-
-    def verifies(self) -> bool:
-        return self.public_key.verify(self.signature, self.signed_message())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SignatureInfo:
-        """Parse and check the fields (not the signature); SignatureError says what is wrong."""
-        hint = RESIGN_HINT
-        try:
-            obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-        except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
-            raise SignatureError(f"is not valid JSON ({exc})", hint) from None
-        if not isinstance(obj, dict):
-            raise SignatureError(f"is JSON {type(obj).__name__}, not an object", hint)
-        version = obj.get("format", SIGNATURE_FORMAT)  # a missing field is reported below
-        if version != SIGNATURE_FORMAT or isinstance(version, bool):
-            raise SignatureError(f"has format {version!r}; this sandrun reads signature "
-                                 f"format {SIGNATURE_FORMAT}",
-                                 "re-sign the bundle with this sandrun, or upgrade sandrun")
-        missing = sorted(SIGNATURE_FIELDS - obj.keys())
-        unknown = sorted(obj.keys() - SIGNATURE_FIELDS)
-        if missing or unknown:
-            parts = ([f"missing field(s) {', '.join(missing)}"] if missing else []) + (
-                [f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
-            raise SignatureError(f"has wrong fields: {'; '.join(parts)}", hint)
-        wrong_type = sorted(k for k in SIGNATURE_FIELDS - {"format"}
-                            if not isinstance(obj[k], str))
-        if wrong_type:
-            raise SignatureError(f"field(s) {', '.join(wrong_type)} must be strings", hint)
-        if obj["algorithm"] != ALGORITHM:
-            raise SignatureError(f"algorithm {obj['algorithm']!r} is not supported (only "
-                                 f"{ALGORITHM!r})", hint)
-        if not _SHA256_HEX_RE.match(obj["manifest_sha256"]):
-            raise SignatureError("manifest_sha256 is not 64 lower-case hex digits", hint)
-        try:
-            public_key = _parse_public_key(obj["public_key"])
-        except KeyFileError as exc:
-            raise SignatureError(f"public_key: {exc.message}", hint) from None
-        if public_key.comment:
-            raise SignatureError("public_key carries a comment; the identity belongs in "
-                                 "'signer'", hint)
-        if obj["fingerprint"] != fingerprint(public_key):
-            raise SignatureError(f"fingerprint {obj['fingerprint']!r} is not the fingerprint "
-                                 f"of public_key ({fingerprint(public_key)})", hint)
-        for key in ("signer", "app_name", "app_version"):
-            problem = _identity_problem(obj[key])
-            if problem:
-                raise SignatureError(f"{key} {problem}", hint)
-        if not _valid_signed_at(obj["signed_at"]):
-            raise SignatureError(f"signed_at {obj['signed_at']!r} is not a UTC time like "
-                                 "2024-05-01T12:00:00Z", hint)
-        try:
-            raw_signature = base64.b64decode(obj["signature"], validate=True)
-        except (binascii.Error, ValueError):
-            raise SignatureError("signature is not valid base64", hint) from None
-        if len(raw_signature) != 64:
-            raise SignatureError(f"signature is {len(raw_signature)} bytes; an Ed25519 "
-                                 "signature is 64", hint)
-        info = cls(manifest_sha256=obj["manifest_sha256"], app_name=obj["app_name"],
-                   app_version=obj["app_version"], public_key=public_key, signer=obj["signer"],
-                   signed_at=obj["signed_at"], signature=raw_signature)
-        if info.to_bytes() != data:
-            # One meaning, one encoding: other tools must not read something else into it.
-            raise SignatureError("is not canonical JSON (sorted keys, no spaces, ASCII, one "
-                                 "trailing newline)", hint)
-        return info
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateKey(f"key {key!r} appears twice")
-        obj[key] = value
-    return obj
-
-
-def _valid_signed_at(text: str) -> bool:
-    if not _SIGNED_AT_RE.match(text):
-        return False
-    try:
-        datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
-    except ValueError:
-        return False
-    return True
-
-
-def format_signed_at(epoch: int) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class SignatureState(enum.Enum):
-    UNSIGNED = "unsigned"
-    VALID = "valid"
-    INVALID = "invalid"
-
-
-@dataclass(frozen=True)
-class SignatureStatus:
-    """What `verify` found: no signature, a valid one (`info`), or an invalid one (`problems`).
-
-    `info` is set only when the signature is valid for this bundle's manifest: an invalid
-    entry's claims (signer, key) are never handed out.
-    """
-
-    state: SignatureState
-    info: SignatureInfo | None = None
-    problems: tuple[Problem, ...] = ()
-
-    @property
-    def signed(self) -> bool:
-        return self.state is not SignatureState.UNSIGNED
-
-    def describe(self) -> str:
-        """One line for people: `signed by X (SHA256:...) at T`, `unsigned`, or why invalid."""
-        if self.state is SignatureState.VALID and self.info is not None:
-            return self.info.describe()
-        if self.state is SignatureState.UNSIGNED:
-            return "unsigned"
-        return "invalid signature: " + "; ".join(p.what for p in self.problems)
-
-
-UNSIGNED = SignatureStatus(SignatureState.UNSIGNED)
-
-
-def signature_status(archive: StrictArchive, manifest: Manifest | None) -> SignatureStatus:
-    """Check the signature entry, if any, against `manifest` (the bundle's own, verified).
-
-    Every finding is a Problem on `.sandrun/signature`. A valid signature says only that
-    the key signed this manifest; whether that key is trusted is trust.check_trust's job.
-    """
-    entries = [e for e in archive.entries if e.name == SIGNATURE_NAME]
-    if not entries:
-        return UNSIGNED
-
-    def invalid(what: str, hint: str = RESIGN_HINT) -> SignatureStatus:
-        return SignatureStatus(SignatureState.INVALID,
-                               problems=(Problem(SIGNATURE_NAME, what, hint),))
-
-    if len(entries) > 1:
-        return invalid(f"{len(entries)} signature entries; a bundle carries at most one",
-                       "re-sign the bundle: signing replaces every signature entry")
-    entry = entries[0]
-    mode = entry.mode & 0o7777
-    if mode != SIGNATURE_MODE:
-        return invalid(f"mode {mode:04o}; the signature entry is always {SIGNATURE_MODE:04o}")
-    if entry.size > MAX_SIGNATURE_BYTES:
-        return invalid(f"is {entry.size} bytes; a signature entry is at most "
-                       f"{MAX_SIGNATURE_BYTES}")
-    if archive.read_problem(entry) is not None:
-        return invalid("cannot be read, so the signature cannot be checked")
-    try:
-        data = archive.read(entry)
-    except ArchiveError as exc:
-        return invalid(f"cannot be read ({exc.message.removeprefix(SIGNATURE_NAME + ': ')})")
-    if manifest is None:
-        return invalid("cannot be checked: the manifest it signs is missing or malformed",
-                       "rebuild the bundle with `sandrun bundle`, then sign it")
-    try:
-        info = SignatureInfo.from_bytes(data)
-    except SignatureError as exc:
-        return invalid(exc.message, exc.hint)
-
-    problems = []
-    if not info.verifies():
-        problems.append(Problem(
-            SIGNATURE_NAME, f"the Ed25519 signature does not verify with the key it names "
-                            f"({info.fingerprint}): the entry was altered after signing (its "
-                            "signer, time, app or digest) or was not made with that key",
-            RESIGN_HINT))
-    digest = manifest.digest()
-    if info.manifest_sha256 != digest:
-        problems.append(Problem(
-            SIGNATURE_NAME, f"signs manifest sha256 {info.manifest_sha256}, but this bundle's "
-                            f"manifest is {digest}: the signature was copied from another "
-                            "bundle, or the bundle changed after signing", RESIGN_HINT))
-    if (info.app_name, info.app_version) != (manifest.app_name, manifest.app_version):
-        problems.append(Problem(
-            SIGNATURE_NAME, f"names app {info.app_name} {info.app_version}, but the manifest "
-                            f"says {manifest.app_name} {manifest.app_version}", RESIGN_HINT))
-    if problems:
-        return SignatureStatus(SignatureState.INVALID, problems=tuple(problems))
-    return SignatureStatus(SignatureState.VALID, info)
-
-
-def read_signature(archive: StrictArchive, manifest: Manifest) -> SignatureInfo | None:
-    """The valid signature of a bundle, None when unsigned; SignatureError when invalid."""
-    status = signature_status(archive, manifest)
-    if status.state is SignatureState.INVALID:
-        raise SignatureError(f"{SIGNATURE_NAME}: " + "; ".join(p.what for p in status.problems),
-                             status.problems[0].hint)
-    return status.info
-
-
-# ---------------------------------------------------------------------------------------
-# Signing
-
-
 def sign_bundle(bundle: Path, key_path: Path, *, signed_at: int | None = None) -> SignatureInfo:
     """Sign a bundle that verifies, in place: add (or replace) `.sandrun/signature`.
 
@@ -738,7 +336,7 @@ def sign_bundle(bundle: Path, key_path: Path, *, signed_at: int | None = None) -
     data = _read_bundle(bundle)
     archive = parse_archive(data, str(bundle))
 
-    from sandrun.verify import verify_archive  # verify imports this module
+    from sandrun.bundle.verify import verify_archive  # verify imports this module
 
     result = verify_archive(archive)
     # A previous signature, valid or not, is about to be replaced: only the rest counts.
@@ -774,7 +372,7 @@ def _check_unchanged(bundle: Path, old_data: bytes, old: StrictArchive,
                      kept: list[ZipEntry], new_data: bytes) -> None:
     """Refuse unless every entry but the signature has its old bytes, and the result
     verifies with a valid signature: signing must never change what was built."""
-    from sandrun.verify import verify_archive
+    from sandrun.bundle.verify import verify_archive
 
     new = parse_archive(new_data, str(bundle))
     hint = ("rebuild the bundle with this sandrun (`sandrun bundle`) and sign it right "

@@ -41,6 +41,7 @@ from sandrun.errors import EnforcementError
 TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from typing import Any
 
 LIMITS = ("memory", "tasks", "cpu_quota", "cpu_weight")
 CONTROLLER = {"memory": "memory", "tasks": "pids", "cpu_quota": "cpu", "cpu_weight": "cpu"}
@@ -141,7 +142,7 @@ def discover(proc: str = "/proc/self", ops: Kernfs | None = None) -> Layout:
 
     `proc` and `ops` exist for tests (a fake tree); sandrun uses the defaults.
     """
-    ours_v2 = None
+    ours_v2: str | None = None
     ours_v1: dict[str, str] = {}
     for line in _read_path(f"{proc}/cgroup").splitlines():
         hierarchy_id, _, rest = line.partition(":")
@@ -165,20 +166,20 @@ def discover(proc: str = "/proc/self", ops: Kernfs | None = None) -> Layout:
         root, mountpoint = _unescape(fields[3]), _unescape(fields[4])
         if tail[0] == "cgroup2":
             if v2 is None and ours_v2 is not None:
-                path = _below(ours_v2, root)
-                if path is not None:
-                    if path.endswith("/" + LAUNCHER_LEAF):  # moved there by an earlier launch
-                        path = path[:-len(LAUNCHER_LEAF) - 1] or "/"
-                    v2 = Hierarchy(2, mountpoint, path, dev)
+                below = _below(ours_v2, root)
+                if below is not None:
+                    if below.endswith("/" + LAUNCHER_LEAF):  # moved there by an earlier launch
+                        below = below[:-len(LAUNCHER_LEAF) - 1] or "/"
+                    v2 = Hierarchy(2, mountpoint, below, dev)
             continue
         hierarchy = None  # one object per mount: co-mounted controllers share it
         for controller in tail[2].split(","):
             if controller in _USED and controller in ours_v1 and controller not in v1:
-                path = _below(ours_v1[controller], root)
-                if path is not None:
+                below = _below(ours_v1[controller], root)
+                if below is not None:
                     if hierarchy is None:
                         bound = tuple(o for o in tail[2].split(",") if o in ours_v1)
-                        hierarchy = Hierarchy(1, mountpoint, path, dev, bound)
+                        hierarchy = Hierarchy(1, mountpoint, below, dev, bound)
                     v1[controller] = hierarchy
     return Layout(v2, v1, ops)
 
@@ -289,7 +290,7 @@ def _plus(controllers: Iterable[str]) -> str:
 # ---------------------------------------------------------------- deciding (no writes)
 
 
-def _normalize(limits: dict) -> tuple[dict[str, int], set[str]]:
+def _normalize(limits: dict[str, Any]) -> tuple[dict[str, int], set[str]]:
     """The cgroup limits that are set, checked; and which of them are required.
 
     Other keys (limits enforced by rlimits, for instance) are not this module's.
@@ -442,7 +443,8 @@ def _settings(version: int, name: str, value: int, launch_fd: int) -> list[tuple
     return [("cpu.shares", str(max(2, value * 1024 // 100)))]
 
 
-def _describe(decision: _Decision, where: str, settings: list[tuple[str, str]]) -> tuple:
+def _describe(decision: _Decision, where: str,
+              settings: list[tuple[str, str]]) -> tuple[str, str, str]:
     if decision.value is None:
         return (decision.name, "not enforced", "no limit set")
     if decision.hierarchy is None:
@@ -460,7 +462,7 @@ def _refusal(refused: list[_Decision]) -> EnforcementError:
     return EnforcementError(reasons, _HINT_SHARED if shared else _HINT_UNAVAILABLE)
 
 
-def plan(limits: dict, layout: Layout | None = None) -> list[tuple[str, str, str]]:
+def plan(limits: dict[str, Any], layout: Layout | None = None) -> list[tuple[str, str, str]]:
     """Per limit, in LIMITS order: (name, "enforced"/"not enforced", how or why). Creates
     nothing; for `--dry-run`."""
     values, required = _normalize(limits)
@@ -657,7 +659,7 @@ def check_name(name: str) -> None:
                                f"with a letter or digit")
 
 
-def create(name: str, limits: dict, layout: Layout | None = None) -> Cgroup:
+def create(name: str, limits: dict[str, Any], layout: Layout | None = None) -> Cgroup:
     """Make the launch cgroup `name` enforcing `limits` (as root, before forking the app).
 
     `limits`: {"memory": bytes, "tasks": n, "cpu_quota": percent of one CPU, "cpu_weight":

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sandrun import __version__
+from sandrun.bundle.manifest import SBOM_NAME, Target
 from sandrun.errors import BundleError
-from sandrun.manifest import SBOM_NAME, Target
 
 if TYPE_CHECKING:
     from cyclonedx.model.component import Component
     from cyclonedx.model.license import License
 
-    from sandrun.archive import StrictArchive
-    from sandrun.wheels import Wheel
+    from sandrun.build.wheels import Wheel
+    from sandrun.bundle.archive import StrictArchive
 
 SPEC_VERSION = "1.6"
 # Fixed namespace for the content-derived serialNumber (uuid5 of the canonical SBOM).
@@ -100,7 +100,7 @@ def build_sbom(*, app_name: str, app_version: str, entry_point: str,
     from cyclonedx.model.tool import ToolRepository
     from packageurl import PackageURL
 
-    from sandrun.lockfile import marker_environment
+    from sandrun.build.lockfile import marker_environment
 
     environment = marker_environment(target)
     metas = [_read_wheel_meta(w) for w in wheels]
@@ -361,7 +361,7 @@ def _merge_wheel_sbom(bom: Any, owner: Component, member: str, data: bytes, whee
              "bundle's SBOM (the file itself stays in the bundle)")
         return
     raw_components = doc.get("components", [])
-    metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    metadata: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
     self_refs: set[str] = set()
     if isinstance(metadata.get("component"), dict) and metadata["component"].get("bom-ref"):
         self_refs.add(str(metadata["component"]["bom-ref"]))

@@ -16,8 +16,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from sandrun.bundle.manifest import USER_PREFIX, app_name_problem
 from sandrun.errors import UserError
-from sandrun.manifest import USER_PREFIX, app_name_problem
 
 # Groups whose members can read secrets, logs, raw devices or control the host.
 PRIVILEGED_GROUPS = frozenset({

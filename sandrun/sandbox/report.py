@@ -6,8 +6,8 @@ from typing import Any
 
 
 def enforcement_summary(profile: Any) -> list[str]:
-    from sandrun import landlock, seccomp
-    from sandrun.launcher import mdwe_supported
+    from sandrun.sandbox import landlock, seccomp
+    from sandrun.sandbox.kernel import mdwe_supported
 
     abi = landlock.abi_version()
     lines = [f"this kernel: Landlock ABI {abi or 'unavailable'}; profile requires "

@@ -39,13 +39,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandrun import bytecode, safefile, warm_exec
+from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from sandrun.errors import Problem, StoreError, VerificationError
-from sandrun.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
-from sandrun.warm_exec import DEFAULT_STORE, default_store_root, tree_top_mode
+from sandrun.launch import bytecode, safefile, warm_exec
+from sandrun.launch.warm_exec import DEFAULT_STORE, default_store_root, tree_top_mode
 
 if TYPE_CHECKING:
-    from sandrun.archive import StrictArchive
+    from sandrun.bundle.archive import StrictArchive
 
 TREE_DIR_MODE = 0o555  # every directory inside a tree
 ROOT_MODE = 0o755

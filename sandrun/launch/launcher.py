@@ -10,13 +10,20 @@ module imports only the standard library and sandrun's enforcement modules.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandrun import bytecode, consent, landlock, runner, seccomp
+from sandrun.bundle.manifest import (
+    BOOTSTRAP_NAME,
+    MANIFEST_NAME,
+    PROFILE_NAME,
+    Manifest,
+    is_bytecode_name,
+)
 from sandrun.errors import (
     BundleError,
     EnforcementError,
@@ -27,25 +34,19 @@ from sandrun.errors import (
     VerificationError,
     VulnerabilityError,
 )
-from sandrun.interpreter import Interpreter, check_wheel_tags, find_interpreter
-from sandrun.manifest import (
-    BOOTSTRAP_NAME,
-    MANIFEST_NAME,
-    PROFILE_NAME,
-    Manifest,
-    is_bytecode_name,
-)
-from sandrun.safefile import read_bundle
-from sandrun.store import Store, default_store_path
-from sandrun.users import AppUser, check_user, invoking_user, resolve_user
+from sandrun.launch import bytecode, consent, runner, warm_exec
+from sandrun.launch.interpreter import Interpreter, check_wheel_tags, find_interpreter
+from sandrun.launch.safefile import read_bundle
+from sandrun.launch.store import Store, default_store_path
+from sandrun.launch.users import AppUser, check_user, invoking_user, resolve_user
+from sandrun.sandbox import kernel, landlock, seccomp
 
 if TYPE_CHECKING:
-    from sandrun.archive import StrictArchive
-    from sandrun.profile import Profile
-    from sandrun.signing import SignatureStatus
-    from sandrun.trust import TrustPolicy
+    from sandrun.bundle.archive import StrictArchive
+    from sandrun.bundle.signature import SignatureStatus
+    from sandrun.config.profile import Profile
+    from sandrun.supply.trust import TrustPolicy
 
-PR_GET_MDWE = 66
 
 # Files almost every app needs to read; absent ones are skipped (marked so in --dry-run).
 # DNS files come with the profile's `dns = true`, certificates with its read lists.
@@ -148,19 +149,19 @@ def decide(options: ExecOptions) -> LaunchPlan:
     unverifiable bundle, an untrusted store) raises at once. Nothing is created here: no
     user, no store dir, no tree, no state dir, no record.
     """
-    from sandrun.archive import parse_archive
-    from sandrun.signing import signature_status
-    from sandrun.trust import (
+    from sandrun.bundle.archive import parse_archive
+    from sandrun.bundle.signature import signature_status
+    from sandrun.bundle.verify import verify_archive
+    from sandrun.supply.trust import (
         DEFAULT_TRUST_PATH,
         find_trust_policy,
         load_trust_policy,
         require_trust,
     )
-    from sandrun.verify import verify_archive
 
     refusals: list[SandrunError] = []
     privileged = os.geteuid() == 0
-    data, sha256 = read_bundle(options.bundle)  # sandrun.safefile's
+    data, sha256 = read_bundle(options.bundle)  # sandrun.launch.safefile's
     archive = parse_archive(data, options.bundle)
     store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
     tree = store.tree(sha256)
@@ -336,7 +337,7 @@ def decide(options: ExecOptions) -> LaunchPlan:
 def _decide_profile(options: ExecOptions, archive: StrictArchive, app: str, store: Store,
                     refusals: list[SandrunError]) -> tuple[Profile, str]:
     """The profile to apply and why it may be applied (the operator's consent)."""
-    from sandrun.profile import load_profile, load_profile_text
+    from sandrun.config.profile import load_profile, load_profile_text
 
     if options.profile:
         return load_profile(options.profile), f"operator profile -p {options.profile}"
@@ -390,7 +391,7 @@ def _unexpanded_fallback(profile: Profile) -> Profile:
 def _missing_required_paths(profile: Profile, created: tuple[str, ...]) -> list[SandrunError]:
     """Granted paths that must exist at launch (optional_read may be absent; what the
     launch itself creates, the state dir, is not required yet)."""
-    missing = []
+    missing: list[SandrunError] = []
     for key, paths in (("filesystem.read", profile.read),
                        ("filesystem.read_write", profile.read_write),
                        ("filesystem.execute", profile.execute)):
@@ -442,7 +443,7 @@ def _limit_rows(profile: Profile, privileged: bool,
                 "cgroup: sandrun is not root", "run sandrun exec as root, or remove them "
                 "from [limits] required"))
         return rows
-    from sandrun import cgroup
+    from sandrun.sandbox import cgroup
 
     for name, status, detail in cgroup.plan(limits):
         if status != "enforced" and name in limits["required"]:  # type: ignore[operator]
@@ -464,6 +465,7 @@ def materialise(plan: LaunchPlan, options: ExecOptions) -> None:
         plan.notices.append(f"created system user {plan.user.name} (uid {plan.user.uid})")
     if not plan.installed:
         plan.store.ensure_layout()
+        assert plan.archive is not None  # decide() read it
         plan.tree = plan.store.install(plan.bundle_sha256, plan.archive, plan.manifest,
                                        plan.interpreter.version, gid=plan.user.gid)
         plan.store.check_tree(plan.tree, plan.manifest, plan.manifest_bytes, full=False,
@@ -488,7 +490,7 @@ def materialise(plan: LaunchPlan, options: ExecOptions) -> None:
 
 def _audit(options: ExecOptions, manifest: Manifest) -> str:
     """Refuse (AuditError, 125) known vulnerabilities at or above the threshold."""
-    from sandrun.audit import audit_manifest, check_severity_level, load_osv_database
+    from sandrun.supply.audit import audit_manifest, check_severity_level, load_osv_database
 
     level = check_severity_level(options.audit_severity)
     report = audit_manifest(manifest, load_osv_database(Path(options.audit_db or "")),
@@ -531,7 +533,7 @@ def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
     if privileged:  # the launch's own private tmpfs (the runner mounts it before the rules)
         rules += [landlock.PathRule(p, A.READ_WRITE) for p in PRIVATE_TMP_DIRS]
     if profile.dns:
-        from sandrun.profile import DNS_FILES
+        from sandrun.config.profile import DNS_FILES
 
         rules += [landlock.PathRule(p, A.READ, required=False) for p in DNS_FILES]
     rules += [landlock.PathRule(p, A.READ) for p in profile.read]
@@ -562,7 +564,7 @@ def _seccomp_policy(profile: Profile) -> seccomp.SeccompPolicy:
 
 
 def mdwe_supported() -> bool:
-    return runner.prctl(PR_GET_MDWE) >= 0
+    return kernel.mdwe_supported()
 
 
 def require_kernel_support(profile: Profile) -> None:
@@ -703,7 +705,7 @@ def render_plan(plan: LaunchPlan) -> str:
     lines += [f"  {line}" for line in landlock.describe_rules(plan.landlock_policy)]
     lines += ["", "seccomp"]
     lines += [f"  {line}" for line in _seccomp_lines(plan)]
-    from sandrun.trust import DEFAULT_TRUST_PATH
+    from sandrun.supply.trust import DEFAULT_TRUST_PATH
 
     lines += ["", f"signature    {plan.signature.describe()}"]
     if plan.trust_policy is not None:
@@ -795,6 +797,36 @@ def cgroup_limits(profile: Profile) -> dict[str, object]:
     if limits:
         limits["required"] = required
     return limits
+
+
+def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) -> None:
+    """Remember a launch this cold path fully checked, for warm_exec to reuse while every
+    input it was derived from is unchanged. Best effort: a store that cannot take the
+    record only means the next start is cold again."""
+    from sandrun.launch.interpreter import candidates
+    from sandrun.launch.safefile import UnsafePath
+
+    args = warm_exec.ExecArgs()
+    args.profile, args.user, args.python = options.profile, options.user, options.python
+    args.store, args.trust, args.bundle = options.store, options.trust, options.bundle
+    key = warm_exec.record_key(args, options.store or warm_exec.default_store_root())
+    interp = plan.interpreter
+    files = [*plan.profile.files, *warm_exec.USER_DATABASE, *plan.trust_inputs, interp.path,
+             interp.real_path]
+    if interp.elf_interpreter:
+        files.append(interp.elf_interpreter)
+    if options.python is None:  # a new, preferred candidate would change the choice
+        files += candidates(plan.manifest.target.python)
+    parent = os.path.dirname(interp.real_path)
+    while parent not in ("/", ""):  # readability by the app user depends on every dir
+        files.append(parent)
+        parent = os.path.dirname(parent)
+    # The bundle is opened O_NOFOLLOW, so its own identity counts, not a link target's.
+    identity = warm_exec.identity
+    inputs = [(options.bundle, False, identity(options.bundle, follow=False))]
+    inputs += [(path, True, identity(path)) for path in dict.fromkeys(files)]
+    with contextlib.suppress(SandrunError, UnsafePath, OSError):
+        warm_exec.write_record(plan.store.dir_fd(), key, inputs, str(plan.tree), spec)
 
 
 def launch(plan: LaunchPlan) -> int:
