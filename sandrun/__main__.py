@@ -1,33 +1,76 @@
 """The `sandrun` command (console script and `python -m sandrun`).
 
 `sandrun exec` first tries the warm path (warm_exec), which imports neither click nor
-the cold launch path; everything else, and every exec the warm path declines, goes
-to the click CLI.
+the cold launch path; everything else, and every exec the warm path declines (an
+unknown option among them: the click command reports it), goes to the click CLI.
 """
 
 from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
+if TYPE_CHECKING:
+    from sandrun.launch.warm_exec import ExecArgs
+
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    _check_install(args)
     if args[:1] == ["exec"]:
-        from sandrun.errors import SandrunError
-        from sandrun.launch.warm_exec import try_warm_exec
+        from sandrun.launch.warm_exec import parse_exec_args
 
-        try:
-            code = try_warm_exec(args[1:])
-        except SandrunError as exc:
-            sys.stderr.write(f"sandrun: error: {exc.diagnostics()}\n")
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        if code is not None:
-            sys.exit(code)
+        parsed = parse_exec_args(args[1:])
+        if parsed is not None:
+            code = _warm_exec(parsed)
+            if code is not None:
+                sys.exit(code)
     from sandrun.cli import main as cli_main
 
     cli_main(args)
+
+
+def _check_install(args: list[str]) -> None:
+    """As root, refuse an installation others can change (sandrun.launch.selfcheck)."""
+    from sandrun.errors import SandrunError
+    from sandrun.launch.selfcheck import check_install
+
+    try:
+        check_install()
+    except SandrunError as exc:
+        if "-v" in args or "--verbose" in args:
+            _print_traceback(exc)
+        sys.stderr.write(f"sandrun: error: {exc.diagnostics()}\n")
+        sys.exit(exc.exit_code)
+
+
+def _warm_exec(parsed: ExecArgs) -> int | None:
+    """The warm launch's exit code, None to take the cold path; errors are reported as
+    the cold path reports them (cli.main)."""
+    from sandrun.errors import EXIT_REFUSED, SandrunError
+    from sandrun.launch.warm_exec import try_warm_exec
+
+    try:
+        return try_warm_exec(parsed)
+    except SandrunError as exc:
+        if parsed.verbose:
+            _print_traceback(exc)
+        sys.stderr.write(f"sandrun: error: {exc.diagnostics()}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a sandrun bug, not a user mistake: still no raw traceback
+        if parsed.verbose:
+            _print_traceback(exc)
+        sys.stderr.write(f"sandrun: internal error: {type(exc).__name__}: {exc}\n"
+                         "  hint: run again with --verbose for the traceback and report it\n")
+        sys.exit(EXIT_REFUSED)
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback  # only on an error: the warm path does not pay for it
+
+    traceback.print_exception(exc)
 
 
 if __name__ == "__main__":

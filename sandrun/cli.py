@@ -18,6 +18,7 @@ import click
 
 from sandrun import __version__
 from sandrun.errors import EXIT_REFUSED, EXIT_USAGE, SandrunError
+from sandrun.launch.options import EXEC_OPTIONS, VERBOSE, Option, exec_option_fields
 
 
 def _fail(exc: SandrunError, verbose: bool) -> NoReturn:
@@ -34,13 +35,39 @@ def _progress_printer() -> Any:
     return lambda msg: None
 
 
+def _record_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-v/--verbose, wherever given: main() shows tracebacks (ctx.obj is main's state,
+    shared by every nested context)."""
+    if value:
+        ctx.ensure_object(dict)["verbose"] = True
+
+
+def _verbose_option() -> click.Option:
+    return click.Option(list(VERBOSE.names), is_flag=True, expose_value=False,
+                        callback=_record_verbose, help=VERBOSE.help)
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-V/--version: sandrun's and everything enforcement depends on, on this machine."""
+    if not value or ctx.resilient_parsing:
+        return
+    from sandrun.sandbox.report import versions
+
+    click.echo(f"sandrun {__version__}")
+    for name, text in versions():
+        click.echo(f"{name + ':':<10} {text}")
+    ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sandrun")
-@click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show sandrun's, Python's, the kernel's, "
+              "Landlock's and seccomp's versions and exit.")
+def cli() -> None:
     """Bundle Python apps reproducibly and run them under Landlock and seccomp."""
-    ctx.obj = {"verbose": verbose}
+
+
+cli.params.append(_verbose_option())  # `sandrun -v CMD`; `CMD -v` too: _verbose_everywhere
 
 
 @cli.command()
@@ -75,10 +102,11 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
     """Freeze REQs (wheels only) into a reproducible, verifiable zipapp."""
     from sandrun.build.builder import BundleRequest, build_bundle
 
+    signing_key = None
     if sign_key is not None:  # a bad key fails before the build, not after
         from sandrun.supply.signing import load_private_key
 
-        load_private_key(sign_key)
+        signing_key = load_private_key(sign_key)  # asks for a passphrase once, if any
 
     request = BundleRequest(
         output=output, requirements=requirements, requirement_files=requirement_files,
@@ -94,7 +122,8 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
 
         from sandrun.supply.signing import sign_bundle
 
-        signed = sign_bundle(result.path, sign_key).describe()
+        assert signing_key is not None
+        signed = sign_bundle(result.path, signing_key).describe()
         sha256 = hashlib.sha256(result.path.read_bytes()).hexdigest()
     m = result.manifest
     platform = next((p for p in m.target.platforms if p.startswith("manylinux")),
@@ -112,34 +141,38 @@ def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
         click.echo(f"  signature    {signed}")
 
 
-@cli.command(name="exec", context_settings={"ignore_unknown_options": True,
-                                            "allow_interspersed_args": False})
-@click.option("-p", "--profile", metavar="NAME|FILE", help="Operator profile (replaces the "
-              "embedded one).")
-@click.option("-u", "--user", metavar="NAME", help="Existing user to run as.")
-@click.option("--python", metavar="PATH", help="Interpreter for the app.")
-@click.option("--store", metavar="DIR", envvar="SANDRUN_STORE",
-              help="Root-owned store (default /var/lib/sandrun).")
-@click.option("--dry-run", is_flag=True, help="Print the launch plan and exit.")
-@click.option("--verify", "verify_mode", type=click.Choice(["cheap", "full"]), default="cheap",
-              show_default=True, help="How to re-check the installed tree.")
-@click.option("--trust", metavar="FILE", help="Trust policy: which keys may sign which apps "
-              "(default /etc/sandrun/trust.toml when it exists).")
-@click.option("--audit-db", metavar="PATH", help="OSV advisories (dir or PyPI all.zip): refuse "
-              "to start with known vulnerabilities at or above --audit-severity.")
-@click.option("--audit-severity", default="high", show_default=True,
-              metavar="low|moderate|high|critical",
-              help="Lowest severity that refuses the start (unknown severity always does).")
-@click.option("--adopt", is_flag=True, help="Hand the app's name, user and state dir to this "
-              "bundle although another signer (or unsigned bundles) owned it.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+def _click_option(option: Option) -> click.Option:
+    """The click option of an EXEC_OPTIONS entry."""
+    if option is VERBOSE:
+        return _verbose_option()
+    if option.flag:
+        return click.Option([*option.names, option.dest], is_flag=True, help=option.help)
+    if option.multiple:
+        return click.Option([*option.names, option.dest], metavar=option.metavar,
+                            help=option.help, multiple=True)
+    return click.Option([*option.names, option.dest], metavar=option.metavar,
+                        help=option.help, envvar=option.envvar, default=option.default,
+                        show_default=option.default is not None,
+                        type=click.Choice(option.choices) if option.choices else None)
+
+
+def _exec_options(command: click.Command) -> click.Command:
+    """Give the exec command the options of the table (options.EXEC_OPTIONS), in its order,
+    before its arguments."""
+    command.params[:0] = [_click_option(option) for option in EXEC_OPTIONS]
+    return command
+
+
+# Options end at the first word that is not one (the bundle): everything after it is the
+# app's, untouched. Before it, an unknown option is a usage error, not the bundle path.
+@_exec_options
+@cli.command(name="exec", context_settings={"allow_interspersed_args": False})
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def exec_(profile: str | None, user: str | None, python: str | None, store: str | None,
-          dry_run: bool, verify_mode: str, trust: str | None, audit_db: str | None,
-          audit_severity: str, adopt: bool, as_json: bool, bundle_path: str,
-          args: tuple[str, ...]) -> int:
+def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
+    import time
+
     from sandrun.launch import runner
     from sandrun.launch.launcher import (
         ExecOptions,
@@ -153,13 +186,11 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
 
     if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
         args = args[1:]
+    options = ExecOptions(bundle=bundle_path, args=args, **exec_option_fields(values))
+    dry_run, as_json = options.dry_run, values["as_json"]
     if as_json and not dry_run:
         raise click.UsageError("--json goes with --dry-run (a launch prints what the app "
                                "prints)")
-    options = ExecOptions(bundle=bundle_path, args=args, profile=profile, user=user,
-                          python=python, store=store, dry_run=dry_run,
-                          verify_full=verify_mode == "full", trust=trust,
-                          audit_db=audit_db, audit_severity=audit_severity, adopt=adopt)
     plan = decide(options)
     if dry_run:
         if as_json:
@@ -173,7 +204,24 @@ def exec_(profile: str | None, user: str | None, python: str | None, store: str 
         click.echo(f"sandrun: {notice}", err=True)
     spec = run_spec(plan)
     save_record(options, plan, spec)
-    return runner.launch(spec, plan.args)
+    session = None
+    if values.get("explain", False):  # record the run's denials (cold path only)
+        from sandrun.launch.explain import ExplainSession
+
+        session = ExplainSession()
+        session.start()
+    started = time.monotonic()
+    try:
+        code = runner.launch(spec, plan.args)
+    finally:
+        if session is not None:
+            session.stop()  # restores the audit setting, also when the launch failed
+    if code != 0 or session is not None:
+        from sandrun.launch.explain import explanation
+
+        for line in explanation(plan, code, session, started):
+            click.echo(f"sandrun: {line}", err=True)
+    return code
 
 
 @cli.command()
@@ -267,8 +315,8 @@ def verify(bundle_path: str, trust: str | None) -> int:
 @cli.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="KEY", help="Private key to write (0600); the public key goes to KEY.pub.")
-@click.option("--identity", metavar="TEXT", help="Signer identity stored in the key and in "
-              "signatures (default user@hostname).")
+@click.option("--identity", metavar="TEXT", help="Signer identity, stored as the comment in "
+              "KEY.pub and in signatures (default user@hostname).")
 def keygen(output: Path, identity: str | None) -> None:
     """Create an Ed25519 signing key (OpenSSH format); never overwrites."""
     from sandrun.bundle.signature import fingerprint, parse_public_key
@@ -415,12 +463,40 @@ def profile_check(files: tuple[str, ...]) -> int:
     return 0
 
 
+def _verbose_everywhere(group: click.Group) -> None:
+    """-v/--verbose on every subcommand, not only before it (`sandrun -v CMD`)."""
+    for command in group.commands.values():
+        if not any(param.name == "verbose" for param in command.params):
+            command.params.append(_verbose_option())
+        if isinstance(command, click.Group):
+            _verbose_everywhere(command)
+
+
+def _register_more_commands() -> None:
+    """Commands defined in their own modules (sandrun/cli_*.py)."""
+    from sandrun.cli_export import export
+    from sandrun.cli_store import gc, list_, rm
+
+    for command in (export, list_, gc, rm):
+        cli.add_command(command)
+
+    def add_verbose(command: click.Command) -> None:  # exporters load lazily
+        if not any(param.name == "verbose" for param in command.params):
+            command.params.append(_verbose_option())
+
+    export.prepare_command = add_verbose  # type: ignore[attr-defined]
+
+
+_register_more_commands()
+_verbose_everywhere(cli)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    verbose = "--verbose" in (argv if argv is not None else sys.argv[1:])
+    state = {"verbose": False}  # ctx.obj of every context: set by -v/--verbose
     try:
-        result = cli.main(args=argv, prog_name="sandrun", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="sandrun", standalone_mode=False, obj=state)
     except SandrunError as exc:
-        _fail(exc, verbose)
+        _fail(exc, state["verbose"])
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -432,10 +508,110 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a sandrun bug, not a user mistake: still no raw traceback
-        if verbose:
+        if state["verbose"]:
             traceback.print_exc()
         click.echo(f"sandrun: internal error: {type(exc).__name__}: {exc}\n"
                    "  hint: run again with --verbose for the traceback and report it",
                    err=True)
         sys.exit(EXIT_REFUSED)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _learn_options(command: click.Command) -> click.Command:
+    """`learn` takes exec's options (same table) but --dry-run, --json and --explain."""
+    command.params[:0] = [_click_option(option) for option in EXEC_OPTIONS
+                          if option.dest not in ("dry_run", "as_json", "explain")]
+    return command
+
+
+@_learn_options
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="PROFILE.toml",
+              help="Write the complete learned profile here (for exec -p).")
+@click.option("--check", "check_profile", metavar="PROFILE",
+              help="Instead of learning: replay under enforcement with PROFILE and fail "
+              "if anything is still denied.")
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def learn(bundle_path: str, args: tuple[str, ...], output: str | None,
+          check_profile: str | None, **values: Any) -> int:
+    """Run BUNDLE observed and print the grants its profile lacks (-o: write the profile).
+
+    Servers: learn while you exercise them, then stop with Ctrl-C or SIGTERM (forwarded
+    to the app); the profile is written after the app exited.
+
+    The learning run is watched, not confined: its own user, namespaces, MDWE, rlimits
+    and cgroup apply, but every path its user can reach is open to it, and syscalls the
+    profile denies run (except those that could leave the sandbox). Learn only with
+    code and inputs you would run that way; the written profile is what confines it."""
+    from sandrun.launch import learn as learning
+    from sandrun.launch.launcher import ExecOptions
+
+    if args[:1] == ("--",):
+        args = args[1:]
+    if check_profile and output:
+        raise click.UsageError("--check replays a profile, -o writes one: use one of them")
+    if check_profile and values.get("profile"):
+        raise click.UsageError("--check PROFILE is the profile to replay: drop -p")
+    fields = exec_option_fields(values)
+    if check_profile:
+        fields["profile"] = check_profile
+    options = ExecOptions(bundle=bundle_path, args=args, **fields)
+
+    def notice(message: str) -> None:
+        click.echo(f"sandrun: {message}", err=True)
+
+    if check_profile:
+        result = learning.check(options, notice)
+        for error in result.observation.errors:
+            notice(f"warning: observer: {error}")
+        code = result.observation.exit_code
+        denied = learning.still_denied(result)
+        notice(f"learn --check: {learning.summary(result)} under {check_profile}")
+        for line in denied:
+            notice(f"  denied: {line}")
+        for line in result.learned.unresolved:
+            notice(f"  denied: {line}")
+        for line in result.learned.skipped:
+            notice(f"  note: {line}")
+        if denied:
+            notice(f"learn --check: FAILED: {len(denied)} denial(s) a profile could lift "
+                   f"(sandrun learn -p {check_profile} -o NEW.toml BUNDLE -- ARGS adds them)")
+            return code or 1
+        coped = result.learned.unresolved
+        if code:
+            notice(f"learn --check: FAILED: the app exited with {code}"
+                   + (" (see the denials above)" if coped else
+                      " (nothing a profile grants was denied)"))
+            return code
+        notice("learn --check: OK: the app succeeded and nothing was denied" if not coped else
+               f"learn --check: OK: the app succeeded; it coped with {len(coped)} denial(s)")
+        return 0
+
+    result = learning.learn(options, output, notice)
+    for error in result.observation.errors:
+        notice(f"warning: observer: {error}")
+    code = result.observation.exit_code
+    click.echo(f"learned from: {learning.summary(result)}")
+    added = result.learned.changes
+    click.echo(f"changes to {result.source}:" if added else
+               f"changes to {result.source}: none (it covers this run)")
+    for change in added:
+        click.echo(f"  {change}")
+    skipped = result.learned.not_granted()
+    if skipped:
+        click.echo("not granted:")
+        for line in skipped:
+            click.echo(f"  - {line}")
+    if output:
+        click.echo(f"wrote {output}: the complete profile (sandrun exec -p {output} "
+                   f"{bundle_path})")
+    else:
+        click.echo("no profile written (-o PROFILE.toml writes the complete profile)")
+    # A server stopped with Ctrl-C or SIGTERM has done what it was meant to.
+    if code not in (0, 130, 143):
+        notice(f"warning: the app exited with {code}: the profile covers what it did "
+               "until then")
+        return code
+    return 0
+

@@ -5,7 +5,9 @@
   code execution inside the app (examples/httpbin/attack_probe) can neither write the code
   nor read /etc/shadow, while the same attack against the classic deployment (a venv owned
   by the user that runs gunicorn) rewrites httpbin's code; SIGTERM stops master and
-  workers with exit 0 and leaves no process of the app user.
+  workers with exit 0 and leaves no process of the app user. The example's profile binds
+  port 8000 only; the runs use it as the operator's profile (`exec -p`, as the README
+  offers) with that port replaced by a free one, so no test needs port 8000 itself.
 
 Wheels come from PyPI once and are cached (like test_shipped_profiles); bundles are then
 built with --no-index --find-links. Needs root, Landlock and seccomp (CI=true fails
@@ -21,7 +23,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port, run_sandrun, sandrun_argv, users_removed_after
 
 pytestmark = pytest.mark.network
 
@@ -41,17 +43,14 @@ WHEEL_CACHE = Path(os.environ.get("SANDRUN_TEST_WHEELS",
                                   Path.home() / ".cache" / "sandrun-tests" / "wheels"))
 # Pinned so that CI does not change under us; setuptools is the examples' build backend.
 REQUIREMENTS = ("httpbin==0.10.4", "gunicorn==27.0.1", "setuptools>=61")
-PORT = 8000  # the only port examples/httpbin/httpbin.toml lets the app bind
+HTTPBIN_PROFILE = EXAMPLES / "httpbin" / "httpbin.toml"
+PROFILE_PORT = "bind_tcp = [8000]"  # the only port httpbin.toml lets the app bind
 APP_USER = "sandrun-httpbin"
+BUILD_TIMEOUT = 300  # pip resolving httpbin's dependencies from the cache
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 # ------------------------------------------------------------------ helpers
-
-def sandrun(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sandrun", *args], capture_output=True,
-                          text=True, check=False, timeout=300, **kw)  # type: ignore[arg-type]
-
 
 def wheelhouse(*requirements: str) -> Path:
     """Wheels for `requirements` and their dependencies in WHEEL_CACHE, downloaded once."""
@@ -73,17 +72,6 @@ def copy_project(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(
         "build", "dist", "*.egg-info", "__pycache__"))
     return dest
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fetch(url: str, data: bytes | None = None,
@@ -138,6 +126,13 @@ def processes_of(uid: int) -> dict[int, str]:
 
 # ------------------------------------------------------------------ fixtures
 
+@pytest.fixture(scope="module", autouse=True)
+def app_users() -> Iterator[None]:
+    """The app users the launches below create go with the module."""
+    with users_removed_after("sandrun-hello", APP_USER):
+        yield
+
+
 @pytest.fixture(scope="module")
 def work(require_root: None, require_landlock: int, require_seccomp: None) -> Iterator[Path]:
     # Not under /tmp: the sandbox has a private /tmp (absent there, not denied).
@@ -168,31 +163,47 @@ def probe_wheels(work: Path, wheels: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def httpbin_bundle(work: Path, wheels: Path, probe_wheels: Path) -> Path:
-    """The example's bundle (httpbin + gunicorn, its profile), plus attack_probe."""
+    """The example's bundle (httpbin + gunicorn, its profile), plus attack_probe, approved
+    by the operator as the README shows."""
     bundle = work / "httpbin.pyz"
-    proc = sandrun("bundle", "httpbin", "gunicorn", "attack_probe", "--no-index",
-                   "--find-links", str(wheels), "--find-links", str(probe_wheels),
-                   "-c", "gunicorn", "-p", str(EXAMPLES / "httpbin" / "httpbin.toml"),
-                   "--name", "httpbin", "-o", str(bundle))
+    proc = run_sandrun("bundle", "httpbin", "gunicorn", "attack_probe", "--no-index",
+                       "--find-links", str(wheels), "--find-links", str(probe_wheels),
+                       "-c", "gunicorn", "-p", str(HTTPBIN_PROFILE),
+                       "--name", "httpbin", "-o", str(bundle), timeout=BUILD_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
+    # The example's profile asks for port 8000 beyond `default`: the operator approves it.
+    approved = run_sandrun("approve", "--store", str(work / "store"), "--yes", str(bundle))
+    assert approved.returncode == 0, approved.stderr
+    assert "network.bind_tcp: 8000" in approved.stdout
     return bundle
 
 
+def profile_on_port(work: Path, port: int) -> Path:
+    """httpbin.toml with its one port replaced by `port`, every other rule the same: the
+    operator's profile (`exec -p`, the README's alternative to approving), so the tests
+    never need port 8000 itself, which another program may hold."""
+    text = HTTPBIN_PROFILE.read_text()
+    assert text.count(PROFILE_PORT) == 1, f"{HTTPBIN_PROFILE} no longer says {PROFILE_PORT}"
+    path = work / f"httpbin-{port}.toml"
+    path.write_text(text.replace(PROFILE_PORT, f"bind_tcp = [{port}]"))
+    return path
+
+
 @contextlib.contextmanager
-def sandrun_gunicorn(work: Path, bundle: Path, app: str,
-                     workers: int = 2) -> Iterator[subprocess.Popen[str]]:
-    """`sandrun exec BUNDLE -- -b 127.0.0.1:8000 -w N APP`, serving once the context opens."""
-    assert port_is_free(PORT), f"port {PORT} is taken: the example's profile binds {PORT} only"
-    # The example's profile asks for port 8000 beyond `default`: the operator approves it.
-    approved = sandrun("approve", "--store", str(work / "store"), "--yes", str(bundle))
-    assert approved.returncode == 0, approved.stderr
+def sandrun_gunicorn(work: Path, bundle: Path, app: str, workers: int = 2
+                     ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`sandrun exec -p PROFILE BUNDLE -- -b 127.0.0.1:PORT -w N APP` on a free PORT that
+    the profile (the example's, on that port) grants; (process, base URL) once serving."""
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandrun", "exec", "--store", str(work / "store"), str(bundle),
-         "--", "-b", f"127.0.0.1:{PORT}", "-w", str(workers), app],
+        sandrun_argv("exec", "--store", str(work / "store"), "-p",
+                     str(profile_on_port(work, port)), str(bundle),
+                     "--", "-b", f"127.0.0.1:{port}", "-w", str(workers), app),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(f"http://127.0.0.1:{PORT}/get", proc)
-        yield proc
+        wait_until_serving(f"{url}/get", proc)
+        yield proc, url
     finally:
         if proc.poll() is None:
             stop(proc)
@@ -204,11 +215,11 @@ def test_hello_round_trip(work: Path, wheels: Path) -> None:
     """README quick start: bundle examples/hello, exec it as sandrun-hello."""
     src = copy_project(EXAMPLES / "hello", work / "hello-src")
     bundle = work / "hello.pyz"
-    built = sandrun("bundle", str(src), "-c", "hello", "--no-index", "--find-links",
-                    str(wheels), "-o", str(bundle))
+    built = run_sandrun("bundle", str(src), "-c", "hello", "--no-index", "--find-links",
+                        str(wheels), "-o", str(bundle), timeout=BUILD_TIMEOUT)
     assert built.returncode == 0, built.stderr
-    assert sandrun("verify", str(bundle)).returncode == 0
-    run = sandrun("exec", "--store", str(work / "store"), str(bundle), "sandrun")
+    assert run_sandrun("verify", str(bundle)).returncode == 0
+    run = run_sandrun("exec", "--store", str(work / "store"), str(bundle), "sandrun")
     assert run.returncode == 0, run.stderr
     user = pwd.getpwnam("sandrun-hello")
     assert user.pw_uid != 0
@@ -221,19 +232,19 @@ def test_hello_round_trip(work: Path, wheels: Path) -> None:
 # ------------------------------------------------------------------ httpbin
 
 def test_httpbin_serves_under_sandrun(work: Path, httpbin_bundle: Path) -> None:
-    with sandrun_gunicorn(work, httpbin_bundle, "httpbin:app") as server:
-        status, _, body = fetch(f"http://127.0.0.1:{PORT}/get?x=1")
+    with sandrun_gunicorn(work, httpbin_bundle, "httpbin:app") as (server, url):
+        status, _, body = fetch(f"{url}/get?x=1")
         assert status == 200
         assert json.loads(body)["args"] == {"x": "1"}
 
         sent = {"name": "sandrun", "numbers": [1, 2, 3]}
-        status, _, body = fetch(f"http://127.0.0.1:{PORT}/post", json.dumps(sent).encode(),
+        status, _, body = fetch(f"{url}/post", json.dumps(sent).encode(),
                                 {"Content-Type": "application/json"})
         assert status == 200
         assert json.loads(body)["json"] == sent
 
         # brotlicffi: a cffi C extension loaded from the read-only store under MDWE.
-        status, headers, body = fetch(f"http://127.0.0.1:{PORT}/brotli")
+        status, headers, body = fetch(f"{url}/brotli")
         assert status == 200
         assert headers["content-encoding"] == "br"
         assert body
@@ -252,8 +263,8 @@ def test_attacker_in_the_app_cannot_touch_code_or_secrets(work: Path,
     secret = work / "world-readable-secret.txt"
     secret.write_text("not for the app\n")
     secret.chmod(0o644)
-    with sandrun_gunicorn(work, httpbin_bundle, "attack_probe:app") as server:
-        _, _, body = fetch(f"http://127.0.0.1:{PORT}/_probe?read={secret}")
+    with sandrun_gunicorn(work, httpbin_bundle, "attack_probe:app") as (server, url):
+        _, _, body = fetch(f"{url}/_probe?read={secret}")
         code, _, err = stop(server)
     assert code == 0, err
     report = json.loads(body)
@@ -333,7 +344,7 @@ def test_sigterm_stops_master_and_workers(work: Path, httpbin_bundle: Path) -> N
     """SIGTERM to `sandrun exec` reaches gunicorn's master, which stops its workers and
     exits 0 (gunicorn's graceful shutdown); sandrun returns that 0, not 128+15, and no
     process of the app user survives."""
-    with sandrun_gunicorn(work, httpbin_bundle, "httpbin:app", workers=2) as server:
+    with sandrun_gunicorn(work, httpbin_bundle, "httpbin:app", workers=2) as (server, _url):
         uid = pwd.getpwnam(APP_USER).pw_uid
         deadline = time.monotonic() + 10
         while len(running := processes_of(uid)) < 3 and time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -17,9 +18,12 @@ def _digest(data: bytes) -> str:
 
 def make_wheel(directory: Path, name: str, version: str, files: dict[str, str | bytes], *,
                console_scripts: dict[str, str] | None = None, requires: list[str] = (),
-               tag: str = "py3-none-any", tamper: str | None = None) -> Path:
+               tag: str = "py3-none-any", tamper: str | None = None,
+               modes: dict[str, int] | None = None) -> Path:
     """Write `{name}-{version}-{tag}.whl` with a correct RECORD (unless `tamper` names a
-    file whose content is changed after RECORD was written)."""
+    file whose content is changed after RECORD was written). `modes` gives the Unix
+    permission bits stored for some of the files (as a build tool stores 0755 for an
+    executable); the others carry zipfile's default."""
     directory.mkdir(parents=True, exist_ok=True)
     dist_info = f"{name}-{version}.dist-info"
     meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
@@ -40,7 +44,12 @@ def make_wheel(directory: Path, name: str, version: str, files: dict[str, str | 
     path = directory / f"{name.replace('-', '_')}-{version}-{tag}.whl"
     with zipfile.ZipFile(path, "w") as zf:
         for n, d in sorted(content.items()):
-            zf.writestr(n, d)
+            if modes and n in modes:
+                info = zipfile.ZipInfo(n, date_time=(2020, 1, 1, 0, 0, 0))
+                info.external_attr = (stat.S_IFREG | modes[n]) << 16
+                zf.writestr(info, d)
+            else:
+                zf.writestr(n, d)
     return path
 
 

@@ -11,6 +11,27 @@ file in a wheel is a leftover cache that CPython uses only beside its source (nu
 ships one): it is checked against RECORD like every file, then left out, with a
 warning. A `.pyc`/`.pyo` anywhere else is sourceless code that Python would import
 instead of reading a source: the wheel is refused.
+
+Every file an installer would install is kept, laid out as `pip install --target
+site-packages` lays it out (which is also what shiv does), so that code that finds
+its files the pip way finds them in the store too:
+  `<name>.data/purelib/`, `platlib/`  merged into site-packages, as every installer does;
+  `<name>.data/scripts/`  into `site-packages/bin/`, mode 0755 (the wheel spec: "Unix
+      installers may need to add the +x bit"). That is where ruff and uv look for
+      their native executable outside a venv (`pip install --target` puts it there), and
+      what a profile grants: `execute = ["{store}/site-packages/bin/ruff"]`;
+  `<name>.data/data/`  relative to site-packages, as `--target` treats it as the prefix;
+  `<name>.data/headers/`  into `site-packages/include/site/python3.N/<project>/`, as
+      `--target` does: inert at run time (nothing compiles in the sandbox), kept so the
+      tree holds everything the wheel's RECORD lists.
+Files are byte-identical to the wheel, so each still matches its RECORD hash. A script
+whose first line is `#!python` keeps it: installers rewrite it to the installing
+interpreter, but the interpreter that runs the app is chosen at launch, and the tree is
+verified by content, so no path can be baked in (`#!/usr/bin/env python3` would run
+PATH's python3 with the system's packages instead of the verified tree). Such a script
+cannot be executed directly (the kernel resolves a relative interpreter against the cwd,
+where Landlock grants no execute): the app runs the project's entry point instead.
+A wheel with any other `.data` scheme is refused, as pip refuses it.
 """
 
 from __future__ import annotations
@@ -21,6 +42,7 @@ import hashlib
 import io
 import os
 import stat
+import sys
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from sandrun.bundle.manifest import is_bytecode_name, normalise_mode
+from sandrun.bundle.manifest import EXEC_MODE, is_bytecode_name, normalise_mode
 from sandrun.errors import BundleError
 
 # What a RECORD may leave unhashed: itself and its signatures.
@@ -91,13 +113,18 @@ def _ignore(_: str) -> None:
 
 
 def install_wheel(wheel: Wheel, site_packages: Path,
-                  warn: Callable[[str], None] = _ignore) -> list[str]:
+                  warn: Callable[[str], None] = _ignore, *,
+                  python_version: str | None = None) -> list[str]:
     """Verify every file against RECORD, then unpack into site_packages.
 
     Returns the installed paths relative to site_packages. Nothing is written
-    when the RECORD check fails or the wheel ships sourceless bytecode; `__pycache__`
-    files are verified, then left out (one `warn` per wheel names them).
+    when the RECORD check fails, the wheel ships sourceless bytecode or a file of an
+    unknown `.data` scheme; `__pycache__` files are verified, then left out (one `warn`
+    per wheel names them). `python_version` ("3.11", the target's; default: this
+    interpreter's) names the headers directory.
     """
+    if python_version is None:
+        python_version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     with zipfile.ZipFile(wheel.path) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         names = [i.filename for i in infos]
@@ -109,7 +136,9 @@ def install_wheel(wheel: Wheel, site_packages: Path,
         caches = _bytecode_caches(names, wheel.filename)
         dist_info = _dist_info_dir(names, wheel)
         record = _read_record(zf, f"{dist_info}/RECORD", wheel)
-        files: list[tuple[str, bytes, int]] = []
+        data_dir = f"{dist_info[: -len('.dist-info')]}.data/"
+        files: list[tuple[str, bytes, int]] = []  # installed name, content, mode
+        python_scripts: list[str] = []
         for info in infos:
             data = zf.read(info)
             base = info.filename.rsplit("/", 1)[-1]
@@ -130,8 +159,11 @@ def install_wheel(wheel: Wheel, site_packages: Path,
                                   "hash", "the wheel was altered after it was built; do not use it")
             if info.filename in caches:
                 continue  # verified above, but never installed
-            mode = normalise_mode((info.external_attr >> 16) & 0o777)
-            files.append((info.filename, data, mode))
+            target, is_script = _placement(info.filename, data_dir, wheel, python_version)
+            mode = EXEC_MODE if is_script else normalise_mode((info.external_attr >> 16) & 0o777)
+            if is_script and data.startswith(b"#!python"):
+                python_scripts.append(target)
+            files.append((target, data, mode))
         missing = [n for n in record if not n.endswith("/") and
                    n.rsplit("/", 1)[-1] not in _RECORD_SELF]
         if missing:
@@ -143,21 +175,51 @@ def install_wheel(wheel: Wheel, site_packages: Path,
         shown = ", ".join(sorted(caches)[:3]) + (", ..." if len(caches) > 3 else "")
         warn(f"{wheel.filename}: left out {len(caches)} precompiled bytecode file(s) "
              f"({shown}); the store compiles bytecode from the sources itself")
+    placed = [name for name, _, _ in files]
+    if len(set(placed)) != len(placed):
+        twice = sorted({n for n in placed if placed.count(n) > 1})
+        raise BundleError(f"{wheel.filename}: installs {', '.join(twice[:3])} twice (from the "
+                          "package and from its .data directory)",
+                          "this wheel is malformed; installers would overwrite one of them")
+    if python_scripts:
+        shown = ", ".join(sorted(python_scripts)[:3]) + (", ..." if len(python_scripts) > 3
+                                                          else "")
+        warn(f"{wheel.filename}: kept {len(python_scripts)} '#!python' script(s) as shipped "
+             f"({shown}): the interpreter is chosen at launch and the tree is verified by "
+             "content, so no interpreter path can be written into them and they cannot be "
+             "executed directly; run the project's entry point instead")
     installed: list[str] = []
-    data_dir = f"{dist_info[: -len('.dist-info')]}.data/"
     for name, data, mode in files:
-        if name.startswith(data_dir):
-            scheme, _, rest = name[len(data_dir):].partition("/")
-            if scheme not in ("purelib", "platlib"):
-                continue  # scripts, headers and data are not part of an importable app
-            name = rest
-        _write_new(site_packages / name, data, mode, wheel.filename)
+        _write_new(site_packages, name, data, mode, wheel.filename)
         installed.append(name)
     # RECORD goes along unchanged so that `sandrun inspect` and SBOMs can read it.
     rec_data = _read_raw(wheel.path, f"{dist_info}/RECORD")
-    _write_new(site_packages / dist_info / "RECORD", rec_data, 0o644, wheel.filename)
+    _write_new(site_packages, f"{dist_info}/RECORD", rec_data, 0o644, wheel.filename)
     installed.append(f"{dist_info}/RECORD")
     return installed
+
+
+# `.data/<scheme>/` of a wheel: where `pip install --target` puts each scheme's files.
+SCRIPTS_DIR = "bin"
+_DATA_SCHEMES = ("purelib", "platlib", "scripts", "data", "headers")
+
+
+def _placement(name: str, data_dir: str, wheel: Wheel,
+               python_version: str) -> tuple[str, bool]:
+    """Where a wheel member goes, relative to site-packages (see the module docstring),
+    and whether it is a script (always executable)."""
+    if not name.startswith(data_dir):
+        return name, False
+    scheme, _, rest = name[len(data_dir):].partition("/")
+    if scheme not in _DATA_SCHEMES or not rest:
+        raise BundleError(f"{wheel.filename}: {name} is in the unknown install scheme "
+                          f"{scheme!r} (known: {', '.join(_DATA_SCHEMES)})",
+                          "this wheel is malformed; installers refuse it too")
+    if scheme == "scripts":
+        return f"{SCRIPTS_DIR}/{rest}", True
+    if scheme == "headers":
+        return f"include/site/python{python_version}/{wheel.name}/{rest}", False
+    return rest, False
 
 
 def _bytecode_caches(names: list[str], wheel: str) -> set[str]:
@@ -176,14 +238,17 @@ def _bytecode_caches(names: list[str], wheel: str) -> set[str]:
     return caches
 
 
-def _write_new(target: Path, data: bytes, mode: int, wheel: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _write_new(site_packages: Path, name: str, data: bytes, mode: int, wheel: str) -> None:
+    target = site_packages / name
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
-    except FileExistsError:
-        raise BundleError(f"{wheel}: {target.name} is also installed by another wheel",
-                          "two distributions ship the same file; drop one of them") from None
+    except (FileExistsError, NotADirectoryError):
+        # The same name, or a file where another wheel has a directory (or the reverse).
+        raise BundleError(f"{wheel}: {name} conflicts with a file or directory that "
+                          "another wheel installs",
+                          "two distributions ship the same path; drop one of them") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(target, mode & ~stat.S_IFMT(mode))

@@ -20,20 +20,22 @@ The entry is canonical JSON (sorted keys, one line):
 The Ed25519 signature covers SIGNATURE_DOMAIN + the canonical JSON of every other
 field, so the signer, time, app and version are authenticated along with the manifest
 digest, and the message cannot be mistaken for anything else the key might sign. The
-entry must be byte-for-byte canonical: one meaning, one encoding. cryptography is
-imported only where a signature is checked: an unsigned bundle never loads it.
+entry must be byte-for-byte canonical: one meaning, one encoding.
+
+Public keys are read and written with cryptography's OpenSSH serialisation; a key's
+comment (its self-asserted identity) is kept beside it, since cryptography drops
+comments. cryptography is imported only where a key is parsed or a signature checked:
+verifying an unsigned bundle never loads it.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 import enum
 import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +44,6 @@ from sandrun.bundle.manifest import SIGNATURE_NAME, Manifest, canonical_json
 from sandrun.errors import ArchiveError, KeyFileError, Problem, SignatureError
 
 SIGNATURE_MODE = 0o644
-
-
-def _ssh_string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
 
 
 if TYPE_CHECKING:
@@ -106,6 +104,12 @@ class PublicKey:
     def __repr__(self) -> str:
         return f"PublicKey({self.fingerprint}, comment={self.comment!r})"
 
+    @classmethod
+    def from_key(cls, key: Ed25519PublicKey, comment: str = "") -> PublicKey:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        return cls(key.public_bytes(Encoding.Raw, PublicFormat.Raw), comment)
+
     @property
     def key(self) -> Ed25519PublicKey:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -113,17 +117,14 @@ class PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.raw)
 
     @property
-    def blob(self) -> bytes:
-        """The SSH wire encoding, which fingerprints hash."""
-        return _ssh_string(KEY_TYPE.encode()) + _ssh_string(self.raw)
-
-    @property
     def fingerprint(self) -> str:
         return fingerprint(self)
 
     def openssh(self, *, with_comment: bool = True) -> str:
         """The one-line OpenSSH form: `ssh-ed25519 AAAA... [comment]`."""
-        line = f"{KEY_TYPE} {base64.b64encode(self.blob).decode('ascii')}"
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        line = self.key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode("ascii")
         return f"{line} {self.comment}" if with_comment and self.comment else line
 
     def verify(self, signature: bytes, message: bytes) -> bool:
@@ -137,8 +138,10 @@ class PublicKey:
 
 
 def fingerprint(public_key: PublicKey) -> str:
-    """`SHA256:<base64 without padding>`, exactly as `ssh-keygen -l` prints it."""
-    digest = hashlib.sha256(public_key.blob).digest()
+    """`SHA256:<base64 without padding>`, exactly as `ssh-keygen -l` prints it: the hash
+    of the key's SSH wire encoding, which is the base64 field of its OpenSSH line."""
+    blob = base64.b64decode(public_key.openssh(with_comment=False).split()[1])
+    digest = hashlib.sha256(blob).digest()
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
@@ -166,26 +169,26 @@ def _parse_public_key(line: str) -> PublicKey:
                            f"not {KEY_TYPE!r} (options before the key type are not supported)",
                            example)
     try:
-        blob = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
+        base64.b64decode(data, validate=True)  # for a clearer message than cryptography's
+    except ValueError:  # binascii.Error, or non-ASCII text
         raise KeyFileError("the key data is not valid base64", "copy the whole line from the "
                            ".pub file; it must not be wrapped or shortened") from None
-    reader = _SshReader(blob)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
     try:
-        blob_type = reader.string()
-        raw = reader.string()
-        reader.end()
-    except ValueError:
-        raise KeyFileError("the key data is truncated or malformed",
+        key = load_ssh_public_key(f"{KEY_TYPE} {data}".encode("ascii"))
+    except ValueError as exc:
+        raise KeyFileError(f"the key data is truncated or malformed ({exc})",
                            "copy the whole line from the .pub file") from None
-    if blob_type != KEY_TYPE.encode() or len(raw) != 32:
-        raise KeyFileError(f"the key data is not an Ed25519 key (it says {blob_type[:40]!r}, "
-                           f"{len(raw)} key bytes)", "copy the whole line from the .pub file")
+    if not isinstance(key, Ed25519PublicKey):  # the label said ssh-ed25519, so never
+        raise KeyFileError("the key data is not an Ed25519 key",
+                           "copy the whole line from the .pub file")
     comment = fields[2].strip() if len(fields) > 2 else ""
     problem = _identity_problem(comment)
     if problem:
         raise KeyFileError(f"the key's comment {problem}", "keep the comment on one line")
-    return PublicKey(raw, comment)
+    return PublicKey.from_key(key, comment)
 
 
 def _identity_problem(identity: str) -> str | None:
@@ -198,44 +201,6 @@ def _identity_problem(identity: str) -> str | None:
 
 def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _describe_key_data(data: bytes) -> str:
-    if data.startswith(KEY_TYPE.encode() + b" ") or data.startswith(b"ssh-"):
-        return "it is a public key: pass the private key, the file without .pub"
-    if data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"):
-        return "it is an encrypted PKCS#8 key"
-    if data.startswith(b"-----BEGIN "):
-        label = data.split(b"\n", 1)[0].decode("ascii", "replace").strip("- \r")
-        return f"it is a PEM {label.removeprefix('BEGIN ')} file"
-    return "no '-----BEGIN OPENSSH PRIVATE KEY-----' line"
-
-
-class _SshReader:
-    """Reads the SSH wire format (uint32 and length-prefixed strings)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def uint32(self) -> int:
-        if self.pos + 4 > len(self.data):
-            raise ValueError("truncated")
-        (value,) = struct.unpack_from(">I", self.data, self.pos)
-        self.pos += 4
-        return int(value)
-
-    def string(self) -> bytes:
-        length = self.uint32()
-        if self.pos + length > len(self.data):
-            raise ValueError("truncated")
-        value = self.data[self.pos:self.pos + length]
-        self.pos += length
-        return value
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise ValueError("trailing data")
 
 
 @dataclass(frozen=True)
@@ -329,7 +294,7 @@ class SignatureInfo:
                                  "2024-05-01T12:00:00Z", hint)
         try:
             raw_signature = base64.b64decode(obj["signature"], validate=True)
-        except (binascii.Error, ValueError):
+        except ValueError:  # binascii.Error, or non-ASCII text
             raise SignatureError("signature is not valid base64", hint) from None
         if len(raw_signature) != 64:
             raise SignatureError(f"signature is {len(raw_signature)} bytes; an Ed25519 "
@@ -388,10 +353,6 @@ class SignatureStatus:
     state: SignatureState
     info: SignatureInfo | None = None
     problems: tuple[Problem, ...] = ()
-
-    @property
-    def signed(self) -> bool:
-        return self.state is not SignatureState.UNSIGNED
 
     def describe(self) -> str:
         """One line for people: `signed by X (SHA256:...) at T`, `unsigned`, or why invalid."""
@@ -464,11 +425,3 @@ def signature_status(archive: StrictArchive, manifest: Manifest | None) -> Signa
         return SignatureStatus(SignatureState.INVALID, problems=tuple(problems))
     return SignatureStatus(SignatureState.VALID, info)
 
-
-def read_signature(archive: StrictArchive, manifest: Manifest) -> SignatureInfo | None:
-    """The valid signature of a bundle, None when unsigned; SignatureError when invalid."""
-    status = signature_status(archive, manifest)
-    if status.state is SignatureState.INVALID:
-        raise SignatureError(f"{SIGNATURE_NAME}: " + "; ".join(p.what for p in status.problems),
-                             status.problems[0].hint)
-    return status.info

@@ -190,27 +190,34 @@ def _check_private(path: Path, st: os.stat_result, what: str) -> None:
                          f"remove it or fix it: chown root {path}; chmod 600 {path}")
 
 
-def _read_record(store: Store, directory: str, name: str, what: str) -> bytes | None:
-    """The bytes of a private record in <store>/<directory>/, or None when absent.
-    Everything goes through the store's checked fd: never through a link."""
-    if not store.exists():
-        return None
-    path = store.root / directory / name
+def _record_dir(store: Store, directory: str, *, create: bool) -> int:
+    """An O_RDONLY fd of <store>/<directory>/, a 0700 dir of root, reached through the
+    store's checked fd (FileNotFoundError when absent and not created)."""
     try:
-        dir_fd = safefile.open_private_dir(directory, dir_fd=store.dir_fd())
-    except FileNotFoundError:
-        return None
+        path_fd = safefile.open_private_dir(directory, dir_fd=store.dir_fd(), create=create)
     except safefile.UnsafePath as exc:
         raise StoreError(f"{store.root / directory} {exc.why}",
                          f"fix it: chown root {store.root / directory}; chmod 700 "
                          f"{store.root / directory}") from None
     try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_fd)
     finally:
-        os.close(dir_fd)
+        os.close(path_fd)
+
+
+def _read_record(store: Store, directory: str, name: str, what: str) -> bytes | None:
+    """The bytes of a private record in <store>/<directory>/, or None when absent.
+    Everything goes through the store's checked fd: never through a link."""
+    if not store.exists():
+        return None
+    try:
+        fd = _record_dir(store, directory, create=False)
+    except FileNotFoundError:
+        return None
     try:
         return safefile.read_private(name, dir_fd=fd, max_size=_MAX_RECORD_BYTES)
     except safefile.UnsafePath as exc:
+        path = store.root / directory / name
         raise StoreError(f"{what} {path} {exc.why}", f"remove it: rm {path}") from None
     finally:
         os.close(fd)
@@ -219,16 +226,7 @@ def _read_record(store: Store, directory: str, name: str, what: str) -> bytes | 
 def _write_record(store: Store, directory: str, name: str, data: bytes) -> Path:
     """Atomically and durably, 0600 in a 0700 dir of the store, through its fd."""
     store.ensure_layout()
-    try:
-        dir_fd = safefile.open_private_dir(directory, dir_fd=store.dir_fd(), create=True)
-    except safefile.UnsafePath as exc:
-        raise StoreError(f"{store.root / directory} {exc.why}",
-                         f"fix it: chown root {store.root / directory}; chmod 700 "
-                         f"{store.root / directory}") from None
-    try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    fd = _record_dir(store, directory, create=True)
     try:
         safefile.write_private(name, data, dir_fd=fd, sync=True)
         os.fsync(fd)

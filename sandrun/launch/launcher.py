@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandrun.bundle.manifest import (
     BOOTSTRAP_NAME,
@@ -31,6 +31,7 @@ from sandrun.errors import (
     Problem,
     SandrunError,
     StoreError,
+    UsageError,
     VerificationError,
     VulnerabilityError,
 )
@@ -40,6 +41,7 @@ from sandrun.launch.safefile import read_bundle
 from sandrun.launch.store import Store, default_store_path
 from sandrun.launch.users import AppUser, check_user, invoking_user, resolve_user
 from sandrun.sandbox import kernel, landlock, seccomp
+from sandrun.sandbox.status import ENFORCED, ProtectionStatus, enforcement
 
 if TYPE_CHECKING:
     from sandrun.bundle.archive import StrictArchive
@@ -50,13 +52,16 @@ if TYPE_CHECKING:
 
 # Files almost every app needs to read; absent ones are skipped (marked so in --dry-run).
 # DNS files come with the profile's `dns = true`, certificates with its read lists.
-SYSTEM_READ = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/etc/passwd",
-               "/etc/group", "/etc/nsswitch.conf", "/usr/lib/locale", "/etc/mime.types",
-               "/sys/devices/system/cpu", "/dev/urandom", "/dev/random")
+SYSTEM_READ = ("/etc/ld.so.cache", "/etc/locale.alias", "/usr/share/locale/locale.alias",
+               "/etc/localtime",
+               "/usr/share/zoneinfo", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+               "/usr/lib/locale", "/etc/mime.types", "/sys/devices/system/cpu",
+               "/dev/urandom", "/dev/random")
 SYSTEM_READ_WRITE = ("/dev/null", "/dev/zero", "/dev/full")
+# Privileged launches get a fresh tmpfs on each (systemd's PrivateTmp; /dev/shm for POSIX
+# semaphores and shared memory, which multiprocessing needs): {tmp} is /tmp.
+PRIVATE_TMP_DIRS = runner.PRIVATE_TMP_DIRS
 # Where shared libraries live: read is all dlopen needs (Landlock's EXECUTE governs execve).
-# Privileged launches get a fresh tmpfs on each (systemd's PrivateTmp): {tmp} is /tmp.
-PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/local/lib")
 
@@ -75,13 +80,14 @@ class ExecOptions:
     audit_db: str | None = None  # OSV database: refuse known-vulnerable dependencies
     audit_severity: str = "high"  # lowest severity that refuses (unknown always does)
     adopt: bool = False  # hand the app name (user, state) to this bundle's signer
-
-
-@dataclass
-class Protection:
-    name: str
-    status: str  # "enforced" | "partial" | "not enforced"
-    detail: str = ""
+    # Operator grants on top of the profile (no approval needed: the operator gives them).
+    env: tuple[str, ...] = ()  # NAME=VALUE to set, NAME to pass from sandrun's environment
+    env_file: tuple[str, ...] = ()  # files of such lines (-e wins)
+    read: tuple[str, ...] = ()
+    rw: tuple[str, ...] = ()
+    bind_tcp: tuple[str, ...] = ()
+    connect_tcp: tuple[str, ...] = ()
+    workdir: str | None = None
 
 
 @dataclass
@@ -118,9 +124,10 @@ class LaunchPlan:
     creates: list[str] = field(default_factory=list)  # what materialise() would create
     notices: list[str] = field(default_factory=list)  # one line per change made
     consent: str = ""  # why the profile may be applied
+    operator_grants: list[str] = field(default_factory=list)  # -e, --read, --rw, ... shown
     seccomp_bpf: bytes = b""  # compiled by decide(): a filter that cannot be built refuses
     limit_rows: list[tuple[str, str, str]] = field(default_factory=list)  # name, status, how
-    protections: list[Protection] = field(default_factory=list)
+    protections: list[ProtectionStatus] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def raise_for_refusals(self) -> None:
@@ -147,28 +154,123 @@ def decide(options: ExecOptions) -> LaunchPlan:
     Refusals that do not prevent deciding the rest are collected in plan.refusals (so a
     dry run names every reason); what makes the rest meaningless (an unreadable or
     unverifiable bundle, an untrusted store) raises at once. Nothing is created here: no
-    user, no store dir, no tree, no state dir, no record.
+    user, no store dir, no tree, no state dir, no record. The steps, in order:
     """
+    from sandrun.supply.trust import DEFAULT_TRUST_PATH
+
+    found = _Findings()
+    privileged = os.geteuid() == 0
+    store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
+    bundle = _verified_bundle(options, store)
+    app = bundle.manifest.app_name
+    policy, audit_note = _check_trust_and_audit(options, bundle, found)
+    owner = found.attempt(_check_owner, options, store, bundle, found)
+    profile, consent_note = _decide_profile(options, bundle.archive, app, store,
+                                            found.refusals)
+    grants = operator_grants(options)  # usage errors (exit 2) raise: nothing to decide
+    profile = grants.apply(profile)
+    found.attempt(require_kernel_support, profile)
+    user = _decide_user(options, app, privileged, found.refusals)
+    if not user.exists:
+        found.creates.append(f"system user {user.name} (no login shell, no home)")
+    interp = _decide_interpreter(options, bundle, user, found)
+    state = store.state / app
+    _check_state_dir(store, app, user, found)
+    # Privileged: a fresh private tmpfs per launch (nothing to follow or clean up);
+    # not root: no mount namespace, so TMPDIR stays inside the state dir.
+    tmp = PRIVATE_TMP_DIRS[0] if privileged else str(state / "tmp")
+    placeholders = {"app": app, "state": str(state), "tmp": tmp,
+                    "store": str(bundle.tree), "home": str(state), "cwd": os.getcwd()}
+    expanded = found.attempt(profile.expand, placeholders)
+    profile = expanded if expanded is not None else _unexpanded_fallback(profile)
+    found.refusals += _missing_required_paths(profile, created=(str(state),),
+                                              tree=str(bundle.tree), manifest=bundle.manifest)
+    cwd = _working_dir(options, profile, state, found)
+    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(state),
+                "TMPDIR": tmp, "LANG": "C.UTF-8"}
+    env = {**base_env, **{n: os.environ[n] for n in profile.env_pass if n in os.environ},
+           **profile.env_set}
+
+    plan = LaunchPlan(
+        bundle=options.bundle, bundle_sha256=bundle.sha256, manifest=bundle.manifest,
+        store=store, tree=bundle.tree, installed=bundle.installed, profile=profile, user=user,
+        privileged=privileged, interpreter=interp, state_dir=state,
+        argv=[interp.path, "-I", "-B", str(bundle.tree / BOOTSTRAP_NAME)], args=options.args,
+        base_env=base_env, env=env, cwd=cwd,
+        landlock_policy=_landlock_policy(profile, interp, bundle.tree, state, privileged),
+        seccomp_policy=_seccomp_policy(profile),
+        rlimits=_rlimits(profile), mdwe=profile.mdwe, signature=bundle.signature,
+        trust_policy=policy,
+        trust_inputs=(options.trust or str(DEFAULT_TRUST_PATH),
+                      *(policy.files if policy is not None else ()),
+                      *consent.consent_inputs(store.root, app),
+                      str(consent.owner_path(store.root, app))),
+        manifest_bytes=bundle.manifest_bytes, archive=bundle.archive,
+        full_check=bundle.full_check, signer=bundle.signer, owner_known=owner is not None,
+        refusals=found.refusals, creates=found.creates, notices=found.notices,
+        consent=consent_note, operator_grants=grants.describe())
+    if audit_note:
+        plan.notes.append(audit_note)
+    plan.seccomp_bpf = found.attempt(seccomp.compile_filter, plan.seccomp_policy) or b""
+    plan.limit_rows = _limit_rows(profile, privileged, found.refusals)
+    if privileged:  # Unix permissions can deny what Landlock grants, and log nothing
+        from sandrun.launch.explain import permission_problems
+
+        plan.notes += [f"permissions  {p}" for p in permission_problems(profile, user)]
+    _assess(plan)
+    return plan
+
+
+class _Findings:
+    """What decide() collects on the way: refusals (each step that can fail without
+    making the rest meaningless), and what a launch would create or change."""
+
+    def __init__(self) -> None:
+        self.refusals: list[SandrunError] = []
+        self.creates: list[str] = []
+        self.notices: list[str] = []
+
+    def attempt(self, step: Any, *args: Any) -> Any:
+        """step(*args), or None with its SandrunError recorded as a refusal."""
+        try:
+            return step(*args)
+        except SandrunError as exc:
+            self.refusals.append(exc)
+            return None
+
+
+@dataclass
+class _Bundle:
+    """The bundle as verified (or its installed tree as re-checked)."""
+
+    archive: StrictArchive
+    manifest: Manifest
+    manifest_bytes: bytes
+    sha256: str
+    tree: Path
+    installed: bool
+    full_check: bool  # the installed tree is re-hashed in full (then snapshot again)
+    signature: SignatureStatus
+
+    @property
+    def signer(self) -> str | None:
+        info = self.signature.info
+        return info.fingerprint if info is not None else None
+
+
+def _verified_bundle(options: ExecOptions, store: Store) -> _Bundle:
+    """Read the bundle once (sandrun.launch.safefile: no link, no FIFO, size-limited) and
+    verify it, or re-check its installed tree when the same bytes were installed before.
+    Raises: nothing else is worth deciding about a bundle that fails here."""
     from sandrun.bundle.archive import parse_archive
     from sandrun.bundle.signature import signature_status
     from sandrun.bundle.verify import verify_archive
-    from sandrun.supply.trust import (
-        DEFAULT_TRUST_PATH,
-        find_trust_policy,
-        load_trust_policy,
-        require_trust,
-    )
 
-    refusals: list[SandrunError] = []
-    privileged = os.geteuid() == 0
-    data, sha256 = read_bundle(options.bundle)  # sandrun.launch.safefile's
+    data, sha256 = read_bundle(options.bundle)
     archive = parse_archive(data, options.bundle)
-    store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
     tree = store.tree(sha256)
     installed = store.has_tree(sha256)  # checks the store path: StoreError if untrusted
     manifest_entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
-    verified_status: SignatureStatus | None = None
-    full_check = False
     if installed and manifest_entry is not None and not archive.problems:
         # Same bytes as the bundle installed before (the dir is named by its sha256):
         # the cheap tree check is enough unless --verify=full.
@@ -184,154 +286,213 @@ def decide(options: ExecOptions) -> LaunchPlan:
         # and inode of every entry): a same-size edit cannot pass the cheap check.
         full_check = options.verify_full or not store.tree_matches_snapshot(sha256)
         store.check_tree(tree, manifest, manifest_bytes, full=full_check)
-    else:
-        result = verify_archive(archive)
-        if not result.ok or result.manifest is None:
-            raise VerificationError(f"bundle {options.bundle} failed verification",
-                                    result.problems,
-                                    "rebuild it with `sandrun bundle`; run `sandrun verify` "
-                                    "for the full report")
-        manifest = result.manifest
-        manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
-        verified_status = result.signature_status
-    app = manifest.app_name
+        return _Bundle(archive, manifest, manifest_bytes, sha256, tree, True, full_check,
+                       signature_status(archive, manifest))
+    result = verify_archive(archive)
+    if not result.ok or result.manifest is None:
+        raise VerificationError(f"bundle {options.bundle} failed verification",
+                                result.problems,
+                                "rebuild it with `sandrun bundle`; run `sandrun verify` "
+                                "for the full report")
+    manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
+    return _Bundle(archive, result.manifest, manifest_bytes, sha256, tree, False, False,
+                   result.signature_status)
 
-    # Trust before anything else is decided: an untrusted bundle changes nothing.
-    if verified_status is None:
-        verified_status = signature_status(archive, manifest)
-    policy = None
-    try:
-        policy = (load_trust_policy(Path(options.trust)) if options.trust
-                  else find_trust_policy(DEFAULT_TRUST_PATH))
-        if policy is not None:
-            require_trust(policy, manifest, verified_status, options.bundle)
-    except SandrunError as exc:
-        refusals.append(exc)
-    audit_note = None
-    if options.audit_db:
-        try:
-            audit_note = _audit(options, manifest)
-        except SandrunError as exc:
-            refusals.append(exc)
 
-    # Who owns the app name: a bundle claiming another signer's app is refused here.
-    signer = verified_status.info.fingerprint if verified_status.info is not None else None
+def _check_trust_and_audit(options: ExecOptions, bundle: _Bundle, found: _Findings
+                           ) -> tuple[TrustPolicy | None, str | None]:
+    """The trust policy (if any) must accept the bundle; --audit-db must find nothing at or
+    above the threshold. Returns the policy and the audit's note for the plan."""
+    from sandrun.supply.trust import (
+        DEFAULT_TRUST_PATH,
+        find_trust_policy,
+        load_trust_policy,
+        require_trust,
+    )
+
+    policy = found.attempt(lambda: load_trust_policy(Path(options.trust)) if options.trust
+                           else find_trust_policy(DEFAULT_TRUST_PATH))
+    if policy is not None:
+        found.attempt(require_trust, policy, bundle.manifest, bundle.signature,
+                      options.bundle)
+    audit_note = found.attempt(_audit, options, bundle.manifest) if options.audit_db else None
+    return policy, audit_note
+
+
+def _check_owner(options: ExecOptions, store: Store, bundle: _Bundle,
+                 found: _Findings) -> consent.Owner | None:
+    """Who owns the app name: a bundle claiming another signer's app is refused
+    (ConsentError) unless adopted; returns the recorded owner."""
+    app, signer = bundle.manifest.app_name, bundle.signer
     owner = consent.load_owner(store, app)
-    creates: list[str] = []
-    notices: list[str] = []
-    try:
-        if options.adopt:
-            if owner is not None and owner.signer != signer:
-                notices.append(f"app {app!r} adopted: it now belongs to "
-                               + (f"signer {signer}" if signer else "unsigned bundles")
-                               + f" (was {owner.describe()})")
-                creates.append(f"owner record {consent.owner_path(store.root, app)} "
-                               "(replaced: --adopt)")
+    record = consent.owner_path(store.root, app)
+    if options.adopt:
+        if owner is not None and owner.signer != signer:
+            found.notices.append(f"app {app!r} adopted: it now belongs to "
+                                 + (f"signer {signer}" if signer else "unsigned bundles")
+                                 + f" (was {owner.describe()})")
+            found.creates.append(f"owner record {record} (replaced: --adopt)")
+    else:
+        notice = consent.check_owner(owner, signer, app, options.bundle, options.store)
+        if notice:
+            found.notices.append(notice)
+            found.creates.append(f"owner record {record} (updated)")
+    if owner is None:
+        found.creates.append(f"owner record {record} ("
+                             + (f"signer {signer}" if signer else "unsigned") + ")")
+    elif owner.signer is None and signer is None and owner.first_bundle != bundle.sha256 \
+            and not bundle.installed:
+        found.notices.append(f"unsigned app {app!r}: this new bundle takes over its state "
+                             "(unsigned bundles carry no identity)")
+    return owner
+
+
+class OperatorGrants:
+    """What the operator adds on the command line: paths, ports, environment."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+        self.read_write: list[str] = []
+        self.bind_tcp: list[int] = []
+        self.connect_tcp: list[int] = []
+        self.env_pass: list[str] = []
+        self.env_set: dict[str, str] = {}
+
+    def apply(self, profile: Profile) -> Profile:
+        from dataclasses import replace
+        from types import MappingProxyType
+
+        def add(old: tuple[Any, ...], new: list[Any]) -> tuple[Any, ...]:
+            return tuple(dict.fromkeys((*old, *new)))
+
+        env_set = {**profile.env_set, **self.env_set}
+        return replace(profile, read=add(profile.read, self.read),
+                       read_write=add(profile.read_write, self.read_write),
+                       bind_tcp=add(profile.bind_tcp, self.bind_tcp),
+                       connect_tcp=add(profile.connect_tcp, self.connect_tcp),
+                       env_pass=add(profile.env_pass, self.env_pass),
+                       env_set=MappingProxyType(dict(sorted(env_set.items()))))
+
+    def describe(self) -> list[str]:
+        lines = [f"--read {p}" for p in self.read] + [f"--rw {p}" for p in self.read_write]
+        lines += [f"--bind-tcp {p}" for p in self.bind_tcp]
+        lines += [f"--connect-tcp {p}" for p in self.connect_tcp]
+        lines += [f"-e {n} (passed)" for n in self.env_pass]
+        lines += [f"-e {n}=..." for n in self.env_set]  # values may be secrets
+        return lines
+
+
+def operator_grants(options: ExecOptions) -> OperatorGrants:
+    """The command line's grants, checked: a bad one is a usage error (exit 2)."""
+    grants = OperatorGrants()
+
+    def path(option: str, raw: str) -> str:
+        if not raw or "\0" in raw:
+            raise UsageError(f"{option} needs a path", f"e.g. {option} /srv/data")
+        if raw.startswith("{"):
+            return raw  # a placeholder such as {state}/cache: expanded with the profile
+        return os.path.normpath(os.path.abspath(raw))
+
+    def port(option: str, raw: str) -> int:
+        try:
+            number = int(raw)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= 65535:
+            raise UsageError(f"{option} {raw!r}: not a TCP port (1-65535)",
+                             f"e.g. {option} 8000")
+        return number
+
+    grants.read = [path("--read", p) for p in options.read]
+    grants.read_write = [path("--rw", p) for p in options.rw]
+    grants.bind_tcp = [port("--bind-tcp", p) for p in options.bind_tcp]
+    grants.connect_tcp = [port("--connect-tcp", p) for p in options.connect_tcp]
+    entries = [(line, f"{file}:{n}") for file in options.env_file
+               for n, line in _env_file_lines(file)]
+    entries += [(item, "-e") for item in options.env]
+    for item, where in entries:  # later wins: files in order, then -e
+        name, eq, value = item.partition("=")
+        if not name.replace("_", "a").isalnum() or name[0].isdigit() or not name.isascii():
+            raise UsageError(f"{where}: {name!r} is not an environment variable name",
+                             "use NAME=VALUE, or NAME to pass it from sandrun's environment")
+        if name.startswith("LD_"):
+            raise UsageError(f"{where}: {name} would make the dynamic loader load code "
+                             "that no profile shows", "give libraries to the app in its "
+                             "bundle")
+        if eq:
+            grants.env_set[name] = value
+            if name in grants.env_pass:
+                grants.env_pass.remove(name)
         else:
-            notice = consent.check_owner(owner, signer, app, options.bundle, options.store)
-            if notice:
-                notices.append(notice)
-                creates.append(f"owner record {consent.owner_path(store.root, app)} "
-                               "(updated)")
-        if owner is None:
-            creates.append(f"owner record {consent.owner_path(store.root, app)} ("
-                           + (f"signer {signer}" if signer else "unsigned") + ")")
-        elif owner.signer is None and signer is None and owner.first_bundle != sha256 \
-                and not installed:
-            notices.append(f"unsigned app {app!r}: this new bundle takes over its state "
-                           "(unsigned bundles carry no identity)")
-    except SandrunError as exc:
-        refusals.append(exc)
+            grants.env_pass.append(name)
+            grants.env_set.pop(name, None)
+    return grants
 
-    profile, consent_note = _decide_profile(options, archive, app, store, refusals)
 
-    # Refuse before any side effect (user creation, installation) what cannot be enforced.
+def _env_file_lines(path: str) -> list[tuple[int, str]]:
+    """docker's --env-file format: NAME=VALUE or NAME per line, # comments, blank lines."""
     try:
-        require_kernel_support(profile)
-    except SandrunError as exc:
-        refusals.append(exc)
-    user = _decide_user(options, app, privileged, refusals)
-    if not user.exists:
-        creates.append(f"system user {user.name} (no login shell, no home)")
-    gids = os.getgrouplist(user.name, user.gid) if user.exists else [user.gid]
-    check_uid, check_gids = (user.uid, gids) if user.exists else (65534, [65534])
-    interp: Interpreter | None = None
-    try:
-        # Not yet created users are checked as an unprivileged uid in no group.
-        interp = find_interpreter(options.python, manifest.target.python, check_uid,
-                                  check_gids)
-        if not installed:
-            # Install only once the bundle is known to fit this interpreter and machine.
-            check_wheel_tags(interp, [d.wheel for d in manifest.dependencies])
-    except SandrunError as exc:
-        refusals.append(exc)
-    if not installed:
-        creates.append(f"store tree {tree} (extracted from the bundle and verified)")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except OSError as exc:
+        raise UsageError(f"--env-file {path}: {exc.strerror}", "give a readable file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--env-file {path}: not UTF-8 text", "save it as UTF-8") from None
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _working_dir(options: ExecOptions, profile: Profile, state: Path,
+                 found: _Findings) -> str:
+    """-w DIR; else the caller's directory when the profile grants it (CLI tools work on
+    it); else the state dir (the app's own, always writable)."""
+    if options.workdir:
+        workdir = os.path.normpath(os.path.abspath(options.workdir))
+        if not os.path.isdir(workdir):
+            found.refusals.append(EnforcementError(
+                f"working directory {workdir} (-w) is not a directory",
+                "create it, or pass another -w"))
+        return workdir
+    cwd = os.getcwd()
+    granted = (*profile.read, *profile.read_write)
+    if cwd != "/" and any(cwd == g or cwd.startswith(g.rstrip("/") + "/") for g in granted):
+        return cwd
+    return str(state)
+
+
+def _decide_interpreter(options: ExecOptions, bundle: _Bundle, user: AppUser,
+                        found: _Findings) -> Interpreter:
+    """The interpreter the app user can run (checked as an unprivileged uid in no group
+    while the user does not exist yet); on first install the wheels must fit it."""
+    target = bundle.manifest.target.python
+    if user.exists:
+        uid, gids = user.uid, os.getgrouplist(user.name, user.gid)
+    else:
+        uid, gids = 65534, [65534]
+    interp: Interpreter | None = found.attempt(find_interpreter, options.python, target,
+                                               uid, gids)
+    if interp is None:  # refused: a placeholder so that a dry run can still show the rest
+        return Interpreter(options.python or f"python{target}",
+                           options.python or f"python{target}", target, "", None)
+    if not bundle.installed:
+        # Install only once the bundle is known to fit this interpreter and machine.
+        found.attempt(check_wheel_tags, interp, [d.wheel for d in bundle.manifest.dependencies])
+        found.creates.append(f"store tree {bundle.tree} (extracted from the bundle and "
+                             "verified)")
+    return interp
+
+
+def _check_state_dir(store: Store, app: str, user: AppUser, found: _Findings) -> None:
+    """An existing state dir must belong to the app user; a missing one would be made."""
     state = store.state / app
-    try:
-        existing = store.state_dir(app, user.uid, user.gid, create=False) \
-            if user.exists else None
-    except SandrunError as exc:
-        refusals.append(exc)
-        existing = None
+    existing = found.attempt(lambda: store.state_dir(app, user.uid, user.gid, create=False)) \
+        if user.exists else None
     if not os.path.lexists(state):
-        creates.append(f"state dir {state} (owner {user.name}, mode 0700)")
+        found.creates.append(f"state dir {state} (owner {user.name}, mode 0700)")
     elif existing is None and not user.exists:
-        refusals.append(StoreError(
+        found.refusals.append(StoreError(
             f"state dir {state} exists but its user {user.name} does not: it belongs to "
             "an earlier user of that name", f"remove it (rm -rf {state}) or pass --user"))
-    # Privileged: a fresh private tmpfs per launch (nothing to follow or clean up);
-    # not root: no mount namespace, so TMPDIR stays inside the state dir.
-    tmp = PRIVATE_TMP_DIRS[0] if privileged else str(state / "tmp")
-    placeholders = {"app": app, "state": str(state), "tmp": tmp,
-                    "store": str(tree), "home": str(state), "cwd": os.getcwd()}
-    try:
-        profile = profile.expand(placeholders)
-    except SandrunError as exc:
-        refusals.append(exc)
-        profile = _unexpanded_fallback(profile)
-    refusals += _missing_required_paths(profile, created=(str(state),))
-    uses_cwd = os.getcwd() in (*profile.read, *profile.read_write)
-    cwd = os.getcwd() if uses_cwd else str(state)
-
-    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(state),
-                "TMPDIR": tmp, "LANG": "C.UTF-8"}
-    env = dict(base_env)
-    for name in profile.env_pass:
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env.update(profile.env_set)
-
-    if interp is None:
-        interp = Interpreter(options.python or f"python{manifest.target.python}",
-                             options.python or f"python{manifest.target.python}",
-                             manifest.target.python, "", None)
-    plan = LaunchPlan(
-        bundle=options.bundle, bundle_sha256=sha256, manifest=manifest, store=store, tree=tree,
-        installed=installed, profile=profile, user=user, privileged=privileged,
-        interpreter=interp, state_dir=state,
-        argv=[interp.path, "-I", "-B", str(tree / BOOTSTRAP_NAME)], args=options.args,
-        base_env=base_env, env=env, cwd=cwd,
-        landlock_policy=_landlock_policy(profile, interp, tree, state, privileged),
-        seccomp_policy=_seccomp_policy(profile),
-        rlimits=_rlimits(profile), mdwe=profile.mdwe, signature=verified_status,
-        trust_policy=policy,
-        trust_inputs=(options.trust or str(DEFAULT_TRUST_PATH),
-                      *(policy.files if policy is not None else ()),
-                      *consent.consent_inputs(store.root, app),
-                      str(consent.owner_path(store.root, app))),
-        manifest_bytes=manifest_bytes, archive=archive, full_check=full_check,
-        signer=signer, owner_known=owner is not None, refusals=refusals, creates=creates,
-        notices=notices, consent=consent_note)
-    if audit_note:
-        plan.notes.append(audit_note)
-    try:
-        plan.seccomp_bpf = seccomp.compile_filter(plan.seccomp_policy)
-    except SandrunError as exc:
-        refusals.append(exc)
-    plan.limit_rows = _limit_rows(profile, privileged, refusals)
-    _assess(plan)
-    return plan
 
 
 def _decide_profile(options: ExecOptions, archive: StrictArchive, app: str, store: Store,
@@ -388,21 +549,38 @@ def _unexpanded_fallback(profile: Profile) -> Profile:
     return replace(profile, read=tuple(keep), optional_read=(), read_write=(), execute=())
 
 
-def _missing_required_paths(profile: Profile, created: tuple[str, ...]) -> list[SandrunError]:
+def _missing_required_paths(profile: Profile, created: tuple[str, ...], tree: str,
+                            manifest: Manifest) -> list[SandrunError]:
     """Granted paths that must exist at launch (optional_read may be absent; what the
-    launch itself creates, the state dir, is not required yet)."""
+    launch itself creates, the state dir, is not required yet; paths in the app's tree are
+    checked against its manifest, since the tree may not be installed yet)."""
     missing: list[SandrunError] = []
     for key, paths in (("filesystem.read", profile.read),
                        ("filesystem.read_write", profile.read_write),
                        ("filesystem.execute", profile.execute)):
+        section, name = key.split(".")
         for path in paths:
             if any(path == c or path.startswith(c + "/") for c in created):
                 continue
+            if path == tree or path.startswith(tree + "/"):
+                rel = path[len(tree) + 1:]
+                record = manifest.entries.get(rel)
+                if key == "filesystem.execute" and (record is None or
+                                                    not record.mode & 0o111):
+                    missing.append(EnforcementError(
+                        f"{path} ([{section}] {name}) is not an executable entry of the "
+                        "bundle", "grant a file the bundle ships with mode 0755, e.g. "
+                        "{store}/site-packages/bin/NAME"))
+                elif record is None and not any(e.startswith(rel + "/")
+                                                for e in manifest.entries) and rel:
+                    missing.append(EnforcementError(
+                        f"{path} ([{section}] {name}) is not in the bundle",
+                        "check the path against `sandrun inspect --json` (manifest entries)"))
+                continue
             if not os.path.exists(path):
                 missing.append(EnforcementError(
-                    f"required path {path} ([{key.split('.')[0]}] {key.split('.')[1]}) "
-                    "does not exist", "create it, or remove it from the profile (or move it "
-                    "to optional_read)"))
+                    f"required path {path} ([{section}] {name}) does not exist",
+                    "create it, or remove it from the profile (or move it to optional_read)"))
     return missing
 
 
@@ -531,7 +709,8 @@ def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
     rules.append(landlock.PathRule(str(tree), A.READ))
     rules.append(landlock.PathRule(str(state), A.READ_WRITE))
     if privileged:  # the launch's own private tmpfs (the runner mounts it before the rules)
-        rules += [landlock.PathRule(p, A.READ_WRITE) for p in PRIVATE_TMP_DIRS]
+        # optional: a system without /var/tmp (or an exported image without /dev/shm)
+        rules += [landlock.PathRule(p, A.READ_WRITE, required=False) for p in PRIVATE_TMP_DIRS]
     if profile.dns:
         from sandrun.config.profile import DNS_FILES
 
@@ -582,7 +761,7 @@ def require_kernel_support(profile: Profile) -> None:
             "upgrade the kernel (Landlock ABI 6 needs Linux 6.12), or lower [kernel] "
             "landlock_min_abi in the profile if you accept weaker isolation")
     sec = seccomp.status()
-    if sec.status != "enforced":
+    if sec.status != ENFORCED:
         raise EnforcementError(f"seccomp cannot be enforced: {sec.detail}",
                                "use a kernel with CONFIG_SECCOMP_FILTER")
 
@@ -590,7 +769,7 @@ def require_kernel_support(profile: Profile) -> None:
 def _assess(plan: LaunchPlan) -> None:
     """Fill in what this kernel enforces (require_kernel_support already refused what
     it cannot)."""
-    P = Protection
+    P = ProtectionStatus
     prot = plan.protections
     if plan.privileged:
         who = (f"{plan.user.name} (uid {plan.user.uid})" if plan.user.exists
@@ -609,7 +788,8 @@ def _assess(plan: LaunchPlan) -> None:
                       "nodev in a private mount namespace: files the app writes cannot be "
                       "executed or mmap'd executable"))
         prot.append(P("private /tmp", "enforced",
-                      "fresh tmpfs on /tmp and /var/tmp per launch (noexec), gone with the app"))
+                      "fresh tmpfs on /tmp, /var/tmp and /dev/shm per launch (noexec), gone "
+                      "with the app"))
         prot.append(P("ipc and uts namespaces", "enforced",
                       "SysV IPC objects die with the sandbox; host name sandrun-<app>"))
         prot.append(P("root never follows", "enforced",
@@ -645,10 +825,9 @@ def _assess(plan: LaunchPlan) -> None:
         prot.append(P("memory-deny-write-execute", "not enforced", "profile: mdwe = false"))
     for st in landlock.plan(plan.landlock_policy):
         prot.append(P(f"landlock: {st.name}", st.status, st.detail))
-    sec = seccomp.status()
-    prot.append(P("seccomp", sec.status, sec.detail))
+    prot.append(seccomp.status())
     for name, status, detail in plan.limit_rows:
-        prot.append(P(f"limit: {name}", status, detail))
+        prot.append(P(f"limit: {name}", enforcement(status), detail))
 
 
 def verdict(plan: LaunchPlan) -> str:
@@ -692,6 +871,8 @@ def render_plan(plan: LaunchPlan) -> str:
         f"cwd          {plan.cwd}",
         f"profile      {plan.profile.source}",
         f"consent      {plan.consent}",
+        "operator     " + ("; ".join(plan.operator_grants) if plan.operator_grants
+                           else "(no grants on the command line)"),
         "environment  " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())),
         "rlimits      " + (" ".join(f"{k}={'infinity' if v is None else v}"
                                     for k, v in sorted(plan.rlimits.items())) or "(inherited)"),
@@ -749,6 +930,7 @@ def plan_to_json(plan: LaunchPlan) -> dict[str, object]:
         "command": [*plan.argv, *plan.args],
         "cwd": plan.cwd,
         "profile": {"source": plan.profile.source, "consent": plan.consent},
+        "operator_grants": list(plan.operator_grants),
         "environment": dict(sorted(plan.env.items())),
         "rlimits": {k: v for k, v in sorted(plan.rlimits.items())},
         "limits": dict(plan.profile.limits),
@@ -806,13 +988,11 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
     from sandrun.launch.interpreter import candidates
     from sandrun.launch.safefile import UnsafePath
 
-    args = warm_exec.ExecArgs()
-    args.profile, args.user, args.python = options.profile, options.user, options.python
-    args.store, args.trust, args.bundle = options.store, options.trust, options.bundle
+    args = warm_exec.ExecArgs.for_options(options)
     key = warm_exec.record_key(args, options.store or warm_exec.default_store_root())
     interp = plan.interpreter
     files = [*plan.profile.files, *warm_exec.USER_DATABASE, *plan.trust_inputs, interp.path,
-             interp.real_path]
+             interp.real_path, *(os.path.abspath(f) for f in options.env_file)]
     if interp.elf_interpreter:
         files.append(interp.elf_interpreter)
     if options.python is None:  # a new, preferred candidate would change the choice

@@ -6,6 +6,8 @@ warm path (`warm_exec` loads a cached spec). So this module imports only what lo
 in microseconds (os, ctypes, _signal, marshal, resource): every warm start pays for
 it. The kernel numbers and calls come from `sandbox/kernel.py`, which
 is as cheap; `sandbox/landlock.py` and `sandbox/seccomp.py` build what they apply.
+Observe mode (`sandrun learn`, never the warm path) also imports socket and
+`sandbox/notify.py`, when it is asked for.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Replaced by a fresh tmpfs in every privileged launch (systemd's PrivateTmp).
-PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # POSIX shm and semaphores too
 DEFAULT_TMP_SIZE = "25%"  # of RAM, per tmpfs; pages are charged to the app's memory cgroup
 
 # Signals an operator sends to a service; forwarded when sent by a process (not the tty,
@@ -98,11 +100,16 @@ class RunSpec:
     the state dir and every read_write grant) are bind-mounted noexec,nosuid,nodev;
     /tmp and /var/tmp are fresh tmpfs of `tmp_size` bytes each (0: 25% of RAM);
     `hostname` is the UTS namespace's. `limits` go to `cgroup.create` ({}: no cgroup).
+
+    `notify_bpf` (observe mode, `sandrun learn`; never in a warm record): the app loads
+    this filter (`notify.observe_filter`) instead of `seccomp_bpf` and hands its
+    notification listener to the launcher, whose `observer` answers every notification.
     """
 
     __slots__ = ("argv", "cwd", "env", "env_pass", "env_set", "gid", "hostname",
-                 "interpreter", "landlock", "limits", "mdwe", "privileged", "rlimits",
-                 "seccomp_bpf", "state_dir", "tmp_size", "uid", "user_name", "writable")
+                 "interpreter", "landlock", "limits", "mdwe", "notify_bpf", "privileged",
+                 "rlimits", "seccomp_bpf", "state_dir", "tmp_size", "uid", "user_name",
+                 "writable")
 
     def __init__(self, *, privileged: bool, uid: int, gid: int, user_name: str,
                  interpreter: str, argv: list[str], env: dict[str, str],
@@ -110,7 +117,8 @@ class RunSpec:
                  rlimits: list[tuple[str, int | None]], mdwe: bool,
                  landlock: dict[str, Any] | None, seccomp_bpf: bytes,
                  writable: list[str] | None = None, hostname: str = "sandrun",
-                 tmp_size: int = 0, limits: dict[str, Any] | None = None) -> None:
+                 tmp_size: int = 0, limits: dict[str, Any] | None = None,
+                 notify_bpf: bytes = b"") -> None:
         self.privileged = privileged
         self.uid = uid
         self.gid = gid
@@ -130,13 +138,15 @@ class RunSpec:
         self.hostname = hostname
         self.tmp_size = tmp_size
         self.limits = {} if limits is None else limits
+        self.notify_bpf = notify_bpf
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        return cls(**{name: data[name] for name in cls.__slots__})
+        """The spec of `to_dict`; a field added since (with a default) may be missing."""
+        return cls(**{name: data[name] for name in cls.__slots__ if name in data})
 
     def environment(self, outer: dict[str, str] | os._Environ[str]) -> dict[str, str]:
         env = dict(self.env)
@@ -150,8 +160,13 @@ class RunSpec:
 # ---------------------------------------------------------------- the launch
 
 
-def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
+def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = (), observer: Any = None
+           ) -> int:
     """Fork, sandbox the child, exec the app; return its exit code (128+N if killed).
+
+    With `spec.notify_bpf` (observe mode), `observer` (a `notify.Supervisor`) answers
+    the app's notifications: `observer.start(fd)` gets the socket on which the app will
+    send its listener, `observer.stop()` comes once the app exited.
 
     Privileged, the child is PID 1 of new PID, mount, IPC and UTS namespaces
     (`_init_process`), which makes the mounts, builds the Landlock ruleset on what the
@@ -161,6 +176,35 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
     lives). The child waits for the launcher's go before anything else: by then it is
     in its cgroup (`spec.limits`), which is removed after the app exited.
     """
+    if spec.notify_bpf:
+        if observer is None:
+            raise EnforcementError("an observing launch needs an observer",
+                                   "pass a notify.Supervisor (a sandrun bug)")
+        return _observed_launch(spec, args, observer)
+    return _launch(spec, args, [])
+
+
+def _observed_launch(spec: RunSpec, args: tuple[str, ...] | list[str], observer: Any) -> int:
+    """Observe mode. The observer's thread starts first: once the launcher unshared its
+    PID namespace it can create no thread (CLONE_THREAD needs the namespace of its
+    children to be its own). The thread receives the app's listener itself."""
+    listener_r, listener_w = _listener_channel()
+    try:
+        observer.start(listener_r)  # owns listener_r from here on
+    except BaseException:
+        os.close(listener_r)
+        os.close(listener_w)
+        raise
+    fds = [listener_w]  # _fork_and_wait closes it (and empties the list)
+    try:
+        return _launch(spec, args, fds)
+    finally:
+        for fd in fds:  # still here if the launch failed before forking
+            os.close(fd)
+        observer.stop()
+
+
+def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int]) -> int:
     # First, before any fd or signal mask that a failure here would leave behind. Both
     # affect only the children forked below.
     if spec.privileged:
@@ -176,7 +220,8 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = ()) -> int:
 
         group = cgroup.create(_cgroup_name(spec.user_name), spec.limits)
     try:
-        status = _fork_and_wait(spec, [*spec.argv, *args], spec.environment(os.environ), group)
+        status = _fork_and_wait(spec, [*spec.argv, *args], spec.environment(os.environ), group,
+                                fds)
     except BaseException:
         if group is not None:
             try:
@@ -196,8 +241,11 @@ def _cgroup_name(user_name: str) -> str:
     return f"{user}-{os.getpid()}" if user[:1].isalnum() else f"app-{os.getpid()}"
 
 
-def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: Any) -> int:
-    fds: list[int] = []  # closed on the way out, whatever happens
+def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: Any,
+                   fds: list[int]) -> int:
+    """`fds` are closed (and removed) on the way out, whatever happens; in observe mode it
+    holds the socket where the app sends its listener (the child's only)."""
+    notify_w = fds[0] if fds else -1
     try:
         ruleset_fd = -1
         if spec.landlock and not spec.privileged:  # privileged: the init builds it
@@ -214,7 +262,7 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
         waited = {*FORWARDED_SIGNALS, _signal.SIGCHLD}
         old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
         try:
-            child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last)
+            child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last, notify_w)
             pid = os.fork()
             if pid == 0:
                 code = EXIT_REFUSED
@@ -229,7 +277,7 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
                 except BaseException as exc:  # report, never return into the parent's code
                     _report(err_w, "launch", exc)
                 os._exit(code)
-            for fd in (err_w, go_r, ruleset_fd):  # the child's now
+            for fd in (err_w, go_r, ruleset_fd, notify_w):  # the child's now
                 if fd >= 0:
                     fds.remove(fd)
                     os.close(fd)
@@ -265,6 +313,7 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
                 os.close(fd)
             except OSError:
                 pass
+        fds.clear()
     if report:
         raise EnforcementError(f"the sandbox could not be set up ({report['stage']}): "
                                f"{report['message']}", report.get("hint", ""),
@@ -297,16 +346,45 @@ def _await_go(go_r: int) -> None:
 class _Child:
     """What the forked side needs besides the spec."""
 
-    __slots__ = ("argv", "cap_last", "env", "err_fd", "ruleset_fd", "spec")
+    __slots__ = ("argv", "cap_last", "env", "err_fd", "notify_fd", "ruleset_fd", "spec")
 
     def __init__(self, spec: RunSpec, argv: list[str], env: dict[str, str], ruleset_fd: int,
-                 err_fd: int, cap_last: int) -> None:
+                 err_fd: int, cap_last: int, notify_fd: int = -1) -> None:
         self.spec = spec
         self.argv = argv
         self.env = env
         self.ruleset_fd = ruleset_fd
         self.err_fd = err_fd
         self.cap_last = cap_last
+        self.notify_fd = notify_fd  # observe mode: where the app sends its listener
+
+
+def _listener_channel() -> tuple[int, int]:
+    """A socket pair for the listener fd (observe mode). Imports what the app's side
+    needs now: after the observing filter is loaded, no module may be opened until the
+    observer has the listener."""
+    import socket
+
+    from sandrun.sandbox import notify  # noqa: F401  (imported for the child, see above)
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return parent.detach(), child.detach()
+
+
+def _load_observing_filter(child: _Child) -> None:
+    """Observe mode, instead of the enforcing filter: load the observing one and send
+    its listener to the launcher. Between the two, only syscalls the enforcing filter
+    allows (sendmsg without flags, close): a notified one would wait for an observer
+    that does not have the listener yet."""
+    import socket
+
+    from sandrun.sandbox import notify
+
+    sender = socket.socket(fileno=child.notify_fd)
+    listener = notify.load_listener_filter(child.spec.notify_bpf)
+    socket.send_fds(sender, [b"L"], [listener])
+    os.close(listener)
+    sender.close()
 
 
 def _report(fd: int, stage: str, exc: BaseException) -> None:
@@ -433,6 +511,8 @@ def _init_process(child: _Child, go_r: int) -> int:
     os.close(child.err_fd)
     if child.ruleset_fd >= 0:
         os.close(child.ruleset_fd)
+    if child.notify_fd >= 0:
+        os.close(child.notify_fd)  # the launcher sees end of file if the app dies first
     return _supervise(app, kill_leftovers=False)
 
 
@@ -490,7 +570,8 @@ def _paths_used(spec: RunSpec) -> list[str]:
 
 
 def _mount_private_tmp(spec: RunSpec) -> None:
-    """A fresh tmpfs on /tmp and /var/tmp: nothing of the host's, nothing left after.
+    """A fresh tmpfs on /tmp, /var/tmp and /dev/shm: nothing of the host's, nothing left
+    after (SysV and POSIX shared memory of the app die with it).
 
     Mode 0700, owned by the app user: it is the only user in this mount namespace, so
     there is nobody to share with (01777 and its sticky-bit rules exist for users who
@@ -634,7 +715,8 @@ def _enter_sandbox(child: _Child) -> None:
     _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
     for sig in (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGINT, *FORWARDED_SIGNALS):
         _signal.signal(sig, _signal.SIG_DFL)
-    keep = sorted({child.err_fd, *([child.ruleset_fd] if child.ruleset_fd >= 0 else [])})
+    keep = sorted({child.err_fd, *(fd for fd in (child.ruleset_fd, child.notify_fd)
+                                   if fd >= 0)})
     low = 3
     for fd in keep:
         os.closerange(low, fd)
@@ -642,8 +724,18 @@ def _enter_sandbox(child: _Child) -> None:
     os.closerange(low, 1 << 20)
 
     for name, value in spec.rlimits:
+        which = getattr(resource, f"RLIMIT_{name.upper()}")
         limit = resource.RLIM_INFINITY if value is None else value
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, limit))
+        try:
+            resource.setrlimit(which, (limit, limit))
+        except ValueError:  # above the hard limit, and no CAP_SYS_RESOURCE to raise it
+            hard = resource.getrlimit(which)[1]
+            if value is not None and value > hard:
+                raise EnforcementError(
+                    f"rlimit {name} = {value} is above the hard limit {hard} sandrun "
+                    "itself runs under", "lower it, or raise the hard limit of the "
+                    "service that starts sandrun") from None
+            resource.setrlimit(which, (hard, hard))  # "infinity": as high as allowed
 
     if spec.privileged:
         for cap in range(child.cap_last + 1):
@@ -666,7 +758,10 @@ def _enter_sandbox(child: _Child) -> None:
     os.chdir(spec.cwd)
     os.umask(0o077)
     restrict_self(child.ruleset_fd, spec.landlock["restrict_flags"] if spec.landlock else 0)
-    load_seccomp_filter(spec.seccomp_bpf)  # last: nothing after this but execve
+    if spec.notify_bpf:
+        _load_observing_filter(child)  # last, as the enforcing one
+    else:
+        load_seccomp_filter(spec.seccomp_bpf)  # last: nothing after this but execve
     try:
         os.execve(spec.interpreter, child.argv, child.env)
     except OSError as exc:

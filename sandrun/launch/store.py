@@ -458,6 +458,96 @@ class Store:
         """Call only right after the tree was installed or fully re-hashed."""
         warm_exec.save_snapshot(self.dir_fd(), bundle_sha256)
 
+    # ------------------------------------------------------------ lifecycle (list, gc, rm)
+
+    def tree_names(self) -> list[str]:
+        """The bundle sha256 of every installed tree (temp dirs and locks left out)."""
+        if not self.exists():
+            return []
+        with self._subdir("apps") as apps:
+            return sorted(n for n in os.listdir(apps)
+                          if len(n) == 64 and all(c in "0123456789abcdef" for c in n))
+
+    def read_tree_file(self, bundle_sha256: str, rel: str) -> bytes | None:
+        """A file of an installed tree (e.g. its manifest), never through a link."""
+        with self._subdir("apps") as apps:
+            try:
+                top = os.open(bundle_sha256, _DIR, dir_fd=apps)
+            except FileNotFoundError:
+                return None
+            try:
+                return _read_at(top, rel)
+            except OSError:
+                return None
+            finally:
+                os.close(top)
+
+    def tree_stat(self, bundle_sha256: str) -> os.stat_result:
+        with self._subdir("apps") as apps:
+            return os.stat(bundle_sha256, dir_fd=apps, follow_symlinks=False)
+
+    def remove_tree(self, bundle_sha256: str) -> None:
+        """Remove an installed tree and its snapshot, under its install lock (a launch
+        installing it at the same time waits, then installs it again)."""
+        with self._subdir("apps") as apps, self._lock(apps, bundle_sha256):
+            _remove_at(apps, bundle_sha256)
+            with contextlib.suppress(OSError):
+                os.unlink(f".{bundle_sha256}.lock", dir_fd=apps)
+        self.remove_launch_files(lambda name: name == bundle_sha256 + warm_exec.SNAPSHOT_SUFFIX)
+
+    def remove_launch_files(self, doomed: object) -> list[str]:
+        """Remove the files of launch/ (records, snapshots) for which doomed(name) is true;
+        return their names."""
+        try:
+            path_fd = safefile.open_private_dir(warm_exec.RECORD_DIR, dir_fd=self.dir_fd())
+        except (FileNotFoundError, safefile.UnsafePath):
+            return []
+        try:
+            fd = os.open(".", _DIR, dir_fd=path_fd)
+        finally:
+            os.close(path_fd)
+        removed = []
+        try:
+            for name in sorted(os.listdir(fd)):
+                if doomed(name):  # type: ignore[operator]
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=fd)
+                        removed.append(name)
+        finally:
+            os.close(fd)
+        return removed
+
+    def launch_records(self) -> list[tuple[str, float, bytes]]:
+        """(name, mtime, bytes) of every launch record (not snapshots)."""
+        try:
+            path_fd = safefile.open_private_dir(warm_exec.RECORD_DIR, dir_fd=self.dir_fd())
+        except (FileNotFoundError, safefile.UnsafePath):
+            return []
+        try:
+            fd = os.open(".", _DIR, dir_fd=path_fd)
+        finally:
+            os.close(path_fd)
+        records = []
+        try:
+            for name in sorted(os.listdir(fd)):
+                if name.endswith(warm_exec.SNAPSHOT_SUFFIX) or name.startswith("."):
+                    continue
+                with contextlib.suppress(OSError, safefile.UnsafePath):
+                    data = safefile.read_private(name, dir_fd=fd)
+                    if data is not None:
+                        records.append((name, os.stat(name, dir_fd=fd).st_mtime, data))
+        finally:
+            os.close(fd)
+        return records
+
+    def remove_state(self, app: str) -> bool:
+        """Remove <store>/state/<app>/ (without following anything in it)."""
+        with self._subdir("state") as state:
+            if not _lexists(app, state):
+                return False
+            _remove_at(state, app)
+            return True
+
     # ------------------------------------------------------------ state dirs
 
     def state_dir(self, app: str, uid: int, gid: int, *, create: bool) -> Path:
@@ -505,9 +595,10 @@ class Store:
         try:
             os.mkdir("tmp", 0o700, dir_fd=fd)
             os.chmod("tmp", 0o700, dir_fd=fd)  # exactly, whatever the umask
-            os.chown("tmp", uid, gid, dir_fd=fd, follow_symlinks=False)
             os.fchmod(fd, 0o700)
-            os.fchown(fd, uid, gid)
+            if (uid, gid) != (os.geteuid(), os.getegid()):  # under systemd, not root: ours
+                os.chown("tmp", uid, gid, dir_fd=fd, follow_symlinks=False)
+                os.fchown(fd, uid, gid)
         finally:
             os.close(fd)
         try:

@@ -212,3 +212,27 @@ def _create_system_user(name: str) -> pwd.struct_passwd:
     except KeyError:
         raise UserError(f"system user {name!r} is still missing after useradd",
                         "check /etc/passwd and NSS configuration") from None
+
+
+def remove_default_user(name: str) -> bool:
+    """userdel NAME (and its group) if it is an account of the kind sandrun creates;
+    False when there is none; UserError for any other account (never removed)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return False
+    problems = default_user_problems(entry)
+    if problems:
+        raise UserError(f"user {name!r} is not an account sandrun created: "
+                        + "; ".join(problems), f"remove it yourself if you mean to "
+                        f"(userdel {name})")
+    userdel = shutil.which("userdel") or "/usr/sbin/userdel"
+    proc = subprocess.run([userdel, name], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise UserError(f"userdel {name} failed: {proc.stderr.strip()}",
+                        "is a process of that user still running?")
+    groupdel = shutil.which("groupdel") or "/usr/sbin/groupdel"
+    subprocess.run([groupdel, name], capture_output=True, check=False,
+                   stdin=subprocess.DEVNULL)  # usually gone with the user already
+    return True

@@ -29,13 +29,13 @@ import os
 import stat
 
 from sandrun import __version__
-from sandrun.launch import runner, safefile
+from sandrun.launch import options, runner, safefile
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
 if TYPE_CHECKING:
     from typing import Any
 
-RECORD_FORMAT = 2
+RECORD_FORMAT = 3
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
 SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
 TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>
@@ -104,9 +104,12 @@ def tree_snapshot(tree: str | int) -> list[tuple[str, int, int, int, int, int]]:
 
 
 class ExecArgs:
-    """The `sandrun exec` options the warm path understands."""
+    """The `sandrun exec` options the warm path serves (options.EXEC_OPTIONS with warm
+    set: one slot per dest), the bundle and the app's arguments."""
 
-    __slots__ = ("args", "bundle", "profile", "python", "store", "trust", "user")
+    __slots__ = ("args", "bind_tcp", "bundle", "connect_tcp", "env", "env_file", "profile",
+                 "python", "read", "rw", "store", "trust", "user", "verbose", "verify",
+                 "workdir")
 
     def __init__(self) -> None:
         self.profile: str | None = None
@@ -114,46 +117,71 @@ class ExecArgs:
         self.python: str | None = None
         self.store: str | None = None
         self.trust: str | None = None
+        self.verify = "cheap"
+        self.verbose = False
+        self.env: tuple[str, ...] = ()
+        self.env_file: tuple[str, ...] = ()
+        self.read: tuple[str, ...] = ()
+        self.rw: tuple[str, ...] = ()
+        self.bind_tcp: tuple[str, ...] = ()
+        self.connect_tcp: tuple[str, ...] = ()
+        self.workdir: str | None = None
         self.bundle = ""
         self.args: list[str] = []
 
-
-
-_VALUE_OPTIONS = {"-p": "profile", "--profile": "profile", "-u": "user", "--user": "user",
-                  "--python": "python", "--store": "store", "--trust": "trust"}
+    @classmethod
+    def for_options(cls, exec_options: Any) -> ExecArgs:
+        """The ExecArgs of a cold launch (a launcher.ExecOptions), for its record key:
+        every warm-served option that fills an ExecOptions field, by the table."""
+        args = cls()
+        for option in options.EXEC_OPTIONS:
+            if option.warm is True and option.field is not None:
+                setattr(args, option.dest, getattr(exec_options, option.field))
+        args.bundle = exec_options.bundle
+        args.args = list(exec_options.args)
+        return args
 
 
 def parse_exec_args(argv: list[str]) -> ExecArgs | None:
-    """Parse `exec` options; None for anything the warm path leaves to the full CLI
-    (help, dry run, full verification, audits, unusual spellings, errors)."""
+    """Parse `exec` options as the click command does (same table, same spellings);
+    None for anything the warm path leaves to it: help, an unknown option (click reports
+    it), a cold-only option or value (dry run, full verification, audits, ...), an
+    unusual spelling (-pNAME, -vp, -p=NAME), a missing value or bundle."""
     parsed = ExecArgs()
     i = 0
     while i < len(argv):
         arg = argv[i]
+        if arg == "--":  # click: the next word is the bundle, whatever it looks like
+            i += 1
+            break
         if not arg.startswith("-") or arg == "-":
             break
-        name, eq, value = arg.partition("=")
-        if name == "--verify":
-            if not eq:
-                i += 1
-                value = argv[i] if i < len(argv) else ""
-            if value != "cheap":
-                return None  # full verification (or a usage error) takes the cold path
-        elif name in _VALUE_OPTIONS:
-            if not eq:
-                i += 1
-                if i >= len(argv):
-                    return None
-                value = argv[i]
-            setattr(parsed, _VALUE_OPTIONS[name], value)
-        else:
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        option = options.BY_NAME.get(name)
+        if option is None or option.warm is False:
             return None
+        found: str | bool = value
+        if option.flag:
+            if eq:
+                return None  # click: "option does not take a value"
+            found = True
+        elif not eq:
+            i += 1
+            if i >= len(argv):
+                return None
+            found = argv[i]
+        if not option.serves_warm(found):
+            return None
+        if option.multiple:
+            setattr(parsed, option.dest, (*getattr(parsed, option.dest), found))
+        else:
+            setattr(parsed, option.dest, found)
         i += 1
     if i >= len(argv):
         return None
     parsed.bundle = argv[i]
     parsed.args = argv[i + 1:]
-    if parsed.args[:1] == ["--"]:
+    if parsed.args[:1] == ["--"]:  # `sandrun exec BUNDLE -- ARGS`: as the cold path
         parsed.args = parsed.args[1:]
     return parsed
 
@@ -168,7 +196,11 @@ def record_key(args: ExecArgs, store_root: str) -> tuple[Any, ...]:
     return (RECORD_FORMAT, __version__, os.geteuid(), os.path.abspath(args.bundle),
             _profile_key(args.profile), args.user, args.python,
             os.path.abspath(args.trust) if args.trust else None,
-            os.path.abspath(store_root), os.getcwd())
+            os.path.abspath(store_root), os.getcwd(),
+            # operator grants (paths as given: the cwd is part of the key already)
+            tuple(args.env), tuple(args.env_file), tuple(args.read), tuple(args.rw),
+            tuple(str(p) for p in args.bind_tcp), tuple(str(p) for p in args.connect_tcp),
+            args.workdir)
 
 
 def _record_name(key: tuple[Any, ...]) -> str:
@@ -332,12 +364,10 @@ def _write_record(store_fd: int, name: str, data: bytes) -> None:
         os.close(launch)
 
 
-def try_warm_exec(argv: list[str]) -> int | None:
-    """Launch from a valid record and return the app's exit code; None: take the cold
-    path. SandrunError from the launch itself propagates (same as the cold path)."""
-    args = parse_exec_args(argv)
-    if args is None:
-        return None
+def try_warm_exec(args: ExecArgs) -> int | None:
+    """Launch from a valid record (args from parse_exec_args) and return the app's exit
+    code; None: take the cold path. SandrunError from the launch itself propagates (same
+    as the cold path)."""
     spec = load_record(args)
     if spec is None:
         return None

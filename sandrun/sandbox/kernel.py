@@ -79,6 +79,7 @@ _RULESET_ATTR_SIZE_SCOPED = 24
 # seccomp
 SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_LOG = 2  # log every action but ALLOW (to audit; Linux >= 4.14)
 BPF_MAXINSNS = 4096
 # The first instruction of every sandrun filter: load seccomp_data.arch.
 BPF_LOAD_ARCH = bytes((0x20, 0, 0, 0, 4, 0, 0, 0))
@@ -355,11 +356,20 @@ def restrict_self(ruleset_fd: int, flags: int) -> None:
 # ---------------------------------------------------------------- seccomp (kernel side)
 
 
+# Flags of every seccomp filter this process (and the children it forks) loads. 0, or
+# SECCOMP_FILTER_FLAG_LOG set by `sandrun exec --explain` (sandrun/launch/explain.py) for
+# its one cold launch: the denials of that run then reach the audit multicast group. Not
+# on by default: the kernel logs flagged denials even with audit disabled (to the kernel
+# log, rate-limited), and glibc's clone3 probe would log one per thread created. The
+# filter's bytes, and so the warm records, are the same either way.
+seccomp_load_flags = 0
+
+
 def load_seccomp_filter(bpf: bytes) -> None:
     """Install `bpf` on the calling thread with seccomp(SECCOMP_SET_MODE_FILTER).
 
-    no_new_privs must already be set. No flags: the child is single-threaded at this
-    point, so TSYNC is not needed.
+    no_new_privs must already be set. Flags: `seccomp_load_flags` (no TSYNC: the child
+    is single-threaded at this point).
     """
     count, rest = divmod(len(bpf), 8)
     if rest or not 0 < count <= BPF_MAXINSNS:
@@ -376,10 +386,13 @@ def load_seccomp_filter(bpf: bytes) -> None:
             "Landlock and seccomp)")
     program = ctypes.create_string_buffer(bpf, len(bpf))
     fprog = _SockFprog(count, ctypes.addressof(program))
-    result, code = syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, ctypes.addressof(fprog))
+    result, code = syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, seccomp_load_flags,
+                           ctypes.addressof(fprog))
     if result != 0:
         hints = {
-            errno.EINVAL: "the kernel rejected the BPF program; recompile it",
+            errno.EINVAL: "the kernel rejected the BPF program or a flag; recompile it"
+                          + (" (or drop --explain: SECCOMP_FILTER_FLAG_LOG needs Linux >= "
+                             "4.14)" if seccomp_load_flags else ""),
             errno.EACCES: "set no_new_privs first",
             errno.ENOSYS: "the kernel has no seccomp() (CONFIG_SECCOMP_FILTER)",
             errno.ENOMEM: "too many filters are already stacked on this process",

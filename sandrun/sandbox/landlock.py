@@ -27,6 +27,7 @@ from sandrun.sandbox.kernel import (  # one definition of the kernel constants
     ACCESS_NET_CONNECT_TCP,
     SYS_LANDLOCK_CREATE_RULESET,
 )
+from sandrun.sandbox.status import ENFORCED, NOT_ENFORCED, PARTIAL, ProtectionStatus
 
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 
@@ -188,23 +189,11 @@ class LandlockPolicy:
     log_denials: bool = True
 
 
-ENFORCED = "enforced"
-PARTIAL = "partial"
-NOT_ENFORCED = "not enforced"
-
-
-@dataclass(frozen=True)
-class FeatureStatus:
-    name: str
-    status: str  # ENFORCED | PARTIAL | NOT_ENFORCED
-    detail: str
-
-
 def _ports(ports: Iterable[int]) -> str:
     return ", ".join(str(p) for p in sorted(set(ports)))
 
 
-def plan(policy: LandlockPolicy, abi: int | None = None) -> tuple[FeatureStatus, ...]:
+def plan(policy: LandlockPolicy, abi: int | None = None) -> tuple[ProtectionStatus, ...]:
     """What a kernel with this ABI (default: the running one) will enforce for the policy."""
     kernel_abi = abi_version() if abi is None else abi
     level = min(kernel_abi, KNOWN_ABI)
@@ -216,50 +205,50 @@ def plan(policy: LandlockPolicy, abi: int | None = None) -> tuple[FeatureStatus,
     def needs(min_level: int) -> str:
         return f"needs Landlock ABI {min_level}, {why}"
 
-    statuses: list[FeatureStatus] = []
+    statuses: list[ProtectionStatus] = []
     if level <= 0:
-        statuses.append(FeatureStatus("filesystem", NOT_ENFORCED, needs(1)))
+        statuses.append(ProtectionStatus("filesystem", NOT_ENFORCED, needs(1)))
     elif level < 5:
         missing = [name for name, since in (("refer", 2), ("truncate", 3), ("ioctl_dev", 5))
                    if level < since]
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "filesystem", PARTIAL,
             f"only listed paths are reachable, but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not controlled ({why})"))
     else:
-        statuses.append(FeatureStatus("filesystem", ENFORCED, "only listed paths are reachable"))
+        statuses.append(ProtectionStatus("filesystem", ENFORCED, "only listed paths are reachable"))
 
     if level >= 2:
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "refer", ENFORCED, "files move or link only between directories granting as much"))
     elif level == 1:
         # ABI 1 refuses every cross-directory rename/link: safe, but may break apps.
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "refer", ENFORCED,
             f"every rename/link across directories is refused (EXDEV), {why}"))
     else:
-        statuses.append(FeatureStatus("refer", NOT_ENFORCED, needs(2)))
+        statuses.append(ProtectionStatus("refer", NOT_ENFORCED, needs(2)))
 
     if level >= 3:
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "truncate", ENFORCED, "only files under read+write paths can be truncated"))
     else:
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "truncate", NOT_ENFORCED, f"only file permissions prevent truncation; {needs(3)}"))
 
     if level >= 5:
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "ioctl_dev", ENFORCED, "ioctl on device files opened by the app is denied"))
     else:
-        statuses.append(FeatureStatus("ioctl_dev", NOT_ENFORCED, needs(5)))
+        statuses.append(ProtectionStatus("ioctl_dev", NOT_ENFORCED, needs(5)))
 
     for name, ports, verb in (("tcp_bind", policy.bind_tcp, "bind"),
                               ("tcp_connect", policy.connect_tcp, "connect")):
         if level >= 4:
             allowed = f"only to port(s) {_ports(ports)}" if ports else "denied on every port"
-            statuses.append(FeatureStatus(name, ENFORCED, f"TCP {verb} {allowed}"))
+            statuses.append(ProtectionStatus(name, ENFORCED, f"TCP {verb} {allowed}"))
         else:
-            statuses.append(FeatureStatus(
+            statuses.append(ProtectionStatus(
                 name, NOT_ENFORCED, f"any TCP {verb} is possible; {needs(4)}"))
 
     for name, wanted, what in (
@@ -268,20 +257,20 @@ def plan(policy: LandlockPolicy, abi: int | None = None) -> tuple[FeatureStatus,
         ("scope_signal", policy.scope_signal, "signalling processes outside the sandbox"),
     ):
         if not wanted:
-            statuses.append(FeatureStatus(name, NOT_ENFORCED, "not requested by the profile"))
+            statuses.append(ProtectionStatus(name, NOT_ENFORCED, "not requested by the profile"))
         elif level >= 6:
-            statuses.append(FeatureStatus(name, ENFORCED, f"denied: {what}"))
+            statuses.append(ProtectionStatus(name, ENFORCED, f"denied: {what}"))
         else:
-            statuses.append(FeatureStatus(name, NOT_ENFORCED, f"allowed: {what}; {needs(6)}"))
+            statuses.append(ProtectionStatus(name, NOT_ENFORCED, f"allowed: {what}; {needs(6)}"))
 
     if not policy.log_denials:
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "audit logging", NOT_ENFORCED, "denials after execve are not logged (by request)"))
     elif level >= 7:
-        statuses.append(FeatureStatus(
+        statuses.append(ProtectionStatus(
             "audit logging", ENFORCED, "denials are logged when kernel audit is enabled"))
     else:
-        statuses.append(FeatureStatus("audit logging", NOT_ENFORCED, needs(7)))
+        statuses.append(ProtectionStatus("audit logging", NOT_ENFORCED, needs(7)))
     return tuple(statuses)
 
 
@@ -312,7 +301,7 @@ class Prepared:
     ruleset_fd: int  # -1 when Landlock is absent and the policy accepted that (min_abi 0)
     keep_fds: tuple[int, ...]  # fds the launcher must not close before restrict_self
     abi: int
-    statuses: tuple[FeatureStatus, ...]
+    statuses: tuple[ProtectionStatus, ...]
     restrict_flags: int = field(default=0)
 
 

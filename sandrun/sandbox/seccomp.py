@@ -35,6 +35,7 @@ from typing import Any
 
 from sandrun.errors import EnforcementError
 from sandrun.sandbox import kernel
+from sandrun.sandbox.status import ENFORCED, NOT_ENFORCED, PARTIAL, ProtectionStatus
 from sandrun.sandbox.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
 
 # --- kernel ABI (x86_64) ---------------------------------------------------------------
@@ -212,15 +213,6 @@ class SeccompPolicy:
     # listen(): without bind_tcp and unix sockets nothing may listen (an unbound TCP
     # socket would get an ephemeral port Landlock never checks).
     allow_listen: bool = True
-
-
-@dataclass(frozen=True)
-class SeccompStatus:
-    """Same shape as landlock's FeatureStatus: will this kernel enforce the filter?"""
-
-    name: str
-    status: str  # "enforced" | "partial" | "not enforced"
-    detail: str
 
 
 # --- names and groups ------------------------------------------------------------------
@@ -704,29 +696,29 @@ def describe(policy: SeccompPolicy) -> list[str]:
     return lines
 
 
-def status() -> SeccompStatus:
+def status() -> ProtectionStatus:
     """Whether this host can compile and enforce the filter (filter mode, KILL_PROCESS)."""
     if platform.machine() != "x86_64":
-        return SeccompStatus("seccomp", "not enforced",
-                             f"sandrun's syscall tables cover x86_64 only, not "
-                             f"{platform.machine()}")
+        return ProtectionStatus("seccomp", NOT_ENFORCED,
+                                f"sandrun's syscall tables cover x86_64 only, not "
+                                f"{platform.machine()}")
     try:
         with open(ACTIONS_AVAIL, encoding="ascii") as file:
             actions = set(file.read().split())
     except OSError:
-        return SeccompStatus("seccomp", "not enforced",
-                             "the kernel has no seccomp filter mode (CONFIG_SECCOMP_FILTER)")
+        return ProtectionStatus("seccomp", NOT_ENFORCED,
+                                "the kernel has no seccomp filter mode (CONFIG_SECCOMP_FILTER)")
     if importlib.util.find_spec("pyseccomp") is None:
-        return SeccompStatus("seccomp", "not enforced",
-                             "pyseccomp is not installed: the filter cannot be compiled")
+        return ProtectionStatus("seccomp", NOT_ENFORCED,
+                                "pyseccomp is not installed: the filter cannot be compiled")
     missing = {"errno", "allow"} - actions
     if missing:
-        return SeccompStatus("seccomp", "not enforced",
-                             "kernel lacks seccomp actions: " + ", ".join(sorted(missing)))
+        return ProtectionStatus("seccomp", NOT_ENFORCED,
+                                "kernel lacks seccomp actions: " + ", ".join(sorted(missing)))
     if "kill_process" not in actions:
-        return SeccompStatus("seccomp", "partial",
-                             "no KILL_PROCESS (kernel < 4.14): a foreign-arch syscall kills "
-                             "only its thread")
-    return SeccompStatus("seccomp", "enforced",
-                         "filter mode; allowlist with ENOSYS default, EPERM for the dangerous "
-                         "set, KILL_PROCESS for other architectures")
+        return ProtectionStatus("seccomp", PARTIAL,
+                                "no KILL_PROCESS (kernel < 4.14): a foreign-arch syscall kills "
+                                "only its thread")
+    return ProtectionStatus("seccomp", ENFORCED,
+                            "filter mode; allowlist with ENOSYS default, EPERM for the dangerous "
+                            "set, KILL_PROCESS for other architectures")

@@ -12,13 +12,13 @@ reason a bound that is not a PEP 440 version makes the finding `uncertain` (repo
 never silently clean), and a finding of unknown severity counts as at or above any
 threshold.
 
-Standard library and packaging only: `sandrun exec` may import this module.
+Standard library and packaging at import: `sandrun exec` may import this module. CVSS
+scores are computed with the `cvss` package, imported only when a finding is rated.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -84,10 +84,6 @@ class OsvDatabase:
     advisories: int  # advisories read, all ecosystems, withdrawn included
     withdrawn: int
     by_name: Mapping[str, tuple[Advisory, ...]]  # normalised name -> advisories for it
-
-    @property
-    def pypi_advisories(self) -> int:
-        return len({a.id for advisories in self.by_name.values() for a in advisories})
 
     def advisories_for(self, name: str) -> tuple[Advisory, ...]:
         from packaging.utils import canonicalize_name
@@ -549,78 +545,50 @@ def _in_range(osv_range: OsvRange, installed: Version | None) -> tuple[bool | No
 
 def _severity(advisory: Advisory,
               entries: Sequence[OsvAffected]) -> tuple[str, str, float | None]:
-    """(level, where it came from, CVSS base score or None).
+    """(level, where it came from, CVSS score or None).
 
-    A qualitative database severity first (GitHub's database_specific.severity), then a
-    CVSS v3 vector whose base score is computed; a CVSS v4 or v2 vector is reported as
-    is with level "unknown" (no reliable v4 calculator here; v2 has no "critical").
+    A qualitative database severity first (GitHub's database_specific.severity), then
+    the first CVSS v3 vector that scores, then the first CVSS v4 one (v3 first, so an
+    advisory that has both keeps the level it had before v4 was read). Any other vector
+    (CVSS v2 has no "critical") or a malformed one leaves the level "unknown", which
+    fails closed.
     """
     for value in (advisory.database_severity, *(e.database_severity for e in entries)):
         if value and value.strip().lower() in _SEVERITY_NAMES:
             return _SEVERITY_NAMES[value.strip().lower()], "database_specific", None
     vectors = [*advisory.severity, *(s for e in entries for s in e.severity)]
-    for kind, score in vectors:
-        if kind == "CVSS_V3":
-            base = cvss3_base_score(score)
-            if base is not None:
-                return cvss3_level(base), score, base
+    for wanted in _CVSS_TYPES:
+        for kind, vector in vectors:
+            score = cvss_score(kind, vector) if kind == wanted else None
+            if score is not None:
+                return _cvss_level(score), vector, score
     if vectors:
         return UNKNOWN, vectors[0][1], None
     return UNKNOWN, "", None
 
 
-_CVSS3_WEIGHTS: dict[str, dict[str, float]] = {
-    "AV": {"N": 0.85, "A": 0.62, "L": 0.55, "P": 0.2},
-    "AC": {"L": 0.77, "H": 0.44},
-    "UI": {"N": 0.85, "R": 0.62},
-    "C": {"H": 0.56, "L": 0.22, "N": 0.0},
-    "I": {"H": 0.56, "L": 0.22, "N": 0.0},
-    "A": {"H": 0.56, "L": 0.22, "N": 0.0},
-}
-_CVSS3_PR = {"U": {"N": 0.85, "L": 0.62, "H": 0.27}, "C": {"N": 0.85, "L": 0.68, "H": 0.5}}
+_CVSS_TYPES = ("CVSS_V3", "CVSS_V4")  # the OSV severity types that are scored, in order
 
 
-def cvss3_base_score(vector: str) -> float | None:
-    """CVSS v3.0/v3.1 base score of a vector, or None when it is not a complete v3 vector.
+def cvss_score(kind: str, vector: str) -> float | None:
+    """The score of an OSV severity entry: CVSS_V3 gives the CVSS v3.0/v3.1 base score,
+    CVSS_V4 the CVSS v4.0 score. None for another type or a malformed vector."""
+    import cvss  # type: ignore[import-untyped]  # no stubs; only rating a finding needs it
 
-    The specification's formula, with v3.1's Roundup (which v3.0 intended).
-    """
-    parts = vector.strip().split("/")
-    if not parts or parts[0] not in ("CVSS:3.0", "CVSS:3.1"):
+    calculator = {"CVSS_V3": cvss.CVSS3, "CVSS_V4": cvss.CVSS4}.get(kind)
+    if calculator is None:
         return None
-    metrics: dict[str, str] = {}
-    for part in parts[1:]:
-        key, sep, value = part.partition(":")
-        if not sep or key in metrics:
-            return None
-        metrics[key] = value
     try:
-        scope = metrics["S"]
-        if scope not in _CVSS3_PR:
-            return None
-        weights = {k: table[metrics[k]] for k, table in _CVSS3_WEIGHTS.items()}
-        privileges = _CVSS3_PR[scope][metrics["PR"]]
-    except KeyError:
+        return float(calculator(vector.strip()).scores()[0])
+    except (cvss.CVSSError, ArithmeticError, LookupError, ValueError):
+        # CVSSError says what is malformed; the others would be the calculator's bug on
+        # a hostile vector, which must not crash an exec: unknown fails closed.
         return None
-    iss = 1 - (1 - weights["C"]) * (1 - weights["I"]) * (1 - weights["A"])
-    impact = (6.42 * iss if scope == "U"
-              else 7.52 * (iss - 0.029) - 3.25 * (iss - 0.02) ** 15)
-    exploitability = 8.22 * weights["AV"] * weights["AC"] * privileges * weights["UI"]
-    if impact <= 0:
-        return 0.0
-    total = impact + exploitability if scope == "U" else 1.08 * (impact + exploitability)
-    return _roundup(min(total, 10.0))
 
 
-def _roundup(value: float) -> float:
-    scaled = round(value * 100000)
-    if scaled % 10000 == 0:
-        return scaled / 100000.0
-    return (math.floor(scaled / 10000) + 1) / 10.0
-
-
-def cvss3_level(score: float) -> str:
-    """The CVSS v3 qualitative rating, as a SEVERITY_LEVELS name (None 0.0 -> low)."""
+def _cvss_level(score: float) -> str:
+    """The CVSS qualitative rating (the same bands in v3 and v4), as a SEVERITY_LEVELS
+    name; a score of 0.0 ("None") counts as low."""
     if score >= 9.0:
         return "critical"
     if score >= 7.0:
@@ -696,7 +664,7 @@ def render_text(report: AuditReport) -> str:
     return "\n".join(lines)
 
 
-def finding_to_json(finding: Finding) -> dict[str, Any]:
+def _finding_to_json(finding: Finding) -> dict[str, Any]:
     return {"id": finding.advisory_id, "aliases": list(finding.aliases),
             "summary": finding.summary, "affected": finding.affected,
             "fix_versions": list(finding.fixed), "severity": finding.severity,
@@ -719,7 +687,7 @@ def report_to_json(report: AuditReport) -> dict[str, Any]:
         "vulnerable": report.vulnerable,
         "dependencies": [
             {"name": name, "version": version,
-             "vulns": [finding_to_json(f)
+             "vulns": [_finding_to_json(f)
                        for f in by_dep.get((canonicalize_name(name), version), [])]}
             for name, version in report.dependencies],
     }

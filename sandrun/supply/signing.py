@@ -1,8 +1,15 @@
 """Ed25519 signatures on bundles: OpenSSH keys, the `.sandrun/signature` entry, its check.
 
 Keys are plain OpenSSH Ed25519 keys, so `ssh-keygen` can make, read and fingerprint
-them: the private key is an unencrypted "OPENSSH PRIVATE KEY" PEM file (mode 0600) and
-the public key the one-line `ssh-ed25519 AAAA... identity` form.
+them, and cryptography reads and writes them: the private key is an "OPENSSH PRIVATE
+KEY" PEM file (mode 0600) and the public key, `KEY.pub` beside it, the one-line
+`ssh-ed25519 AAAA... identity` form. The identity (the signer name put in signatures)
+is the comment of `KEY.pub` (user@host when there is none): cryptography drops the
+comment of a private key, and `KEY.pub` is where ssh-keygen puts it too.
+
+A passphrase-protected private key is read with the passphrase in the environment
+variable SANDRUN_KEY_PASSPHRASE (for unattended signing, e.g. from a CI secret) or,
+when it is unset and standard input is a terminal, asked for there.
 
 The signature entry `.sandrun/signature` is canonical JSON (sorted keys, one line):
 
@@ -29,15 +36,13 @@ its signature.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
 import errno
 import io
 import os
 import stat
-import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +64,9 @@ from sandrun.bundle.signature import (  # what signing shares with checking
     PublicKey,
     SignatureInfo,
     SignatureState,
-    _describe_key_data,
     _identity_problem,
-    _ssh_string,
-    _SshReader,
     format_signed_at,
+    parse_public_key,
 )
 from sandrun.errors import (
     KeyFileError,
@@ -91,18 +94,15 @@ BUNDLE_MODE = 0o444
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 
-_OPENSSH_MAGIC = b"openssh-key-v1\0"
+PASSPHRASE_ENV = "SANDRUN_KEY_PASSPHRASE"
 
 
 _PEM_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 
 
-_PEM_END = b"-----END OPENSSH PRIVATE KEY-----"
-
-
 @dataclass(frozen=True)
 class SigningKey:
-    """A loaded private key; `identity` is its comment (e.g. user@host)."""
+    """A loaded private key; `identity` is the comment of its .pub (e.g. user@host)."""
 
     path: Path
     private_key: Ed25519PrivateKey = field(repr=False)
@@ -128,14 +128,27 @@ def default_identity() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def _public_key_path(path: Path) -> Path:
+    """Where a private key's public key (and so its identity) lives: KEY.pub."""
+    return path.with_name(path.name + ".pub")
+
+
 def generate_key(path: Path, identity: str | None = None) -> tuple[Path, Path]:
-    """Write a new Ed25519 key pair: `path` (private, 0600) and `path.pub` (0644).
+    """Write a new Ed25519 key pair: `path` (private, 0600) and `path.pub` (0644), whose
+    comment is `identity` (default user@host).
 
     Refuses, writing nothing, when either file already exists: a signing key is never
     overwritten. Returns (private key path, public key path).
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
     path = Path(path)
-    public_path = path.with_name(path.name + ".pub")
+    public_path = _public_key_path(path)
     identity = default_identity() if identity is None else identity
     problem = _identity_problem(identity)
     if problem:
@@ -145,11 +158,10 @@ def generate_key(path: Path, identity: str | None = None) -> tuple[Path, Path]:
         if os.path.lexists(existing):
             raise KeyFileError(f"{existing} already exists; a key is never overwritten",
                                "choose another path, or move the old key pair away first")
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     private_key = Ed25519PrivateKey.generate()
-    public_key = PublicKey(_public_raw(private_key), identity)
-    private_pem = _openssh_private_pem(private_key, identity)
+    public_key = PublicKey.from_key(private_key.public_key(), identity)
+    private_pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH,
+                                            NoEncryption())
     _write_new_file(path, private_pem, PRIVATE_KEY_MODE)
     try:
         _write_new_file(public_path, (public_key.openssh() + "\n").encode("utf-8"),
@@ -163,30 +175,17 @@ def generate_key(path: Path, identity: str | None = None) -> tuple[Path, Path]:
 
 
 def load_private_key(path: Path) -> SigningKey:
-    """Read an unencrypted OpenSSH Ed25519 private key that only its owner can read."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
+    """Read an OpenSSH Ed25519 private key that only its owner can read, and its identity
+    from KEY.pub; a passphrase comes from SANDRUN_KEY_PASSPHRASE or the terminal."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path = Path(path)
     data = _read_key_file(path)
-    stripped = data.lstrip()
     if _PEM_BEGIN not in data:
-        raise KeyFileError(f"{path} is not an OpenSSH private key ({_describe_key_data(stripped)})",
+        raise KeyFileError(f"{path} is not an OpenSSH private key "
+                           f"({_describe_key_data(data.lstrip())})",
                            KEYGEN_HINT + "; sandrun reads OpenSSH-format Ed25519 keys")
-    try:
-        private_key = serialization.load_ssh_private_key(data, password=None)
-    except TypeError:  # cryptography's way of saying "needs a password"
-        raise KeyFileError(f"{path} is encrypted with a passphrase, which sandrun cannot "
-                           "prompt for when it signs",
-                           "use a dedicated signing key without a passphrase (`ssh-keygen "
-                           "-t ed25519 -N '' -f KEY`) and protect it with mode 0600 on the "
-                           "signing machine") from None
-    except UnsupportedAlgorithm as exc:
-        raise KeyFileError(f"{path}: unsupported key ({exc})", KEYGEN_HINT) from None
-    except ValueError as exc:
-        raise KeyFileError(f"{path} is not a valid OpenSSH private key ({exc})",
-                           "the file is damaged or truncated; " + KEYGEN_HINT) from None
+    private_key = _load_openssh_private_key(path, data)
     if not isinstance(private_key, Ed25519PrivateKey):
         from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
@@ -195,23 +194,117 @@ def load_private_key(path: Path) -> SigningKey:
                 "a DSA" if isinstance(private_key, dsa.DSAPrivateKey) else "another")
         raise KeyFileError(f"{path} holds {kind} key, not an Ed25519 one; sandrun signs only "
                            "with Ed25519 keys", KEYGEN_HINT)
+    public_key = PublicKey.from_key(private_key.public_key())
+    identity = _identity(path, public_key)
+    return SigningKey(path, private_key, dataclasses.replace(public_key, comment=identity))
+
+
+def _load_openssh_private_key(path: Path, data: bytes) -> object:
+    """cryptography's key object (of any type); asks for a passphrase only when needed."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    damaged = "the file is damaged or truncated; " + KEYGEN_HINT
     try:
-        comment = _openssh_private_comment(data)
+        return load_ssh_private_key(data, password=None)
+    except TypeError:  # cryptography's way of saying "needs a passphrase"
+        pass
+    except UnsupportedAlgorithm as exc:
+        raise KeyFileError(f"{path}: unsupported key ({exc})", KEYGEN_HINT) from None
     except ValueError as exc:
         raise KeyFileError(f"{path} is not a valid OpenSSH private key ({exc})",
-                           "the file is damaged; " + KEYGEN_HINT) from None
-    problem = _identity_problem(comment)
+                           damaged) from None
+    passphrase = _passphrase(path)
+    try:
+        return load_ssh_private_key(data, password=passphrase)
+    except UnsupportedAlgorithm as exc:  # e.g. bcrypt, which encrypted keys need, missing
+        raise KeyFileError(f"{path}: cannot decrypt this key ({exc})",
+                           "install sandrun with its dependencies (bcrypt)") from None
+    except (TypeError, ValueError):
+        raise KeyFileError(f"{path}: wrong passphrase (or the key file is damaged)",
+                           f"check the passphrase (from {PASSPHRASE_ENV} when it is set, "
+                           "else typed on the terminal)") from None
+
+
+def _passphrase(path: Path) -> bytes:
+    """From $SANDRUN_KEY_PASSPHRASE, else asked on the terminal; KeyFileError when neither."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None and sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+
+        try:
+            value = getpass.getpass(f"Passphrase for {path}: ")
+        except EOFError:
+            value = ""
+    if value is None:
+        raise KeyFileError(f"{path} is encrypted with a passphrase, and there is no terminal "
+                           "to ask for it",
+                           f"set {PASSPHRASE_ENV} to the passphrase (e.g. from a CI secret), "
+                           "sign on a terminal, or use a key without a passphrase "
+                           "(`ssh-keygen -t ed25519 -N '' -f KEY`) kept at mode 0600")
+    if not value:
+        raise KeyFileError(f"{path} is encrypted with a passphrase, and the one given is empty",
+                           f"give its passphrase (in {PASSPHRASE_ENV} or on the terminal)")
+    return value.encode("utf-8")
+
+
+def _identity(path: Path, public_key: PublicKey) -> str:
+    """The comment of KEY.pub, which must hold this key; user@host without one."""
+    public_path = _public_key_path(path)
+    line = _read_public_key_line(public_path)
+    if line is None:
+        identity = default_identity()
+    else:
+        found = parse_public_key(line, str(public_path))
+        if found != public_key:
+            raise KeyFileError(f"{public_path} holds another key ({found.fingerprint}) than "
+                               f"{path} ({public_key.fingerprint}), so it cannot name its "
+                               "signer",
+                               f"put the public key made with {path} there (`ssh-keygen -y "
+                               f"-f {path}` prints it; append the identity to the line)")
+        identity = found.comment or default_identity()
+    problem = _identity_problem(identity)
     if problem:
-        raise KeyFileError(f"{path}: the key's comment (its identity) {problem}",
-                           f"set a one-line comment: `ssh-keygen -c -C 'name@host' -f {path}`")
-    return SigningKey(path, private_key, PublicKey(_public_raw(private_key), comment))
+        raise KeyFileError(f"{path}: the key's identity {identity!r} {problem}",
+                           f"write a one-line comment after the key in {public_path}")
+    return identity
 
 
-def _public_raw(private_key: Ed25519PrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+def _read_public_key_line(path: Path) -> str | None:
+    """The one key line of a .pub file, None when there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KeyFileError(f"cannot open public key {path}: {exc.strerror}",
+                           "make it readable, or move it away to sign as user@host") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories
+        os.close(fd)
+        raise KeyFileError(f"{path} is not a regular file", "it should hold the public key")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    lines = [x for x in (text or "").splitlines() if x.strip() and not x.startswith("#")]
+    if len(data) > MAX_KEY_FILE_BYTES or len(lines) != 1:
+        raise KeyFileError(f"{path} does not hold one public key line",
+                           "it should be the one-line `ssh-ed25519 AAAA... identity` file "
+                           "made with the key")
+    return lines[0]
 
-    return private_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                 serialization.PublicFormat.Raw)
+
+def _describe_key_data(data: bytes) -> str:
+    if data.startswith(KEY_TYPE.encode() + b" ") or data.startswith(b"ssh-"):
+        return "it is a public key: pass the private key, the file without .pub"
+    if data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"):
+        return "it is an encrypted PKCS#8 key"
+    if data.startswith(b"-----BEGIN "):
+        label = data.split(b"\n", 1)[0].decode("ascii", "replace").strip("- \r")
+        return f"it is a PEM {label.removeprefix('BEGIN ')} file"
+    return "no '-----BEGIN OPENSSH PRIVATE KEY-----' line"
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -271,68 +364,19 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
                            "check free space and permissions") from None
 
 
-def _openssh_private_pem(private_key: Ed25519PrivateKey, comment: str) -> bytes:
-    """The unencrypted "openssh-key-v1" format, as ssh-keygen writes it, with a comment.
-
-    (cryptography writes the same container but without a comment, and the comment is
-    where the key's identity lives.)
-    """
-    from cryptography.hazmat.primitives import serialization
-
-    public_raw = _public_raw(private_key)
-    seed = private_key.private_bytes(serialization.Encoding.Raw,
-                                     serialization.PrivateFormat.Raw,
-                                     serialization.NoEncryption())
-    public_blob = _ssh_string(KEY_TYPE.encode()) + _ssh_string(public_raw)
-    check = os.urandom(4)
-    private = (check + check + _ssh_string(KEY_TYPE.encode()) + _ssh_string(public_raw)
-               + _ssh_string(seed + public_raw) + _ssh_string(comment.encode("utf-8")))
-    private += bytes(range(1, 1 + (-len(private)) % 8))  # pad to the "none" cipher's block
-    body = (_OPENSSH_MAGIC + _ssh_string(b"none") + _ssh_string(b"none") + _ssh_string(b"")
-            + struct.pack(">I", 1) + _ssh_string(public_blob) + _ssh_string(private))
-    encoded = base64.b64encode(body)
-    lines = [encoded[i:i + 70] for i in range(0, len(encoded), 70)]
-    return b"\n".join([_PEM_BEGIN, *lines, _PEM_END]) + b"\n"
-
-
-def _openssh_private_comment(data: bytes) -> str:
-    """The comment of an unencrypted one-key OpenSSH private key (cryptography drops it)."""
-    start = data.index(_PEM_BEGIN) + len(_PEM_BEGIN)
-    end = data.find(_PEM_END, start)
-    if end < 0:
-        raise ValueError("no END line")
-    try:
-        body = base64.b64decode(b"".join(data[start:end].split()), validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"bad base64: {exc}") from None
-    if not body.startswith(_OPENSSH_MAGIC):
-        raise ValueError("bad magic")
-    reader = _SshReader(body[len(_OPENSSH_MAGIC):])
-    cipher, _kdf, _kdf_options = reader.string(), reader.string(), reader.string()
-    if cipher != b"none" or reader.uint32() != 1:
-        raise ValueError("expected one unencrypted key")
-    reader.string()  # public key blob
-    private = _SshReader(reader.string())
-    private.uint32()
-    private.uint32()  # the two check integers
-    private.string()  # key type
-    private.string()  # public key
-    private.string()  # private key
-    try:
-        return private.string().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("the comment is not UTF-8") from None
-
-
-def sign_bundle(bundle: Path, key_path: Path, *, signed_at: int | None = None) -> SignatureInfo:
+def sign_bundle(bundle: Path, key: SigningKey | Path, *,
+                signed_at: int | None = None) -> SignatureInfo:
     """Sign a bundle that verifies, in place: add (or replace) `.sandrun/signature`.
 
-    The archive is rewritten atomically (mode 0444) with the builder's order and
-    timestamps and the signature after the manifest; every other entry keeps its exact
-    bytes, which is checked before anything is written.
+    `key` is a loaded key or the path of one (loaded here; pass a loaded key to ask for
+    a passphrase once when the key was checked earlier). The archive is rewritten
+    atomically (mode 0444) with the builder's order and timestamps and the signature
+    after the manifest; every other entry keeps its exact bytes, which is checked
+    before anything is written.
     """
     bundle = Path(bundle)
-    key = load_private_key(key_path)
+    if not isinstance(key, SigningKey):
+        key = load_private_key(key)
     data = _read_bundle(bundle)
     archive = parse_archive(data, str(bundle))
 

@@ -540,10 +540,11 @@ def write_outside(directory: str) -> str:
 
 
 @attack
-def write_devshm(_: str) -> str:
-    """Create a file in /dev/shm (1777 and shared with the host: DAC allows it; Landlock:
-    EACCES). /tmp is the sandbox's own private tmpfs, writable by design."""
-    path = f"/dev/shm/sandrun-probe-{os.getpid()}"
+def write_runlock(_: str) -> str:
+    """Create a file in /run/lock (1777 and shared with the host: DAC allows it; Landlock:
+    EACCES). /tmp, /var/tmp and /dev/shm are the sandbox's own private tmpfs, writable by
+    design."""
+    path = f"/run/lock/sandrun-probe-{os.getpid()}"
     create_file(path)
     os.unlink(path)
     return f"created {path}"

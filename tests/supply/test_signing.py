@@ -1,0 +1,729 @@
+"""Signing: OpenSSH Ed25519 keys, the `.sandrun/signature` entry, and what verify says.
+
+Real keys (made by sandrun and by ssh-keygen), real bundles (tests/bundlecraft.py and
+one from the builder), no mocked crypto. Altered signatures are crafted by rewriting
+the archive with the same writer the builder uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import pty
+import select
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bundlecraft import (
+    CORE,
+    DATE_TIME,
+    MAIN,
+    RawEntry,
+    build_raw,
+    bundle_bytes,
+    default_files,
+    make_bundle,
+    make_manifest,
+    write,
+)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import TESTS
+from wheelcraft import hello_wheelhouse
+
+from sandrun.bundle.archive import END_RECORD, open_archive, write_archive
+from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
+from sandrun.bundle.signature import (
+    SIGNATURE_DOMAIN,
+    PublicKey,
+    SignatureInfo,
+    SignatureState,
+    fingerprint,
+    parse_public_key,
+    signature_status,
+)
+from sandrun.bundle.verify import VerifyResult, verify_bundle
+from sandrun.errors import KeyFileError, SignatureError, VerificationError
+from sandrun.supply.signing import (
+    PASSPHRASE_ENV,
+    default_identity,
+    generate_key,
+    load_private_key,
+    sign_bundle,
+)
+
+SSH_KEYGEN = shutil.which("ssh-keygen")
+SIGNED_AT = 1700000000  # 2023-11-14T22:13:20Z
+SIGNED_AT_TEXT = "2023-11-14T22:13:20Z"
+
+
+def new_key(tmp_path: Path, name: str = "release", identity: str = "release@example.org"
+            ) -> Path:
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    private, _public = generate_key(keys / name, identity)
+    return private
+
+
+def ssh_keygen(*args: str) -> subprocess.CompletedProcess[str]:
+    assert SSH_KEYGEN, "ssh-keygen is needed to prove the key format interoperates"
+    return subprocess.run([SSH_KEYGEN, *args], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+def signed(tmp_path: Path, key: Path, name: str = "app.pyz", files: Any = None) -> Path:
+    bundle = make_bundle(tmp_path, name, files)
+    sign_bundle(bundle, key, signed_at=SIGNED_AT)
+    return bundle
+
+
+def entries(bundle: Path) -> list[tuple[str, bytes, int]]:
+    archive = open_archive(bundle)
+    return [(e.name, archive.read(e), e.mode & 0o7777) for e in archive.entries]
+
+
+def rewrite(bundle: Path, out: Path, change: Callable[[list[tuple[str, bytes, int]]], None]
+            ) -> Path:
+    """Write `bundle`'s entries, as changed in place by `change`, to `out`."""
+    files = entries(bundle)
+    change(files)
+    out.unlink(missing_ok=True)
+    with out.open("wb") as handle:
+        write_archive(handle, open_archive(bundle).preamble, files, date_time=DATE_TIME)
+    return out
+
+
+def signature_obj(bundle: Path) -> dict[str, Any]:
+    return json.loads(dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME])
+
+
+def with_signature(bundle: Path, out: Path, content: bytes, mode: int = 0o644) -> Path:
+    def change(files: list[tuple[str, bytes, int]]) -> None:
+        files[:] = [f for f in files if f[0] != SIGNATURE_NAME]
+        files.append((SIGNATURE_NAME, content, mode))
+    return rewrite(bundle, out, change)
+
+
+def signature_problems(result: VerifyResult) -> list[str]:
+    return [p.what for p in result.problems if p.where == SIGNATURE_NAME]
+
+
+def assert_signature_problem(result: VerifyResult, *words: str) -> None:
+    assert not result.ok
+    assert result.signature_status.state is SignatureState.INVALID
+    assert result.signature is None  # an invalid entry's claims are never handed out
+    found = signature_problems(result)
+    assert any(all(w.lower() in what.lower() for w in words) for what in found), (
+        f"no {SIGNATURE_NAME} problem saying {words}; got {result.problems}")
+    for problem in result.problems:
+        assert problem.hint, f"problem without a hint: {problem}"
+
+
+# ---------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_generate_key_writes_openssh_pair_with_exact_modes(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        private, public = generate_key(tmp_path / "k", "release@example.org")
+    finally:
+        os.umask(old)
+    assert (private, public) == (tmp_path / "k", tmp_path / "k.pub")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    pem = private.read_bytes()
+    assert pem.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    assert isinstance(serialization.load_ssh_private_key(pem, None), Ed25519PrivateKey)
+    line = public.read_text()
+    assert line.endswith(" release@example.org\n") and line.count("\n") == 1
+    assert line.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA")
+    key = load_private_key(private)
+    assert key.identity == "release@example.org"
+    assert key.public_key == parse_public_key(line, "k.pub")
+    assert key.public_key.openssh() + "\n" == line
+
+
+def test_default_identity_is_user_at_host(tmp_path: Path) -> None:
+    _, public = generate_key(tmp_path / "k")
+    assert public.read_text().split()[2] == default_identity()
+    assert "@" in default_identity()
+
+
+def test_ssh_keygen_reads_our_keys_with_the_same_fingerprint(tmp_path: Path) -> None:
+    private, public = generate_key(tmp_path / "k", "release@example.org")
+    ours = fingerprint(parse_public_key(public.read_text(), "k.pub"))
+    for path in (public, private):  # for the private key, ssh-keygen reads KEY.pub's comment
+        listed = ssh_keygen("-l", "-f", str(path))
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split()[1] == ours
+        assert "release@example.org" in listed.stdout
+    derived = ssh_keygen("-y", "-f", str(private))
+    assert derived.returncode == 0, derived.stderr
+    assert derived.stdout.split()[:2] == public.read_text().split()[:2]
+
+
+def test_keys_made_by_ssh_keygen_sign_and_verify(tmp_path: Path) -> None:
+    made = ssh_keygen("-q", "-t", "ed25519", "-N", "", "-C", "ops@example.org",
+                      "-f", str(tmp_path / "ssh"))
+    assert made.returncode == 0, made.stderr
+    key = load_private_key(tmp_path / "ssh")
+    assert key.identity == "ops@example.org"
+    listed = ssh_keygen("-l", "-f", str(tmp_path / "ssh.pub")).stdout.split()[1]
+    assert key.public_key.fingerprint == listed
+    bundle = make_bundle(tmp_path)
+    info = sign_bundle(bundle, tmp_path / "ssh", signed_at=SIGNED_AT)
+    assert info.signer == "ops@example.org" and info.fingerprint == listed
+    assert verify_bundle(bundle).signature == info
+
+
+def test_generate_key_never_overwrites_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "old").write_text("precious")
+    with pytest.raises(KeyFileError) as info:
+        generate_key(tmp_path / "old")
+    assert "already exists" in info.value.message and info.value.hint
+    assert (tmp_path / "old").read_text() == "precious"
+    assert not (tmp_path / "old.pub").exists()
+
+    (tmp_path / "pubonly.pub").write_text("ssh-ed25519 AAAA old\n")
+    with pytest.raises(KeyFileError, match=r"pubonly\.pub already exists"):
+        generate_key(tmp_path / "pubonly")
+    assert not (tmp_path / "pubonly").exists()
+    assert (tmp_path / "pubonly.pub").read_text() == "ssh-ed25519 AAAA old\n"
+
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")  # dangling: still refused
+    with pytest.raises(KeyFileError, match="already exists"):
+        generate_key(tmp_path / "link")
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "link.pub").exists()
+
+
+def test_generate_key_refusals(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="control characters"):
+        generate_key(tmp_path / "k", "two\nlines")
+    with pytest.raises(KeyFileError) as info:
+        generate_key(tmp_path / "missing-dir" / "k")
+    assert "No such file" in info.value.message and "create the directory" in info.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def make_ssh_key(tmp_path: Path, name: str, *args: str) -> Path:
+    made = ssh_keygen("-q", "-C", "x@example.org", "-f", str(tmp_path / name), *args)
+    assert made.returncode == 0, made.stderr
+    return tmp_path / name
+
+
+def key_refusal(path: Path) -> KeyFileError:
+    with pytest.raises(KeyFileError) as info:
+        load_private_key(path)
+    assert info.value.hint, "every refusal says how to fix it"
+    return info.value
+
+
+def test_load_private_key_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    assert "no such private key file" in key_refusal(tmp_path / "nope").message
+
+    private = new_key(tmp_path)
+    for mode in (0o640, 0o604, 0o660):
+        private.chmod(mode)
+        error = key_refusal(private)
+        assert f"accessible by group or others (mode {mode:04o})" in error.message
+        assert f"chmod 600 {private}" in error.hint
+    private.chmod(0o600)
+    load_private_key(private)
+
+    encrypted = make_ssh_key(tmp_path, "enc", "-t", "ed25519", "-N", "secret")
+    error = key_refusal(encrypted)  # no SANDRUN_KEY_PASSPHRASE, no terminal to ask on
+    assert "encrypted with a passphrase, and there is no terminal" in error.message
+    assert PASSPHRASE_ENV in error.hint and "-N ''" in error.hint
+
+    ecdsa = make_ssh_key(tmp_path, "ecdsa", "-t", "ecdsa", "-N", "")
+    assert "an ECDSA key, not an Ed25519 one" in key_refusal(ecdsa).message
+    rsa_pem = make_ssh_key(tmp_path, "rsa", "-t", "rsa", "-b", "2048", "-N", "", "-m", "PEM")
+    error = key_refusal(rsa_pem)
+    assert "not an OpenSSH private key (it is a PEM RSA PRIVATE KEY file)" in error.message
+    assert "ssh-keygen -t ed25519" in error.hint
+
+    public = tmp_path / "keys" / "release.pub"
+    public.chmod(0o600)
+    assert "it is a public key" in key_refusal(public).message
+
+    truncated = tmp_path / "truncated"
+    pem = private.read_bytes().splitlines()
+    truncated.write_bytes(b"\n".join(pem[:3] + pem[-1:]) + b"\n")
+    truncated.chmod(0o600)
+    assert "not a valid OpenSSH private key" in key_refusal(truncated).message
+
+    assert "not a regular file" in key_refusal(tmp_path / "keys").message
+
+
+def test_identity_comes_from_the_pub_file(tmp_path: Path) -> None:
+    private = new_key(tmp_path, "k", "release@example.org")
+    public = private.with_name("k.pub")
+    assert b"release@example.org" not in private.read_bytes()  # cryptography keeps no comment
+    line = public.read_text()
+    public.write_text(line.replace("release@example.org", "renamed@example.org"))
+    assert load_private_key(private).identity == "renamed@example.org"
+    public.write_text(" ".join(line.split()[:2]) + "\n")  # no comment
+    assert load_private_key(private).identity == default_identity()
+    public.unlink()  # no .pub at all
+    key = load_private_key(private)
+    assert key.identity == default_identity() and key.public_key.comment == default_identity()
+    assert sign_bundle(make_bundle(tmp_path), key, signed_at=SIGNED_AT).signer == (
+        default_identity())
+
+
+def test_a_pub_file_that_cannot_name_the_signer_is_refused(tmp_path: Path) -> None:
+    private = new_key(tmp_path, "k")
+    other = new_key(tmp_path, "other", "other@example.org")
+    public = private.with_name("k.pub")
+    public.unlink()
+    shutil.copy(other.with_name("other.pub"), public)
+    error = key_refusal(private)
+    assert f"{public} holds another key" in error.message
+    assert load_private_key(other).public_key.fingerprint in error.message
+    assert f"ssh-keygen -y -f {private}" in error.hint
+    public.write_text("ssh-ed25519 AAAA!!!! x\n")
+    assert key_refusal(private).message.startswith(f"{public}: the key data is not valid base64")
+    for content in ("", "# nothing\n", public.read_text() * 2, "\xff"):
+        public.write_text(content, "latin-1")
+        assert "does not hold one public key line" in key_refusal(private).message
+    public.unlink()
+    public.mkdir()
+    assert f"{public} is not a regular file" in key_refusal(private).message
+
+
+def encrypted_key(tmp_path: Path) -> Path:
+    """An ssh-keygen key with passphrase "secret" whose .pub names ops@example.org."""
+    made = ssh_keygen("-q", "-t", "ed25519", "-N", "secret", "-C", "ops@example.org",
+                      "-f", str(tmp_path / "enc"))
+    assert made.returncode == 0, made.stderr
+    return tmp_path / "enc"
+
+
+def test_passphrase_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    encrypted = encrypted_key(tmp_path)
+    monkeypatch.setenv(PASSPHRASE_ENV, "secret")
+    key = load_private_key(encrypted)
+    assert key.identity == "ops@example.org"
+    listed = ssh_keygen("-l", "-f", str(tmp_path / "enc.pub")).stdout.split()[1]
+    assert key.public_key.fingerprint == listed
+    bundle = make_bundle(tmp_path)
+    info = sign_bundle(bundle, key, signed_at=SIGNED_AT)
+    assert verify_bundle(bundle).signature == info and info.fingerprint == listed
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "wrong")
+    error = key_refusal(encrypted)
+    assert "wrong passphrase" in error.message and PASSPHRASE_ENV in error.hint
+    monkeypatch.setenv(PASSPHRASE_ENV, "")
+    assert "the one given is empty" in key_refusal(encrypted).message
+    # An unencrypted key ignores the variable.
+    monkeypatch.setenv(PASSPHRASE_ENV, "secret")
+    assert load_private_key(new_key(tmp_path)).identity == "release@example.org"
+
+
+def test_passphrase_asked_on_the_terminal(tmp_path: Path) -> None:
+    encrypted = encrypted_key(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != PASSPHRASE_ENV}
+    code = ("import sys; from sandrun.supply.signing import load_private_key; "
+            "print('identity', load_private_key(sys.argv[1]).identity, flush=True)")
+    pid, fd = pty.fork()  # the child gets the pty as its controlling terminal
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.execve(sys.executable, [sys.executable, "-c", code, str(encrypted)], env)
+        finally:
+            os._exit(127)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if not answered and f"Passphrase for {encrypted}: ".encode() in output:
+                os.write(fd, b"secret\n")
+                answered = True
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert answered, output
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert b"identity ops@example.org" in output
+    assert b"secret" not in output  # not echoed
+
+
+def test_verifying_an_unsigned_bundle_never_imports_cryptography(tmp_path: Path) -> None:
+    unsigned = make_bundle(tmp_path, "unsigned.pyz")
+    signed_bundle = signed(tmp_path, new_key(tmp_path), "signed.pyz")
+    code = ("import sys; from sandrun.bundle.verify import verify_bundle; "
+            "result = verify_bundle(sys.argv[1]); assert result.ok, result.problems; "
+            "print(result.signature_status.state.value, "
+            "any(m.split('.')[0] == 'cryptography' for m in sys.modules))")
+    for bundle, expected in ((unsigned, "unsigned False"), (signed_bundle, "valid True")):
+        proc = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True,
+                              text=True, check=False, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == expected
+
+
+def test_parse_public_key() -> None:
+    line = ((TESTS / "trust" / "keys" / "alice.pub").read_text())
+    key = parse_public_key(line, "alice.pub")
+    assert key.comment == "alice@example.org"
+    bare = parse_public_key(" ".join(line.split()[:2]), "x")  # comment is optional
+    assert bare.comment == "" and bare == key and hash(bare) == hash(key)
+    assert key.openssh() == line.strip()
+    assert fingerprint(key) == "SHA256:dM689t2X5xhG73Pu5ile2KvL8rS/rcFlFU0H88bstpU"
+    assert "SHA256:dM689" in repr(key)
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("", "public key is empty"),
+    ("ssh-ed25519", "not an OpenSSH public key"),
+    ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDe x", "ssh-rsa keys (RSA) are not supported"),
+    ('command="x" ssh-ed25519 AAAA', "options before the key type are not supported"),
+    ("ssh-ed25519 AAAA!!!!", "not valid base64"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", "truncated or malformed"),
+    # A well-formed blob of another type under an ed25519 label; a short key.
+    ("ssh-ed25519 " + base64.b64encode(b"\0\0\0\x07ssh-rsa\0\0\0\x20" + bytes(32)).decode(),
+     "truncated or malformed"),
+    ("ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x10" + bytes(16))
+     .decode(), "truncated or malformed"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQG3WP1sznt6NepZ2sjh3Y7xOYbZuMc57a1B3QtbmrmAAAA",
+     "truncated or malformed"),  # trailing bytes after the key
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQG3WP1sznt6NepZ2sjh3Y7xOYbZuMc57a1B3Qtbmrm "
+     "bad\x1bcomment", "comment contains control characters"),
+])
+def test_parse_public_key_refusals(line: str, words: str) -> None:
+    with pytest.raises(KeyFileError) as info:
+        parse_public_key(line, "trust.toml:3: signer[1].public_key")
+    assert info.value.message.startswith("trust.toml:3: signer[1].public_key: ")
+    assert words in info.value.message
+    assert info.value.hint
+
+
+# ---------------------------------------------------------------- sign and verify
+
+
+def test_unsigned_bundle_verifies_and_says_unsigned(tmp_path: Path) -> None:
+    result = verify_bundle(make_bundle(tmp_path))
+    assert result.ok
+    assert result.signature_status.state is SignatureState.UNSIGNED
+    assert result.signature is None
+    assert result.signature_status.describe() == "unsigned"
+
+
+def test_sign_and_verify_round_trip(tmp_path: Path) -> None:
+    key = new_key(tmp_path)
+    bundle = make_bundle(tmp_path)
+    info = sign_bundle(bundle, key, signed_at=SIGNED_AT)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o444
+    result = verify_bundle(bundle)
+    assert result.ok, result.problems
+    assert result.signature_status.state is SignatureState.VALID
+    assert result.signature == info
+    assert result.manifest is not None
+    assert info.manifest_sha256 == result.manifest.digest()
+    assert (info.app_name, info.app_version) == ("demo", "1.0")
+    assert info.signer == "release@example.org"
+    assert info.fingerprint == load_private_key(key).public_key.fingerprint
+    assert info.signed_at == SIGNED_AT_TEXT
+    assert result.signature_status.describe() == (
+        f"signed by release@example.org ({info.fingerprint}) at {SIGNED_AT_TEXT}")
+    assert signature_status(result.archive, result.manifest).info == info
+
+    # The entry: canonical JSON, after the manifest, 0644, exactly these fields.
+    names = [n for n, _, _ in entries(bundle)]
+    assert names[-2:] == [MANIFEST_NAME, SIGNATURE_NAME]
+    raw = dict((n, (c, m)) for n, c, m in entries(bundle))[SIGNATURE_NAME]
+    obj = json.loads(raw[0])
+    assert raw == (canonical_json(obj), 0o644)
+    assert sorted(obj) == ["algorithm", "app_name", "app_version", "fingerprint", "format",
+                           "manifest_sha256", "public_key", "signature", "signed_at", "signer"]
+    assert obj["format"] == 1 and obj["algorithm"] == "ed25519"
+    assert obj["public_key"] == load_private_key(key).public_key.openssh(with_comment=False)
+    # The signature covers the domain prefix and every other field.
+    message = SIGNATURE_DOMAIN + canonical_json({k: v for k, v in obj.items()
+                                                 if k != "signature"})
+    public = load_private_key(key).public_key.key
+    public.verify(base64.b64decode(obj["signature"]), message)  # raises if not
+
+
+def unsigned_layout(data: bytes) -> tuple[int, int]:
+    """(central directory offset, size) of an archive, from its end record."""
+    record = END_RECORD.unpack(data[-END_RECORD.size:])
+    return record[6], record[5]
+
+
+def test_signing_changes_nothing_but_the_signature_entry(tmp_path: Path) -> None:
+    unsigned = bundle_bytes()
+    bundle = write(tmp_path, unsigned)
+    sign_bundle(bundle, new_key(tmp_path), signed_at=SIGNED_AT)
+    data = bundle.read_bytes()
+    cd_offset, cd_size = unsigned_layout(unsigned)
+    # Preamble and every entry: the same bytes at the same offsets; the signature follows.
+    assert data[:cd_offset] == unsigned[:cd_offset]
+    signature_entry = next(e for e in open_archive(bundle).entries if e.name == SIGNATURE_NAME)
+    assert signature_entry.header_offset == cd_offset
+    # The central directory keeps every old record and adds one for the signature.
+    new_cd_offset, _ = unsigned_layout(data)
+    assert data[new_cd_offset:new_cd_offset + cd_size] == unsigned[cd_offset:cd_offset + cd_size]
+
+
+def test_signing_is_reproducible_for_the_same_key_and_time(tmp_path: Path) -> None:
+    key = new_key(tmp_path)
+    first, second = make_bundle(tmp_path, "a.pyz"), make_bundle(tmp_path, "b.pyz")
+    sign_bundle(first, key, signed_at=SIGNED_AT)
+    sign_bundle(second, key, signed_at=SIGNED_AT)
+    assert first.read_bytes() == second.read_bytes()  # Ed25519 signatures are deterministic
+
+
+def test_resigning_replaces_the_signature(tmp_path: Path) -> None:
+    unsigned = bundle_bytes()
+    bundle = write(tmp_path, unsigned)
+    first_key, second_key = new_key(tmp_path, "a", "alice@example.org"), new_key(
+        tmp_path, "b", "bob@example.org")
+    sign_bundle(bundle, first_key, signed_at=SIGNED_AT)
+    sign_bundle(bundle, first_key, signed_at=SIGNED_AT + 60)  # same key again: still one entry
+    second = sign_bundle(bundle, second_key, signed_at=SIGNED_AT + 120)
+    names = [n for n, _, _ in entries(bundle)]
+    assert names.count(SIGNATURE_NAME) == 1 and names[-1] == SIGNATURE_NAME
+    result = verify_bundle(bundle)
+    assert result.ok, result.problems
+    assert result.signature == second
+    assert result.signature is not None and result.signature.signer == "bob@example.org"
+    assert result.signature.fingerprint == load_private_key(second_key).public_key.fingerprint
+    cd_offset, _ = unsigned_layout(unsigned)
+    assert bundle.read_bytes()[:cd_offset] == unsigned[:cd_offset]
+
+
+def test_resigning_replaces_an_invalid_signature(tmp_path: Path) -> None:
+    key = new_key(tmp_path)
+    broken = with_signature(make_bundle(tmp_path), tmp_path / "broken.pyz", b"not json\n")
+    assert not verify_bundle(broken).ok
+    sign_bundle(broken, key, signed_at=SIGNED_AT)
+    assert verify_bundle(broken).ok
+
+
+def test_a_bundle_from_the_builder_signs_reproducibly(tmp_path: Path) -> None:
+    from sandrun.build.builder import BundleRequest, build_bundle
+
+    wheels = hello_wheelhouse(tmp_path / "wheels")
+    out = tmp_path / "hello.pyz"
+    build_bundle(BundleRequest(output=out, requirements=("hellopkg",), console_script="hello",
+                               find_links=(str(wheels),), no_index=True,
+                               source_date_epoch=1700000001))  # odd: zip times have 2 s steps
+    unsigned = out.read_bytes()
+    info = sign_bundle(out, new_key(tmp_path), signed_at=SIGNED_AT)
+    assert info.app_name == "hello" and info.app_version == "1.2.0"
+    cd_offset, _ = unsigned_layout(unsigned)
+    assert out.read_bytes()[:cd_offset] == unsigned[:cd_offset]
+    result = verify_bundle(out)
+    assert result.ok, result.problems
+    assert result.signature == info
+
+
+def test_sign_refuses_a_bundle_that_fails_verification(tmp_path: Path) -> None:
+    files = default_files()
+    old_manifest = make_manifest(files)
+    files[CORE] = (b"def answer():\n    return 43\n", 0o644)
+    tampered = write(tmp_path, bundle_bytes(files, manifest=old_manifest))
+    before = tampered.read_bytes()
+    with pytest.raises(VerificationError) as info:
+        sign_bundle(tampered, new_key(tmp_path))
+    assert "cannot sign" in info.value.message and "fails verification" in info.value.message
+    assert [p.where for p in info.value.problems] == [CORE]
+    assert "size differs from manifest" in info.value.problems[0].what
+    assert tampered.read_bytes() == before
+
+
+def test_sign_refusals_about_the_bundle_file(tmp_path: Path) -> None:
+    key = new_key(tmp_path)
+    with pytest.raises(SignatureError, match="no such file"):
+        sign_bundle(tmp_path / "nope.pyz", key)
+    (tmp_path / "link.pyz").symlink_to(make_bundle(tmp_path))
+    with pytest.raises(SignatureError, match="is a symlink"):
+        sign_bundle(tmp_path / "link.pyz", key)
+    with pytest.raises(KeyFileError, match="no such private key"):
+        sign_bundle(tmp_path / "app.pyz", tmp_path / "nokey")
+    assert verify_bundle(tmp_path / "app.pyz").signature is None  # nothing was written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.pyz", "keys", "link.pyz"]
+
+
+# ---------------------------------------------------------------- altered signatures
+
+
+def test_tampered_signature_bytes(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    obj = signature_obj(bundle)
+    raw = bytearray(base64.b64decode(obj["signature"]))
+    raw[10] ^= 0x01
+    obj["signature"] = base64.b64encode(bytes(raw)).decode()
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
+    assert_signature_problem(result, "does not verify")
+    assert len(result.problems) == 1  # the rest of the bundle is intact
+
+
+def test_signature_copied_from_another_bundle(tmp_path: Path) -> None:
+    key = new_key(tmp_path)
+    other_files = default_files()
+    other_files[MAIN] = (b'print("another app")\n', 0o644)
+    other = signed(tmp_path, key, "other.pyz", other_files)
+    mine = make_bundle(tmp_path, "mine.pyz")
+    copied = dict((n, c) for n, c, _ in entries(other))[SIGNATURE_NAME]
+    result = verify_bundle(with_signature(mine, tmp_path / "x.pyz", copied))
+    assert_signature_problem(result, "signs manifest sha256", "copied from another bundle")
+    # The Ed25519 signature itself is genuine: only the digest gives the copy away.
+    assert not any("does not verify" in what for what in signature_problems(result))
+
+
+def test_edited_signer_field(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    obj = signature_obj(bundle)
+    obj["signer"] = "security-team@example.org"
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
+    assert_signature_problem(result, "does not verify", "altered after signing")
+
+
+@pytest.mark.parametrize("field", ["signed_at", "app_version", "manifest_sha256"])
+def test_every_field_is_authenticated(tmp_path: Path, field: str) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    obj = signature_obj(bundle)
+    obj[field] = {"signed_at": "2030-01-01T00:00:00Z", "app_version": "9.9",
+                  "manifest_sha256": "0" * 64}[field]
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
+    assert_signature_problem(result, "does not verify")
+
+
+def test_signature_by_another_key_claiming_the_same_public_key(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path, "real"))
+    forger = load_private_key(new_key(tmp_path, "forger"))
+    obj = signature_obj(bundle)
+    unsigned = {k: v for k, v in obj.items() if k != "signature"}
+    obj["signature"] = base64.b64encode(
+        forger.sign(SIGNATURE_DOMAIN + canonical_json(unsigned))).decode()
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
+    assert_signature_problem(result, "does not verify")
+
+
+def test_signature_without_domain_prefix_does_not_verify(tmp_path: Path) -> None:
+    key = load_private_key(new_key(tmp_path))
+    bundle = signed(tmp_path, key.path)
+    obj = signature_obj(bundle)
+    unsigned = {k: v for k, v in obj.items() if k != "signature"}
+    obj["signature"] = base64.b64encode(key.sign(canonical_json(unsigned))).decode()
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
+    assert_signature_problem(result, "does not verify")
+
+
+def edit(obj: dict[str, Any], **changes: Any) -> bytes:
+    changed = {**obj, **changes}
+    return canonical_json({k: v for k, v in changed.items() if v is not None})
+
+
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], bytes], tuple[str, ...]]] = [
+    ("not_json", lambda o: b"{not json\n", ("is not valid JSON",)),
+    ("not_utf8", lambda o: b"\xff\xfe\n", ("is not valid JSON",)),
+    ("array", lambda o: b"[]\n", ("not an object",)),
+    ("duplicate_key", lambda o: canonical_json(o)[:-2] + b',"signer":"x"}\n',
+     ("appears twice",)),
+    ("format", lambda o: edit(o, format=2), ("format 2", "this sandrun reads")),
+    ("format_bool", lambda o: edit(o, format=True), ("format True",)),
+    ("missing_field", lambda o: edit(o, signed_at=None), ("missing field(s) signed_at",)),
+    ("unknown_field", lambda o: edit(o, note="hi"), ("unknown field(s) note",)),
+    ("wrong_type", lambda o: edit(o, signer=5), ("signer must be strings",)),
+    ("algorithm", lambda o: edit(o, algorithm="rsa"), ("algorithm 'rsa' is not supported",)),
+    ("digest", lambda o: edit(o, manifest_sha256="ABC"), ("manifest_sha256 is not 64",)),
+    ("public_key", lambda o: edit(o, public_key="ssh-rsa AAAA"), ("public_key: ssh-rsa keys",)),
+    ("public_key_comment", lambda o: edit(o, public_key=o["public_key"] + " x"),
+     ("carries a comment",)),
+    ("fingerprint", lambda o: edit(o, fingerprint="SHA256:abc"),
+     ("is not the fingerprint of public_key",)),
+    ("signer_control", lambda o: edit(o, signer="a\x1b[31mb"),
+     ("signer contains control characters",)),
+    ("signed_at", lambda o: edit(o, signed_at="yesterday"), ("signed_at 'yesterday'",)),
+    ("signed_at_date", lambda o: edit(o, signed_at="2023-02-30T00:00:00Z"),
+     ("signed_at '2023-02-30T00:00:00Z'",)),
+    ("base64", lambda o: edit(o, signature="!!"), ("signature is not valid base64",)),
+    ("length", lambda o: edit(o, signature=base64.b64encode(b"x" * 63).decode()),
+     ("signature is 63 bytes",)),
+    ("not_canonical", lambda o: json.dumps(o, indent=1).encode(), ("not canonical JSON",)),
+]
+
+
+@pytest.mark.parametrize(("make", "words"), [(m, w) for _, m, w in MALFORMED],
+                         ids=[name for name, _, _ in MALFORMED])
+def test_malformed_signature_entry(tmp_path: Path, make: Callable[[dict[str, Any]], bytes],
+                                   words: tuple[str, ...]) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", make(signature_obj(bundle))))
+    assert_signature_problem(result, *words)
+    assert [p.where for p in result.problems] == [SIGNATURE_NAME]
+
+
+def test_app_named_in_signature_must_match_the_manifest(tmp_path: Path) -> None:
+    key = load_private_key(new_key(tmp_path))
+    bundle = signed(tmp_path, key.path)
+    info = SignatureInfo.from_bytes(dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME])
+    lying = dataclasses.replace(info, app_name="other")  # validly signed, wrong app
+    lying = dataclasses.replace(lying, signature=key.sign(lying.signed_message()))
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", lying.to_bytes()))
+    assert_signature_problem(result, "names app other 1.0, but the manifest says demo 1.0")
+
+
+def test_signature_entry_mode_and_count(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    content = dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME]
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", content, 0o755))
+    assert_signature_problem(result, "mode 0755")
+
+    # The writer refuses duplicate names, so build the doubled archive by hand.
+    raw = [RawEntry.of(n, c, m) for n, c, m in entries(bundle)]
+    raw.append(RawEntry.of(SIGNATURE_NAME, content))
+    result = verify_bundle(write(tmp_path, build_raw(raw), "y.pyz"))
+    assert_signature_problem(result, "2 signature entries")
+
+
+def test_signature_without_a_manifest_cannot_be_checked(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    stripped = rewrite(bundle, tmp_path / "x.pyz",
+                       lambda fs: fs.remove(next(f for f in fs if f[0] == MANIFEST_NAME)))
+    result = verify_bundle(stripped)
+    assert_signature_problem(result, "cannot be checked", "manifest")
+
+
+def test_signature_status_of_an_invalid_signature(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    broken = with_signature(bundle, tmp_path / "x.pyz", b"{}\n")
+    archive = open_archive(broken)
+    manifest = verify_bundle(broken).manifest
+    assert manifest is not None
+    status = signature_status(archive, manifest)
+    assert status.state is SignatureState.INVALID and status.info is None
+    assert [p.where for p in status.problems] == [SIGNATURE_NAME]
+    assert status.problems[0].what.startswith("has wrong fields") and status.problems[0].hint
+    assert status.describe().startswith("invalid signature: has wrong fields")
+
+
+def test_public_key_equality_ignores_comment() -> None:
+    raw = bytes(range(32))
+    assert PublicKey(raw, "a") == PublicKey(raw, "b")
+    assert PublicKey(raw) != PublicKey(bytes(32))
