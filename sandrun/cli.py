@@ -216,7 +216,9 @@ def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
     finally:
         if session is not None:
             session.stop()  # restores the audit setting, also when the launch failed
-    if code != 0 or session is not None:
+    # 130/143: the app ended by the SIGINT/SIGTERM sandrun forwarded to it (a service
+    # being stopped), not by a failure worth explaining.
+    if (code != 0 and code not in (130, 143)) or session is not None:
         from sandrun.launch.explain import explanation
 
         for line in explanation(plan, code, session, started):

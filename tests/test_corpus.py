@@ -2,7 +2,7 @@
 `sandrun bundle` and run end to end under `sandrun exec` (as root, as its own app user)
 with a shipped profile plus at most runtime flags.
 
-Each app is a spec in tests/corpus/*.toml (the data; tests/corpus/README.md describes
+Each app is a spec in tests/corpus/*.app.toml (data; tests/corpus/README.md describes
 the keys): its requirements (pinned), its entry point or console script, the shipped
 profile it runs under, the runtime flags it needs (`--bind-tcp`, `--read`, ...), the files
 of its working directory, and the commands with the output they must print. Servers
@@ -17,7 +17,9 @@ corpus skips only when PyPI is unreachable and the cache is empty.
 
 `test_corpus_goal` checks the issue's bar: at least 90 % of the corpus runs under a
 shipped profile plus runtime flags. Set SANDRUN_CORPUS_RESULTS=FILE to get the per-app
-results as JSON (the README's corpus table is made from it).
+results as JSON (the README's corpus table is made from it). SANDRUN_CORPUS_LEARN=1 runs
+the corpus through `sandrun learn` instead: each run is learned, then replayed under the
+learned profile alone, with the same checks.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port, users_removed_after
+from helpers import free_port, run_sandrun, sandrun_argv, users_removed_after
 from wheelcraft import make_wheel
 
 from sandrun.config.profile import shipped_profiles
@@ -75,7 +77,7 @@ TOP_KEYS = {"app", "requirements", "sources", "console_script", "entry_point", "
             "profile_lines", "flags", "shm", "files", "sqlite", "test_server", "steps",
             "server", "xfail", "notes"}
 STEP_KEYS = {"args", "flags", "cwd", "exit", "stdout", "stderr", "files", "phase",
-             "profile"}
+             "profile", "shows_denial"}
 SERVER_KEYS = {"args", "flags", "ready", "ready_log", "requests", "stop_log", "forbid_log",
                "stop_exit", "state_files"}
 REQUEST_KEYS = {"path", "body", "status", "contains"}
@@ -95,6 +97,7 @@ class Step:
     files: dict[str, str]
     phase: str  # before | during (the server runs) | after
     profile: str | None  # another shipped profile for this step (e.g. a client)
+    shows_denial: bool  # documents what the profile denies (a learned one allows it)
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ def load_spec(path: Path) -> Spec:
             cwd=raw.get("cwd", "."), exit=int(raw.get("exit", 0)),
             stdout=_strings(raw.get("stdout", []), where),
             stderr=_strings(raw.get("stderr", []), where),
-            files=dict(raw.get("files", {})), phase=phase, profile=raw.get("profile")))
+            files=dict(raw.get("files", {})), phase=phase, profile=raw.get("profile"),
+            shows_denial=bool(raw.get("shows_denial", False))))
     server = None
     if "server" in data:
         raw = data["server"]
@@ -209,7 +213,7 @@ def load_spec(path: Path) -> Spec:
         notes=data.get("notes", ""))
 
 
-SPECS = [load_spec(p) for p in sorted(CORPUS.glob("*.toml"))]
+SPECS = [load_spec(p) for p in sorted(CORPUS.glob("*.app.toml"))]
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -234,21 +238,6 @@ def test_specs_are_sound() -> None:
 
 
 # ------------------------------------------------------------------ wheels and bundles
-
-
-def sandrun_argv(*args: str) -> list[str]:
-    """`sandrun ARGS` from this venv, started from any directory: the console script, as an
-    operator runs it (`python -m` would put the working directory, owned by the app user
-    here, first on sys.path, and sandrun refuses to run as root with such a path)."""
-    script = Path(sys.executable).parent / "sandrun"
-    return [str(script), *args] if script.exists() else [sys.executable, "-I", "-m",
-                                                         "sandrun", *args]
-
-
-def run_sandrun(*args: str, cwd: Path | None = None, timeout: float = RUN_TIMEOUT
-                ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sandrun_argv(*args), capture_output=True, text=True, check=False,
-                          stdin=subprocess.DEVNULL, cwd=cwd, timeout=timeout)
 
 
 def pypi_reachable() -> bool:
@@ -402,6 +391,7 @@ class AppRun:
                        "{state}": str(corpus.store / "state" / spec.name)}
         self.runs = 0
         self.learned = 0
+        self.learned_changes: list[str] = []  # what `learn` added to the profile
         self.flags_used: list[str] = []
 
     def expand(self, items: tuple[str, ...] | list[str]) -> list[str]:
@@ -459,6 +449,8 @@ class AppRun:
 
     def step(self, step: Step) -> None:
         cwd = self.work / step.cwd
+        if LEARN and step.shows_denial:
+            return  # learning lifts the denial this step shows
         learned = self.learn_step(step) if LEARN else None
         proc = run_sandrun(*self.exec_argv(step.flags, step.args, step.profile, learned),
                            cwd=cwd, timeout=self.timeout())
@@ -475,11 +467,12 @@ class AppRun:
 
     def learn_step(self, step: Step) -> Path:
         """Learn the step's run into a profile, then put the working directory and the
-        state dir back as they were (the replay must meet the same files)."""
+        state dir back as they were (the replay must meet the same files); not while the
+        server runs (a step "during" it is its client)."""
         learned = self.learned_path()
         state = Path(self.values["{state}"])
         saved = {path: self.work.parent / f"{self.spec.app}.saved-{i}"
-                 for i, path in enumerate((self.work, state))}
+                 for i, path in enumerate((self.work, state)) if step.phase != "during"}
         for path, copy in saved.items():
             if path.exists():
                 subprocess.run(["cp", "-a", str(path), str(copy)], check=True)
@@ -491,7 +484,16 @@ class AppRun:
             if copy.exists():
                 copy.rename(path)
         assert learned.is_file(), f"learn wrote no profile:\n{proc.stdout}\n{proc.stderr}"
+        self.note_changes(proc.stdout)
         return learned
+
+    def note_changes(self, output: str) -> None:
+        """The `  + key: value` lines that follow learn's "changes to PROFILE:"."""
+        for line in output.split("changes to", 1)[-1].splitlines()[1:]:
+            if not line.startswith("  "):
+                break
+            if line.strip() not in self.learned_changes:
+                self.learned_changes.append(line.strip())
 
     @contextlib.contextmanager
     def serving(self, learned: Path | None = None, command: str = "exec") -> Iterator[str]:
@@ -529,6 +531,7 @@ class AppRun:
         if command == "learn":  # learn exits 0 for a server stopped by SIGTERM
             assert proc.returncode == 0, f"{self.spec.app}: learn failed:\n{text}"
             assert learned is not None and learned.is_file(), f"no profile written:\n{text}"
+            self.note_changes(out_path.read_text(errors="replace"))
             return
         assert proc.returncode == server.stop_exit, \
             f"{self.spec.app}: exit {proc.returncode} after SIGTERM:\n{text}"
@@ -610,6 +613,7 @@ def test_app_runs_under_sandrun(spec: Spec, corpus: Corpus,
     work = prepare_work(spec, corpus)
     run = AppRun(spec, corpus, bundle, work)
     result["flags"] = run.flags_used  # filled in as the runs go
+    result["learned_changes"] = run.learned_changes
     try:
         run_spec(run)
     except BaseException as exc:

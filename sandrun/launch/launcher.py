@@ -565,12 +565,14 @@ def _missing_required_paths(profile: Profile, created: tuple[str, ...], tree: st
             if path == tree or path.startswith(tree + "/"):
                 rel = path[len(tree) + 1:]
                 record = manifest.entries.get(rel)
-                if key == "filesystem.execute" and (record is None or
-                                                    not record.mode & 0o111):
+                is_dir = record is None and rel != "" and any(
+                    e.startswith(rel + "/") for e in manifest.entries)
+                if key == "filesystem.execute" and not is_dir and (
+                        record is None or not record.mode & 0o111):
                     missing.append(EnforcementError(
-                        f"{path} ([{section}] {name}) is not an executable entry of the "
-                        "bundle", "grant a file the bundle ships with mode 0755, e.g. "
-                        "{store}/site-packages/bin/NAME"))
+                        f"{path} ([{section}] {name}) is not an executable entry or a "
+                        "directory of the bundle", "grant a file the bundle ships with mode "
+                        "0755, e.g. {store}/site-packages/bin/NAME, or its directory"))
                 elif record is None and not any(e.startswith(rel + "/")
                                                 for e in manifest.entries) and rel:
                     missing.append(EnforcementError(

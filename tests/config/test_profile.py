@@ -32,7 +32,7 @@ from sandrun.errors import EXIT_REFUSED, Problem, ProfileError
 HERE = TESTS / "profiles"
 INVALID = sorted((HERE / "invalid").glob("*.toml"))
 VALID = sorted((HERE / "valid").glob("*.toml"))
-SHIPPED = ["cli", "client", "default", "web"]
+SHIPPED = ["cli", "client", "default", "git", "gunicorn", "web"]
 PLACES = {
     "app": "demo",
     "store": "/var/lib/sandrun/apps/abc123",
@@ -104,7 +104,7 @@ def test_cycle_shows_the_chain(tmp_path: Path) -> None:
 def test_unknown_shipped_name() -> None:
     error = load_error("nosuch")
     assert "no shipped profile 'nosuch'" in error.diagnostics()
-    assert "cli, client, default, web" in error.diagnostics()
+    assert "cli, client, default, git, gunicorn, web" in error.diagnostics()
     with pytest.raises(ProfileError):
         shipped_profile_path("../profiles/default")
 
@@ -202,7 +202,8 @@ def test_expand_substitutes_and_normalises() -> None:
     assert expanded.read_write == ("/var/lib/sandrun/state/demo",
                                    "/var/lib/sandrun/state/demo/tmp", "/var/log/demo")
     assert expanded.optional_read == ("/var/lib/sandrun/state/demo/home/.config",)
-    assert expanded.execute == ("/usr/bin/git", "/var/lib/sandrun/apps/abc123/site-packages/bin/helper")
+    assert expanded.execute == ("/usr/bin/git",
+                                "/var/lib/sandrun/apps/abc123/site-packages/bin/helper")
     assert expanded.env_set["PATH"] == "/var/lib/sandrun/apps/abc123/bin:/usr/bin"
     assert expanded.env_set["WHO"] == "demo"
     assert expanded.env_set["BRACES"] == "{not a placeholder} {}"
@@ -241,7 +242,7 @@ def test_expand_refuses(text: str, places: dict[str, str], message: str) -> None
 
 # ---------------------------------------------------------------- shipped profiles
 
-def test_shipped_profiles_lists_the_four_with_descriptions() -> None:
+def test_shipped_profiles_are_listed_with_descriptions() -> None:
     listed = shipped_profiles()
     assert [name for name, _ in listed] == SHIPPED
     assert all(description for _, description in listed)
