@@ -592,6 +592,8 @@ def httpbin_variants(inp: Inputs, store: Path, shiv_root: Path, workers: int
                      ) -> list[tuple[str, list[str], dict[str, str]]]:
     bundle = inp.httpbin()
     gargs = ["-b", f"127.0.0.1:{PORT}", "-w", str(workers), "httpbin:app"]
+    # The example's embedded profile asks for port 8000: the operator approves it once.
+    run([*SANDRUN, "approve", "--store", str(store), "--yes", str(bundle)])
     return [
         ("`sandrun exec httpbin.pyz`", [*SANDRUN, "exec", "--store", str(store), str(bundle),
                                         "--", *gargs], BASE_ENV),

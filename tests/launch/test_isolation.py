@@ -468,7 +468,9 @@ def test_tmp_is_fresh_for_every_launch(world: dict[str, Path]) -> None:
     name = f"sandrun-iso-{os.getpid()}"
     try:
         for _ in range(2):
-            proc = exec_app(world, "tmp", name, profile=world["tmp_profile"])
+            # started outside /tmp: a cwd inside a granted /tmp would be kept visible
+            proc = exec_app(world, "tmp", name, profile=world["tmp_profile"],
+                            cwd=world["base"])
             assert proc.returncode == 0, proc.stderr
             seen = json.loads(proc.stdout)
             for d in ("/tmp", "/var/tmp"):

@@ -217,9 +217,32 @@ if pid == 0:
         hidden = ["/tmp", "/var/tmp"] if one("PrivateTmp") == "yes" else []
         if one("ProtectHome") == "yes":
             hidden += [p for p in ("/home", "/root", "/run/user") if os.path.isdir(p)]
+        # The sandrun under test (this checkout and its venv) stays visible even when the
+        # checkout lies in a dir the unit hides (a CI clone under /tmp): on a real host
+        # sandrun is installed system-wide, outside every hidden dir.
+        import sandrun
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(sandrun.__file__)))
+        keep = []
+        for kept in sorted({checkout, sys.prefix}):
+            if any(kept == h or kept.startswith(h + "/") for h in hidden):
+                name = ctypes.create_string_buffer(kept.encode())
+                tree, err = kernel.syscall(kernel.SYS_OPEN_TREE, -100, ctypes.addressof(name),
+                                           kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE
+                                           | os.O_CLOEXEC)
+                if tree < 0: raise OSError(err, "open_tree " + kept)
+                keep.append((kept, tree))
         for path in hidden:
             mode = b"mode=1777" if "tmp" in path else b"mode=000"
             check(kernel.libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, mode), path)
+        for kept, tree in keep:
+            os.makedirs(kept, exist_ok=True)
+            empty = ctypes.create_string_buffer(b"")
+            name = ctypes.create_string_buffer(kept.encode())
+            res, err = kernel.syscall(kernel.SYS_MOVE_MOUNT, tree, ctypes.addressof(empty),
+                                      -100, ctypes.addressof(name),
+                                      kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            if res < 0: raise OSError(err, "move_mount " + kept)
+            os.close(tree)
         for path in " ".join(values("NoExecPaths")).split():
             rebind(path, kernel.MOUNT_ATTR_NOEXEC, 0)
         os.chdir("/")
