@@ -495,17 +495,24 @@ class Store:
                 os.unlink(f".{bundle_sha256}.lock", dir_fd=apps)
         self.remove_launch_files(lambda name: name == bundle_sha256 + warm_exec.SNAPSHOT_SUFFIX)
 
-    def remove_launch_files(self, doomed: object) -> list[str]:
-        """Remove the files of launch/ (records, snapshots) for which doomed(name) is true;
-        return their names."""
+    def _launch_dir(self) -> int | None:
+        """An O_RDONLY fd of launch/ (root-only), or None when there is none (or it is
+        not private: then nothing in it is trusted or touched)."""
         try:
             path_fd = safefile.open_private_dir(warm_exec.RECORD_DIR, dir_fd=self.dir_fd())
         except (FileNotFoundError, safefile.UnsafePath):
-            return []
+            return None
         try:
-            fd = os.open(".", _DIR, dir_fd=path_fd)
+            return os.open(".", _DIR, dir_fd=path_fd)
         finally:
             os.close(path_fd)
+
+    def remove_launch_files(self, doomed: object) -> list[str]:
+        """Remove the files of launch/ (records, snapshots) for which doomed(name) is true;
+        return their names."""
+        fd = self._launch_dir()
+        if fd is None:
+            return []
         removed = []
         try:
             for name in sorted(os.listdir(fd)):
@@ -519,14 +526,9 @@ class Store:
 
     def launch_records(self) -> list[tuple[str, float, bytes]]:
         """(name, mtime, bytes) of every launch record (not snapshots)."""
-        try:
-            path_fd = safefile.open_private_dir(warm_exec.RECORD_DIR, dir_fd=self.dir_fd())
-        except (FileNotFoundError, safefile.UnsafePath):
+        fd = self._launch_dir()
+        if fd is None:
             return []
-        try:
-            fd = os.open(".", _DIR, dir_fd=path_fd)
-        finally:
-            os.close(path_fd)
         records = []
         try:
             for name in sorted(os.listdir(fd)):

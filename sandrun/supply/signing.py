@@ -11,22 +11,8 @@ A passphrase-protected private key is read with the passphrase in the environmen
 variable SANDRUN_KEY_PASSPHRASE (for unattended signing, e.g. from a CI secret) or,
 when it is unset and standard input is a terminal, asked for there.
 
-The signature entry `.sandrun/signature` is canonical JSON (sorted keys, one line):
-
-    {"algorithm": "ed25519",
-     "app_name": "httpbin", "app_version": "0.10.2",
-     "fingerprint": "SHA256:...",               # of public_key, as `ssh-keygen -l` prints it
-     "format": 1,
-     "manifest_sha256": "<hex>",                # Manifest.digest(): every entry + preamble
-     "public_key": "ssh-ed25519 AAAA...",       # OpenSSH line without comment
-     "signature": "<base64 of 64 bytes>",
-     "signed_at": "2024-05-01T12:00:00Z",       # UTC, seconds
-     "signer": "release@example.org"}           # the key's comment (self-asserted)
-
-The Ed25519 signature covers SIGNATURE_DOMAIN + the canonical JSON of every other
-field, so the signer, time, app and version are authenticated along with the manifest
-digest, and the message cannot be mistaken for anything else the key might sign. The
-entry must be byte-for-byte canonical: one meaning, one encoding.
+The format of the signature entry and its check are the bundle format's
+(sandrun/bundle/signature.py); this module makes keys and signs.
 
 The manifest cannot list the signature (it signs the manifest's digest); `verify`
 checks it instead. Signing rewrites the bundle with the signature after the manifest;
