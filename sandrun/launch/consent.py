@@ -235,6 +235,25 @@ def _write_record(store: Store, directory: str, name: str, data: bytes) -> Path:
     return store.root / directory / name
 
 
+def forget(store: Store, app: str) -> list[Path]:
+    """Remove the app's owner record and approval (through the store's fd); return what
+    was removed."""
+    removed = []
+    for directory, name in ((OWNERS_DIR, f"{app}.json"), (APPROVALS_DIR, f"{app}.toml")):
+        try:
+            fd = _record_dir(store, directory, create=False)
+        except FileNotFoundError:
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+            removed.append(store.root / directory / name)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def approval_path(store_root: Path, app: str) -> Path:
     return store_root / APPROVALS_DIR / f"{app}.toml"
 

@@ -125,6 +125,8 @@ class LaunchPlan:
     notices: list[str] = field(default_factory=list)  # one line per change made
     consent: str = ""  # why the profile may be applied
     operator_grants: list[str] = field(default_factory=list)  # -e, --read, --rw, ... shown
+    # The accepted profile before its placeholders were expanded for this host's store.
+    requested_profile: Profile | None = None
     seccomp_bpf: bytes = b""  # compiled by decide(): a filter that cannot be built refuses
     limit_rows: list[tuple[str, str, str]] = field(default_factory=list)  # name, status, how
     protections: list[ProtectionStatus] = field(default_factory=list)
@@ -169,6 +171,7 @@ def decide(options: ExecOptions) -> LaunchPlan:
                                             found.refusals)
     grants = operator_grants(options)  # usage errors (exit 2) raise: nothing to decide
     profile = grants.apply(profile)
+    requested = profile  # what was accepted, placeholders kept (exports expand their own)
     found.attempt(require_kernel_support, profile)
     user = _decide_user(options, app, privileged, found.refusals)
     if not user.exists:
@@ -208,7 +211,7 @@ def decide(options: ExecOptions) -> LaunchPlan:
         manifest_bytes=bundle.manifest_bytes, archive=bundle.archive,
         full_check=bundle.full_check, signer=bundle.signer, owner_known=owner is not None,
         refusals=found.refusals, creates=found.creates, notices=found.notices,
-        consent=consent_note, operator_grants=grants.describe())
+        consent=consent_note, operator_grants=grants.describe(), requested_profile=requested)
     if audit_note:
         plan.notes.append(audit_note)
     plan.seccomp_bpf = found.attempt(seccomp.compile_filter, plan.seccomp_policy) or b""

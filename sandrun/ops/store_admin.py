@@ -190,12 +190,7 @@ def remove_app(store: Store, app: str, *, state: bool, user: bool) -> RemovedApp
                         _remove_stale_records(store, set(store.tree_names())))
     if state:
         result.state = store.remove_state(app)
-        for path in (consent.owner_path(store.root, app), consent.approval_path(store.root, app)):
-            try:
-                os.unlink(path)
-                result.forgotten.append(str(path))
-            except FileNotFoundError:
-                pass
+        result.forgotten += [str(path) for path in consent.forget(store, app)]
     if user:
         name = default_user_name(app)
         if remove_default_user(name):

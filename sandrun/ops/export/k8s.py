@@ -54,8 +54,8 @@ from typing import Any
 import click
 
 from sandrun import __version__
-from sandrun.bundle.manifest import BOOTSTRAP_NAME, PROFILE_NAME
-from sandrun.config.profile import Profile, load_profile, load_profile_text
+from sandrun.bundle.manifest import BOOTSTRAP_NAME
+from sandrun.config.profile import Profile
 from sandrun.errors import EnforcementError, UsageError, VerificationError
 from sandrun.launch.interpreter import Interpreter
 from sandrun.launch.launcher import (
@@ -260,15 +260,11 @@ def _check_quantity(option: str, value: str) -> str:
 # ---------------------------------------------------------------- deciding
 
 
-def _unexpanded_profile(request: K8sExport, plan: LaunchPlan) -> Profile:
+def _unexpanded_profile(plan: LaunchPlan) -> Profile:
     """The profile decide() accepted, before its placeholders were expanded for this
-    host's store (the image has its own paths)."""
-    if request.profile:
-        return load_profile(request.profile)
-    assert plan.archive is not None  # decide() read it
-    entry = next(e for e in plan.archive.entries if e.name == PROFILE_NAME)
-    return load_profile_text(plan.archive.read(entry).decode("utf-8"),
-                             f"{plan.bundle}:{PROFILE_NAME}", None)
+    host's store (the export expands them for its own paths)."""
+    assert plan.requested_profile is not None  # decide() sets it
+    return plan.requested_profile
 
 
 def _image_interpreter(version: str) -> Interpreter:
@@ -378,7 +374,7 @@ def plan_export(request: K8sExport) -> K8sFiles:
     state = f"{IMAGE_STORE}/state/{app}"
     tmp = PRIVATE_TMP_DIRS[0]
 
-    unexpanded = _unexpanded_profile(request, plan)
+    unexpanded = _unexpanded_profile(plan)
     texts = [*unexpanded.read, *unexpanded.optional_read, *unexpanded.read_write,
              *unexpanded.execute, *unexpanded.env_set.values()]
     if any("{cwd}" in text for text in texts):

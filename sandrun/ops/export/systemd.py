@@ -46,8 +46,7 @@ from types import MappingProxyType
 import click
 
 from sandrun import __version__
-from sandrun.bundle.manifest import PROFILE_NAME
-from sandrun.config.profile import Profile, load_profile, load_profile_text, render_toml
+from sandrun.config.profile import Profile, render_toml
 from sandrun.errors import EnforcementError, UsageError
 from sandrun.launch.launcher import ExecOptions, LaunchPlan, decide
 from sandrun.launch.safefile import UnsafePath, open_trusted_dir
@@ -240,15 +239,11 @@ class _Unit:
 # ---------------------------------------------------------------- deciding
 
 
-def _unexpanded_profile(request: SystemdExport, plan: LaunchPlan) -> Profile:
-    """The profile decide() accepted, before its placeholders were expanded for the root
-    store (the unit expands them for its own)."""
-    if request.profile:
-        return load_profile(request.profile)
-    assert plan.archive is not None  # decide() read and verified it
-    entry = next(e for e in plan.archive.entries if e.name == PROFILE_NAME)
-    return load_profile_text(plan.archive.read(entry).decode("utf-8"),
-                             f"{plan.bundle}:{PROFILE_NAME}", None)
+def _unexpanded_profile(plan: LaunchPlan) -> Profile:
+    """The profile decide() accepted, before its placeholders were expanded for this
+    host's store (the export expands them for its own paths)."""
+    assert plan.requested_profile is not None  # decide() sets it
+    return plan.requested_profile
 
 
 def _pinned_profile(profile: Profile) -> Profile:
@@ -530,7 +525,7 @@ def plan_units(request: SystemdExport) -> UnitFiles:
     unit_name = f"sandrun-{app}"
     unit_store = f"/var/lib/{unit_name}"
     state = f"{unit_store}/state/{app}"
-    profile = _unexpanded_profile(request, plan)
+    profile = _unexpanded_profile(plan)
     placeholders = {"app": app, "state": state, "tmp": f"{state}/tmp", "home": state,
                     "store": f"{unit_store}/apps/{plan.bundle_sha256}"}
     paths = _unit_paths(profile, placeholders, unit_store)
