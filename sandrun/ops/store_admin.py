@@ -173,8 +173,13 @@ class RemovedApp:
 def remove_app(store: Store, app: str, *, state: bool, user: bool) -> RemovedApp:
     """Remove every tree of `app`, and with `state` its state dir, owner record and
     approval, with `user` its sandrun-created system user. Refused while it runs."""
+    from sandrun.bundle.manifest import app_name_problem
     from sandrun.launch.users import default_user_name, remove_default_user
 
+    problem = app_name_problem(app)
+    if problem:  # never a path: "../x" must not reach beyond the store
+        raise UsageError(f"{app!r} is not an app name: {problem}",
+                         "`sandrun list` shows the installed apps")
     trees = [t for t in installed(store) if t.app == app]
     running = sorted(pid for t in trees for pid in t.running)
     if running:

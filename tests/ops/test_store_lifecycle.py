@@ -128,3 +128,11 @@ def test_rm_never_removes_a_foreign_account(lab: dict[str, Path]) -> None:
         assert user_exists(name)
     finally:
         remove_user(name)
+
+
+def test_rm_takes_app_names_not_paths(lab: dict[str, Path]) -> None:
+    outside = lab["base"] / "outside"
+    outside.mkdir()
+    proc = store_run(lab, "rm", "../../outside", "--state")
+    assert proc.returncode == 2 and "is not an app name" in proc.stderr, proc.stderr
+    assert outside.is_dir()
