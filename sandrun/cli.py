@@ -29,12 +29,6 @@ def _fail(exc: SandrunError, verbose: bool) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def _progress_printer() -> Any:
-    if sys.stderr.isatty():
-        return lambda msg: click.echo(f"sandrun: {msg}...", err=True)
-    return lambda msg: None
-
-
 def _record_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     """-v/--verbose, wherever given: main() shows tracebacks (ctx.obj is main's state,
     shared by every nested context)."""
@@ -68,77 +62,6 @@ def cli() -> None:
 
 
 cli.params.append(_verbose_option())  # `sandrun -v CMD`; `CMD -v` too: _verbose_everywhere
-
-
-@cli.command()
-@click.argument("requirements", nargs=-1, metavar="[REQ]...")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output bundle (.pyz), written atomically with mode 0444.")
-@click.option("-e", "--entry-point", metavar="MOD:FUNC", help="Function to run.")
-@click.option("-c", "--console-script", metavar="NAME", help="Console script to run.")
-@click.option("-r", "--requirement", "requirement_files", multiple=True,
-              type=click.Path(path_type=Path), metavar="FILE",
-              help="Requirements file (repeatable); --hash pins are enforced.")
-@click.option("--find-links", multiple=True, metavar="DIR", help="Extra wheel locations.")
-@click.option("--no-index", is_flag=True, help="Do not use the package index.")
-@click.option("--index-url", metavar="URL", help="Package index to use.")
-@click.option("-p", "--profile", default="default", show_default=True, metavar="NAME|FILE",
-              help="Profile to validate and embed.")
-@click.option("--name", metavar="NAME", help="App name (default: from the script or entry).")
-@click.option("--python-version", metavar="X.Y", help="Target Python version.")
-@click.option("--platform", "platforms", multiple=True, metavar="TAG",
-              help="Target platform tag (repeatable).")
-@click.option("--lock", "lock", type=click.Path(dir_okay=False, path_type=Path),
-              metavar="PYLOCK", help="PEP 751 pylock.toml: take exactly its wheels for the "
-              "target, every hash checked (instead of REQs and -r).")
-@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
-              help="Sign the bundle with this Ed25519 key.")
-@click.pass_context
-def bundle(ctx: click.Context, requirements: tuple[str, ...], output: Path,
-           entry_point: str | None, console_script: str | None,
-           requirement_files: tuple[Path, ...], find_links: tuple[str, ...], no_index: bool,
-           index_url: str | None, profile: str, name: str | None, python_version: str | None,
-           platforms: tuple[str, ...], lock: Path | None, sign_key: Path | None) -> None:
-    """Freeze REQs (wheels only) into a reproducible, verifiable zipapp."""
-    from sandrun.build.builder import BundleRequest, build_bundle
-
-    signing_key = None
-    if sign_key is not None:  # a bad key fails before the build, not after
-        from sandrun.supply.signing import load_private_key
-
-        signing_key = load_private_key(sign_key)  # asks for a passphrase once, if any
-
-    request = BundleRequest(
-        output=output, requirements=requirements, requirement_files=requirement_files,
-        entry_point=entry_point, console_script=console_script, find_links=find_links,
-        no_index=no_index, index_url=index_url, profile=profile, name=name,
-        python_version=python_version, platforms=platforms, lock=lock)
-    result = build_bundle(request, progress=_progress_printer(),
-                          warn=lambda msg: click.echo(f"sandrun: warning: {msg}", err=True))
-    sha256 = result.sha256
-    signed = ""
-    if sign_key is not None:
-        import hashlib
-
-        from sandrun.supply.signing import sign_bundle
-
-        assert signing_key is not None
-        signed = sign_bundle(result.path, signing_key).describe()
-        sha256 = hashlib.sha256(result.path.read_bytes()).hexdigest()
-    m = result.manifest
-    platform = next((p for p in m.target.platforms if p.startswith("manylinux")),
-                    m.target.platforms[0])
-    click.echo(f"{result.path}\n"
-               f"  sha256       {sha256}\n"
-               f"  app          {m.app_name} {m.app_version}\n"
-               f"  entry point  {m.entry_point}"
-               + (f" (console script {m.console_script})" if m.console_script else "") + "\n"
-               f"  target       Python {m.target.python} ({m.target.abi}, "
-               f"{platform})\n"
-               f"  contents     {len(m.dependencies)} wheels, {len(m.entries)} files, "
-               f"{m.total_size} bytes uncompressed, {result.path.stat().st_size} bytes on disk")
-    if signed:
-        click.echo(f"  signature    {signed}")
 
 
 def _click_option(option: Option) -> click.Option:
@@ -285,140 +208,6 @@ def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
     return 0
 
 
-@cli.command()
-@click.argument("bundle_path", metavar="BUNDLE")
-@click.option("--trust", metavar="FILE", help="Also check the bundle against this trust "
-              "policy (exit 1 if it would be refused).")
-def verify(bundle_path: str, trust: str | None) -> int:
-    """Check a bundle's integrity and signature; list every problem (exit 1 if any)."""
-    from sandrun.bundle.verify import verify_bundle
-
-    result = verify_bundle(bundle_path)
-    problems = list(result.problems)
-    if trust and result.manifest is not None:
-        from sandrun.supply.trust import check_trust, load_trust_policy
-
-        problems += check_trust(load_trust_policy(Path(trust)), result.manifest,
-                                result.signature_status, bundle_path)
-    signature = f"signature: {result.signature_status.describe()}"
-    if not problems:
-        m = result.manifest
-        assert m is not None
-        click.echo(f"{bundle_path}: OK ({len(m.entries)} entries, manifest {m.digest()[:16]})")
-        click.echo(f"  {signature}" + (f"; trusted by {trust}" if trust else ""))
-        return 0
-    click.echo(f"{bundle_path}: {len(problems)} problem(s)")
-    for problem in problems:
-        click.echo(f"  - {problem}")
-    click.echo(f"  {signature}")
-    return 1
-
-
-@cli.command()
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              metavar="KEY", help="Private key to write (0600); the public key goes to KEY.pub.")
-@click.option("--identity", metavar="TEXT", help="Signer identity, stored as the comment in "
-              "KEY.pub and in signatures (default user@hostname).")
-def keygen(output: Path, identity: str | None) -> None:
-    """Create an Ed25519 signing key (OpenSSH format); never overwrites."""
-    from sandrun.bundle.signature import fingerprint, parse_public_key
-    from sandrun.supply.signing import generate_key
-
-    private, public = generate_key(output, identity)
-    key = parse_public_key(public.read_text().strip(), str(public))
-    click.echo(f"{private} (private, 0600)\n{public}\n  {fingerprint(key)}\n"
-               f"  add to a trust policy: public_key = \"{key.openssh()}\"")
-
-
-@cli.command()
-@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-k", "--key", "key_path", required=True, metavar="KEY",
-              type=click.Path(dir_okay=False, path_type=Path), help="Private key.")
-def sign(bundle_path: Path, key_path: Path) -> None:
-    """Sign BUNDLE's manifest digest (replaces an earlier signature)."""
-    from sandrun.supply.signing import sign_bundle
-
-    info = sign_bundle(bundle_path, key_path)
-    click.echo(f"{bundle_path}: {info.describe()}")
-
-
-@cli.group()
-def trust() -> None:
-    """Check trust policies (which keys may sign which apps)."""
-
-
-@trust.command(name="check")
-@click.argument("policy_file", metavar="[FILE]", required=False)
-def trust_check(policy_file: str | None) -> None:
-    """Validate a trust policy (default /etc/sandrun/trust.toml); list its signers."""
-    from sandrun.supply.trust import DEFAULT_TRUST_PATH, load_trust_policy
-
-    policy = load_trust_policy(Path(policy_file) if policy_file else DEFAULT_TRUST_PATH)
-    click.echo(f"{policy.path}: OK ({len(policy.signers)} signer(s))")
-    for signer in policy.signers:
-        click.echo(f"  {signer.name}  {signer.fingerprint}  apps: {', '.join(signer.apps)}")
-    for app, minimum in sorted(policy.min_versions.items()):
-        click.echo(f"  {app} >= {minimum.text}")
-
-
-@cli.command()
-@click.argument("bundle_path", metavar="BUNDLE")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--sbom", is_flag=True, help="Print the embedded CycloneDX SBOM (JSON).")
-def inspect(bundle_path: str, as_json: bool, sbom: bool) -> None:
-    """Show a bundle's metadata, dependencies, signature, SBOM, profile and manifest."""
-    from sandrun.inspect import describe_bundle, embedded_sbom, render_text
-
-    if sbom:
-        click.echo(embedded_sbom(bundle_path).decode("utf-8"), nl=False)
-        return
-    info = describe_bundle(bundle_path)
-    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else render_text(info))
-
-
-@cli.command()
-@click.argument("bundle_path", metavar="BUNDLE")
-@click.option("--osv", "osv_path", required=True, metavar="PATH",
-              type=click.Path(path_type=Path),
-              help="OSV advisories: a directory of JSON files or an ecosystem zip (all.zip).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def audit(bundle_path: str, osv_path: Path, as_json: bool) -> int:
-    """Offline vulnerability audit of a bundle's dependencies (exit 1 if vulnerable)."""
-    from sandrun.supply.audit import (
-        audit_bundle,
-        load_osv_database,
-        render_text,
-        report_to_json,
-    )
-
-    report = audit_bundle(bundle_path, load_osv_database(osv_path))
-    if as_json:
-        click.echo(json.dumps(report_to_json(report), indent=2, sort_keys=True))
-    else:
-        click.echo(render_text(report))
-    return 1 if report.vulnerable else 0
-
-
-@cli.command()
-@click.argument("bundle_path", metavar="BUNDLE")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              metavar="FILE", help="Write here (default: stdout).")
-def lock(bundle_path: str, output: Path | None) -> None:
-    """Hash-pinned requirements (name==version --hash) of exactly what BUNDLE contains."""
-    from sandrun.build.lockfile import requirements_from_manifest
-    from sandrun.bundle.verify import verify_bundle
-
-    result = verify_bundle(bundle_path)
-    result.raise_for_problems(f"bundle {bundle_path}")
-    assert result.manifest is not None
-    text = requirements_from_manifest(result.manifest)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    output.write_text(text)
-    click.echo(f"{output}: {len(result.manifest.dependencies)} pinned requirement(s)", err=True)
-
-
 @cli.group()
 def profile() -> None:
     """List, show and check profiles."""
@@ -476,10 +265,14 @@ def _verbose_everywhere(group: click.Group) -> None:
 
 def _register_more_commands() -> None:
     """Commands defined in their own modules (sandrun/cli_*.py)."""
+    from sandrun.cli_build import audit, bundle, lock, verify
+    from sandrun.cli_dev import dev, test
     from sandrun.cli_export import export
     from sandrun.cli_store import gc, list_, rm
+    from sandrun.cli_supply import inspect, keygen, sign, trust
 
-    for command in (export, list_, gc, rm):
+    for command in (bundle, verify, lock, audit, keygen, sign, trust, inspect, export, list_,
+                    gc, rm, dev, test):
         cli.add_command(command)
 
     def add_verbose(command: click.Command) -> None:  # exporters load lazily

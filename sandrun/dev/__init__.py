@@ -1,0 +1,1 @@
+"""The developer loop: `sandrun dev`, `sandrun test` and the dependency matrix."""
