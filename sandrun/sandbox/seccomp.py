@@ -271,7 +271,7 @@ def _family_number(name: str) -> int:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class FilterPlan:
     """The policy resolved to one action per syscall name."""
 
     allow: frozenset[str]  # ALLOW, with ARGUMENT_RULES where they apply
@@ -284,7 +284,7 @@ class _Plan:
     udp: bool = False
 
 
-def _resolve(policy: SeccompPolicy) -> _Plan:
+def _resolve(policy: SeccompPolicy) -> FilterPlan:
     explicit = expand(name for name in policy.allow if not name.startswith("@"))
     from_groups = expand(name for name in policy.allow if name.startswith("@"))
     denied = expand(policy.deny)
@@ -307,7 +307,7 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
         number = _family_number(name)
         if number not in families.values():  # AF_LOCAL is AF_UNIX
             families[name] = number
-    return _Plan(
+    return FilterPlan(
         allow=frozenset(allow),
         eperm=frozenset(eperm),
         dangerous_allowed=frozenset(dangerous_allowed),
@@ -319,7 +319,8 @@ def _resolve(policy: SeccompPolicy) -> _Plan:
     )
 
 
-def _resolve_or_raise(policy: SeccompPolicy) -> _Plan:
+def resolve_policy(policy: SeccompPolicy) -> FilterPlan:
+    """The policy as one action per syscall (exporters translate this plan too)."""
     try:
         return _resolve(policy)
     except ValueError as exc:
@@ -357,14 +358,14 @@ def _complement_cover(excluded: Iterable[int], width: int = 32) -> list[tuple[in
 
 def compile_filter(policy: SeccompPolicy) -> bytes:
     """The BPF program for `policy` (libseccomp's export_bpf); same policy, same bytes."""
-    plan = _resolve_or_raise(policy)
+    plan = resolve_policy(policy)
     try:
         import pyseccomp as sc
     except (ImportError, RuntimeError) as exc:  # RuntimeError: libseccomp.so is missing
         raise EnforcementError(f"cannot compile the seccomp filter: {exc}",
                                "install libseccomp2 and the pyseccomp package") from exc
     try:
-        bpf = _build(sc, plan)
+        bpf = add_rules(sc, plan)
     except (OSError, ValueError) as exc:
         raise EnforcementError(
             f"libseccomp refused the seccomp filter: {exc}",
@@ -381,7 +382,9 @@ def compile_filter(policy: SeccompPolicy) -> bytes:
     return bpf
 
 
-def _build(s: Any, plan: _Plan) -> bytes:
+def add_rules(s: Any, plan: FilterPlan) -> bytes:
+    """Add the plan's rules to `s`, a pyseccomp-like filter (the OCI exporter passes a
+    recorder with the same interface); return its BPF."""
     masked_eq = s.MASKED_EQ
     arg = s.Arg
     allow = s.ALLOW
@@ -437,7 +440,7 @@ def _build(s: Any, plan: _Plan) -> bytes:
         return out.read()
 
 
-def _inet_protocols(plan: _Plan) -> dict[int, tuple[int, ...]]:
+def _inet_protocols(plan: FilterPlan) -> dict[int, tuple[int, ...]]:
     """Socket type -> protocols allowed for AF_INET/AF_INET6."""
     types: dict[int, tuple[int, ...]] = {SOCK_STREAM: (0, IPPROTO_TCP)}
     if plan.udp:
@@ -446,7 +449,7 @@ def _inet_protocols(plan: _Plan) -> dict[int, tuple[int, ...]]:
 
 
 def _socket_rules(flt: Any, allow: int, eperm: int, low32: Callable[..., Any],
-                  plan: _Plan) -> None:
+                  plan: FilterPlan) -> None:
     """socket(): the policy's families; for AF_INET/AF_INET6 only TCP (plus UDP with
     `udp`), so MPTCP, SCTP and raw sockets cannot sidestep Landlock's TCP rules."""
     families = [number for _, number in plan.socket_families]
@@ -482,7 +485,7 @@ def _allow_only(flt: Any, allow: int, eperm: int, name: str,
         flt.add_rule(eperm, name, low32(0, value, mask))
 
 
-def _self_check(bpf: bytes, plan: _Plan) -> list[str]:
+def _self_check(bpf: bytes, plan: FilterPlan) -> list[str]:
     """Run the program on probes covering every decision; list what came out wrong."""
     allow, eperm, enosys = RET_ALLOW, RET_ERRNO | errno.EPERM, RET_ERRNO | errno.ENOSYS
     nr = _syscall_numbers()
@@ -650,7 +653,7 @@ load_filter = kernel.load_seccomp_filter
 
 def describe(policy: SeccompPolicy) -> list[str]:
     """Human lines for --dry-run: counts, actions, denied set, families, arch handling."""
-    plan = _resolve_or_raise(policy)
+    plan = resolve_policy(policy)
     lines = [
         f"seccomp: {len(plan.allow)} syscalls allowed (systemd @system-service minus "
         f"{len(expand(['@system-service']) - baseline())} dangerous or opt-in ones, with profile "

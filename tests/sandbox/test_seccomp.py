@@ -618,7 +618,7 @@ RET_OK = seccomp.RET_ALLOW
 def test_self_check_rejects_a_program_that_allows_everything(
         monkeypatch: pytest.MonkeyPatch) -> None:
     allow_all = bytes.fromhex("2000000004000000" "0600000000007fff")
-    monkeypatch.setattr(seccomp, "_build", lambda sc, plan: allow_all)
+    monkeypatch.setattr(seccomp, "add_rules", lambda sc, plan: allow_all)
     with pytest.raises(EnforcementError, match="does not do what the policy says"):
         seccomp.compile_filter(SeccompPolicy())
 

@@ -427,7 +427,7 @@ def _swap_accounting() -> bool:
 
 
 class _RuleRecorder:
-    """Stands in for pyseccomp in seccomp._build, recording the rules it adds: the
+    """Stands in for pyseccomp in seccomp.add_rules, recording the rules it adds: the
     outer filter is built from the same rules as the inner one, never a second copy."""
 
     MASKED_EQ = "SCMP_CMP_MASKED_EQ"
@@ -486,9 +486,9 @@ def outer_seccomp(policy: seccomp.SeccompPolicy) -> dict[str, Any]:
     proves that of the result (EnforcementError otherwise: a sandrun bug).
     """
     recorder = _RuleRecorder()
-    plan = seccomp._resolve_or_raise(policy)
+    plan = seccomp.resolve_policy(policy)
     try:
-        seccomp._build(recorder, plan)
+        seccomp.add_rules(recorder, plan)
     except (AttributeError, TypeError) as exc:
         raise EnforcementError(f"cannot translate the seccomp filter for the runtime: {exc}",
                                "report this as a sandrun bug (seccomp.py's builder uses "
