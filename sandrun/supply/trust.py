@@ -1,4 +1,4 @@
-"""Trust policy: which keys may sign which apps, and how old an app may be.
+"""Trust policy: which keys may sign which apps, when, and how old an app may be.
 
 When a policy is in force (by default when `/etc/sandrun/trust.toml` exists), a bundle
 runs only if it passes every rule; each failing rule is reported on its own, saying
@@ -13,6 +13,9 @@ intact and, if signed, which key signed it; the policy decides whether that is e
     # or instead of public_key:
     # public_key_file = "keys/release.pub"    # relative to this file's directory
     apps = ["httpbin", "web-*"]         # required: app names or globs (*, ?, [...]) it may sign
+    namespaces = ["sandrun"]            # optional: SSHSIG namespaces (the default); patterns
+    valid_after = "20240101"            # optional: ssh-keygen's YYYYMMDD[HHMM[SS]][Z]
+    valid_before = "20260101Z"          #   (Z: UTC; without: local time, as ssh-keygen reads it)
 
     [[signer]]
     name = "ops"
@@ -22,9 +25,17 @@ intact and, if signed, which key signed it; the policy decides whether that is e
     [min_version]                       # optional rollback protection
     httpbin = "0.10.2"                  # PEP 440; older httpbin bundles are refused
 
+A [[signer]] is a line of an ssh-keygen `allowed_signers` file with the app names as its
+principals: `apps` are the principals, `namespaces`, `valid_after` and `valid_before` its
+options `namespaces=`, `valid-after=` and `valid-before=`, with the same meanings (the key
+is valid from valid_after through valid_before, checked against the time of `exec`).
+`export_allowed_signers` writes that file, so that `ssh-keygen -Y verify -f FILE -I APP
+-n sandrun` decides as sandrun does (min_version has no allowed_signers equivalent).
+
 Rules, each refusing with its own problem: the bundle is unsigned; its signature is
 malformed or does not verify; the key is in no [[signer]] (the fingerprint is shown);
-the key's `apps` globs do not match the app name; the app's version is below its
+the key's `apps` globs do not match the app name; its `namespaces` exclude `sandrun`;
+it is used before valid_after or after valid_before; the app's version is below its
 `min_version` (compared as PEP 440 versions with `packaging`).
 
 Why `min_version` is a table per app and not a key of each signer: rollback protection
@@ -37,20 +48,28 @@ only means something within one app's version history.
 Validation reports every problem at once as a TrustError, each with `file:line: key`
 (signers are counted from 1: `signer[2].apps`). Unknown keys, a missing or doubled
 public key, the same key in two signers, empty `apps`, globs that can never match an
-app name and invalid versions are errors. The policy file and key files must be owned
-by root (or the user running sandrun) and not writable by group or others, and so must
-their directories: whoever can edit the policy decides what runs.
+app name, invalid times or versions are errors. The policy file and key files must be
+owned by root (or the user running sandrun) and not writable by group or others, and so
+must their directories: whoever can edit the policy decides what runs. `add_signer`
+(`sandrun trust add`) appends a [[signer]] after checking the result, and replaces the
+file atomically (0644, owned by whoever runs it: root for /etc/sandrun).
 """
 
 from __future__ import annotations
 
+import calendar
+import contextlib
+import datetime
 import difflib
+import fcntl
 import functools
+import json
 import os
 import re
 import stat
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +78,7 @@ from packaging.version import InvalidVersion, Version
 
 from sandrun.bundle.manifest import APP_NAME_RE, SIGNATURE_NAME, Manifest
 from sandrun.bundle.signature import (
+    NAMESPACE,
     SIGN_HINT,
     PublicKey,
     SignatureState,
@@ -72,7 +92,16 @@ DEFAULT_TRUST_PATH = Path("/etc/sandrun/trust.toml")
 MAX_POLICY_BYTES = 1 << 20
 MAX_KEY_FILE_BYTES = 64 * 1024
 TOP_KEYS = ("signer", "min_version")
-SIGNER_KEYS = ("name", "public_key", "public_key_file", "apps")
+SIGNER_KEYS = ("name", "public_key", "public_key_file", "apps", "namespaces", "valid_after",
+               "valid_before")
+DEFAULT_NAMESPACES = (NAMESPACE,)
+# ssh-keygen's absolute times (parse_absolute_time): YYYYMMDD[HHMM[SS]], Z for UTC.
+_SSH_TIME_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(\d{2})?)?([zZ]?)\Z")
+# An SSHSIG namespace pattern as allowed_signers has them: no separators or quotes.
+_NAMESPACE_RE = re.compile(r"^!?[A-Za-z0-9_.@*?+-]+\Z")
+# The characters of app names (manifest.APP_NAME_RE): what a glob is expanded over.
+_APP_NAME_CHARS = "-.0123456789_abcdefghijklmnopqrstuvwxyz"
+MAX_EXPORTED_PRINCIPALS = 1024
 # What a glob can contain and still match such a name.
 _APPS_GLOB_RE = re.compile(r"^[a-z0-9_.*?\[\]!-]+\Z")
 _SIGNER_HEADER_RE = re.compile(r"""^\s*\[\[\s*(?:signer|"signer"|'signer')\s*\]\]\s*(?:#.*)?$""")
@@ -84,12 +113,28 @@ PERMISSION_HINT = ("whoever can change the trust policy decides what runs: make 
 
 
 @dataclass(frozen=True)
+class ValidityTime:
+    """valid_after / valid_before: the policy's text and the instant it means."""
+
+    text: str  # as written, e.g. "20260101Z" (exported to allowed_signers unchanged)
+    epoch: int
+    where: str  # "file:line: signer[N].valid_before"
+
+    def describe(self) -> str:
+        return f"{self.text} ({format_utc(self.epoch)})"
+
+
+@dataclass(frozen=True)
 class TrustedSigner:
     name: str
     public_key: PublicKey
     apps: tuple[str, ...]  # app name globs (see app_glob_matches)
     where: str  # "file:line: signer[N]" of its table, for messages
     apps_where: str  # "file:line: signer[N].apps"
+    namespaces: tuple[str, ...] = DEFAULT_NAMESPACES  # SSHSIG namespace patterns
+    valid_after: ValidityTime | None = None
+    valid_before: ValidityTime | None = None
+    namespaces_where: str = ""
 
     @property
     def fingerprint(self) -> str:
@@ -97,6 +142,36 @@ class TrustedSigner:
 
     def allows(self, app_name: str) -> bool:
         return any(app_glob_matches(glob, app_name) for glob in self.apps)
+
+    def allows_namespace(self, namespace: str) -> bool:
+        return ssh_pattern_list_matches(namespace, self.namespaces)
+
+    def window_problem(self, now: float) -> tuple[str, str] | None:
+        """(what, hint) when `now` is outside [valid_after, valid_before], as ssh-keygen
+        decides: not yet valid before valid_after, expired after valid_before."""
+        shown = f"{self.name!r} ({self.fingerprint})"
+        if self.valid_after is not None and now < self.valid_after.epoch:
+            return (f"is signed by {shown}, whose key is valid only from "
+                    f"{self.valid_after.describe()} on (rule {self.valid_after.where}); it is "
+                    f"now {format_utc(now)}",
+                    f"wait until then, or move valid_after of {self.name!r} if the key is to "
+                    "be trusted now")
+        if self.valid_before is not None and now > self.valid_before.epoch:
+            return (f"is signed by {shown}, whose key expired at "
+                    f"{self.valid_before.describe()} (rule {self.valid_before.where}); it is "
+                    f"now {format_utc(now)}",
+                    "get the bundle re-signed with a key that is valid now, or extend "
+                    f"valid_before of {self.name!r} if this key is still to be trusted")
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "key_type": self.public_key.key_type,
+                "fingerprint": self.fingerprint,
+                "public_key": self.public_key.openssh(with_comment=False),
+                "apps": list(self.apps), "namespaces": list(self.namespaces),
+                "valid_after": self.valid_after.text if self.valid_after else None,
+                "valid_before": self.valid_before.text if self.valid_before else None,
+                "where": self.where}
 
 
 @dataclass(frozen=True)
@@ -121,6 +196,48 @@ class TrustPolicy:
 
     def signers_allowing(self, app_name: str) -> list[TrustedSigner]:
         return [s for s in self.signers if s.allows(app_name)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": str(self.path), "signers": [s.to_json() for s in self.signers],
+                "min_version": {app: m.text for app, m in sorted(self.min_versions.items())}}
+
+
+def format_utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_ssh_time(text: str) -> int:
+    """An allowed_signers time (YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS; a final Z means
+    UTC, else local time as ssh-keygen's mktime reads it) as seconds since the epoch;
+    ValueError when it is none of those or not a real date."""
+    match = _SSH_TIME_RE.match(text)
+    if not match:
+        raise ValueError("not YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS, optionally with a "
+                         "final Z for UTC")
+    year, month, day, hour, minute, second = (int(g or 0) for g in match.groups()[:6])
+    datetime.datetime(year, month, day, hour, minute, second)  # ValueError if not a date
+    fields = (year, month, day, hour, minute, second, 0, 0, 0)
+    # Without Z: local time with tm_isdst=0, exactly what ssh-keygen's mktime sees.
+    epoch = calendar.timegm(fields) if match.group(7) else int(time.mktime(fields))
+    if epoch <= 0:
+        raise ValueError("before 1970")
+    return epoch
+
+
+def ssh_pattern_list_matches(name: str, patterns: Sequence[str]) -> bool:
+    """OpenSSH's match_pattern_list: some pattern matches and no negated (!) one does;
+    `*` and `?` are the only wildcards."""
+    matched = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern[1:] if negated else pattern
+        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in body)
+        if re.fullmatch(regex, name, re.DOTALL):
+            if negated:
+                return False
+            matched = True
+    return matched
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,14 +324,16 @@ def _glob_class(body: str, negated: bool) -> str:
 
 
 def check_trust(policy: TrustPolicy, manifest: Manifest, signature: SignatureStatus,
-                bundle_label: str) -> list[Problem]:
-    """Every rule of `policy` that the bundle fails; an empty list means trusted.
+                bundle_label: str, now: float | None = None) -> list[Problem]:
+    """Every rule of `policy` that the bundle fails at time `now` (default: now); an empty
+    list means trusted.
 
     `manifest` and `signature` must come from a bundle that passed verification
-    (`VerifyResult.manifest` and `.signature_status`, or `signing.signature_status`).
+    (`VerifyResult.manifest` and `.signature_status`, or `signature.signature_status`).
     """
     problems: list[Problem] = []
     app, version = manifest.app_name, manifest.app_version
+    now = time.time() if now is None else now
 
     def refuse(what: str, hint: str) -> None:
         problems.append(Problem(bundle_label, what, hint))
@@ -238,18 +357,28 @@ def check_trust(policy: TrustPolicy, manifest: Manifest, signature: SignatureSta
             refuse(f"its signature ({SIGNATURE_NAME}) is for another manifest",
                    "get the bundle exactly as its publisher signed it")
         elif signer is None:
-            claimed = f" (it calls itself {info.signer!r})" if info.signer else ""
-            refuse(f"is signed by key {info.fingerprint}{claimed}, which is not in the trust "
-                   f"policy {policy.path}",
-                   f"if you trust this key for {app}, add a [[signer]] with public_key = "
-                   f"\"{info.public_key.openssh(with_comment=False)}\" and apps = [\"{app}\"]; "
-                   f"{app} may be signed by: {allowed}")
-        elif not signer.allows(app):
-            globs = ", ".join(repr(g) for g in signer.apps)
-            refuse(f"is signed by {signer.name!r} ({signer.fingerprint}), which may sign only "
-                   f"apps matching {globs}, not {app!r} (rule {signer.apps_where})",
-                   f"if {signer.name!r} may sign {app}, add \"{app}\" to its apps; {app} may "
-                   f"be signed by: {allowed}")
+            refuse(f"is signed by {info.key_type} key {info.fingerprint}, which is not in "
+                   f"the trust policy {policy.path}",
+                   f"if you trust this key for {app}, add it: `sandrun trust add KEY.pub "
+                   f"--apps {app} --policy {policy.path}` (or a [[signer]] with public_key = "
+                   f"\"{info.public_key.openssh(with_comment=False)}\" and apps = "
+                   f"[\"{app}\"]); {app} may be signed by: {allowed}")
+        else:
+            if not signer.allows(app):
+                globs = ", ".join(repr(g) for g in signer.apps)
+                refuse(f"is signed by {signer.name!r} ({signer.fingerprint}), which may sign "
+                       f"only apps matching {globs}, not {app!r} (rule {signer.apps_where})",
+                       f"if {signer.name!r} may sign {app}, add \"{app}\" to its apps; {app} "
+                       f"may be signed by: {allowed}")
+            namespace = info.sshsig.namespace
+            if not signer.allows_namespace(namespace):
+                refuse(f"is signed by {signer.name!r} ({signer.fingerprint}), whose namespaces "
+                       f"{list(signer.namespaces)} do not include {namespace!r} (rule "
+                       f"{signer.namespaces_where or signer.where})",
+                       f"add \"{namespace}\" to its namespaces if the key may sign bundles")
+            window = signer.window_problem(now)
+            if window is not None:
+                refuse(*window)
 
     floor = policy.min_versions.get(app)
     if floor is not None:
@@ -270,15 +399,25 @@ def check_trust(policy: TrustPolicy, manifest: Manifest, signature: SignatureSta
 
 
 def require_trust(policy: TrustPolicy, manifest: Manifest, signature: SignatureStatus,
-                  bundle_label: str) -> None:
+                  bundle_label: str, now: float | None = None) -> None:
     """check_trust, raising TrustError with every failing rule (exit 125)."""
-    problems = check_trust(policy, manifest, signature, bundle_label)
+    problems = check_trust(policy, manifest, signature, bundle_label, now)
     if problems:
         count = len(problems)
         raise TrustError(f"{bundle_label} is not trusted by {policy.path} ({count} "
                          f"rule{'s' if count != 1 else ''} failed)", problems,
                          "sandrun runs a bundle only when it passes every rule of the trust "
                          "policy")
+
+
+def trusted_until(policy: TrustPolicy, signature: SignatureStatus) -> int | None:
+    """When the policy's acceptance of this signature's key ends by itself (its signer's
+    valid_before), None if never: a cached decision must not outlive it."""
+    info = signature.info
+    signer = policy.signer_for(info.public_key) if info is not None else None
+    if signer is None or signer.valid_before is None:
+        return None
+    return signer.valid_before.epoch
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,33 +436,48 @@ def find_trust_policy(path: Path = DEFAULT_TRUST_PATH) -> TrustPolicy | None:
 
 
 def load_trust_policy(path: Path = DEFAULT_TRUST_PATH) -> TrustPolicy:
-    """Read and validate a policy file; TrustError lists every problem at once."""
+    """Read and validate a policy file; TrustError lists every problem at once, or says
+    that there is no such file."""
     path = Path(path)
-    label = str(path)
+    if not os.path.lexists(path):
+        raise TrustError(f"trust policy {path} does not exist", [],
+                         f"check the path; create a policy with `sandrun trust add KEY.pub "
+                         f"--apps APP` (--policy FILE for another path than "
+                         f"{DEFAULT_TRUST_PATH}). Without {DEFAULT_TRUST_PATH}, `sandrun "
+                         "exec` runs any bundle, signed or not")
     problems: list[Problem] = []
-    text = _read_checked(path, label, "trust policy", MAX_POLICY_BYTES, problems)
+    text = _read_checked(path, str(path), "trust policy", MAX_POLICY_BYTES, problems)
     if text is not None:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            message = str(exc)
-            match = _TOML_ERROR_POSITION.search(message)
-            if match:
-                where = f"{label}:{match.group(1)}"
-                message = f"{message[:match.start()]} (column {match.group(2)})"
-            else:  # "at end of document"
-                where = f"{label}:{max(1, len(text.splitlines()))}"
-            problems.append(Problem(where, f"invalid TOML: {message}",
-                                    "fix the syntax; " + FORMAT_HINT))
-        else:
-            policy = _Checker(path, text, problems).check(data)
-            if not problems:
-                return policy
+        policy = _check_policy_text(path, text, problems)
+        if policy is not None and not problems:
+            return policy
+    raise _invalid(path, problems)
+
+
+def _invalid(path: Path, problems: list[Problem]) -> TrustError:
     count = len(problems)
-    raise TrustError(f"trust policy {path} is invalid ({count} problem"
-                     f"{'s' if count != 1 else ''})", problems,
-                     "sandrun runs no bundle under an invalid trust policy; fix every "
-                     "problem listed")
+    return TrustError(f"trust policy {path} is invalid ({count} problem"
+                      f"{'s' if count != 1 else ''})", problems,
+                      "sandrun runs no bundle under an invalid trust policy; fix every "
+                      "problem listed")
+
+
+def _check_policy_text(path: Path, text: str, problems: list[Problem]) -> TrustPolicy | None:
+    label = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _TOML_ERROR_POSITION.search(message)
+        if match:
+            where = f"{label}:{match.group(1)}"
+            message = f"{message[:match.start()]} (column {match.group(2)})"
+        else:  # "at end of document"
+            where = f"{label}:{max(1, len(text.splitlines()))}"
+        problems.append(Problem(where, f"invalid TOML: {message}",
+                                "fix the syntax; " + FORMAT_HINT))
+        return None
+    return _Checker(path, text, problems).check(data)
 
 
 def _read_checked(path: Path, where: str, what: str, limit: int,
@@ -514,11 +668,67 @@ class _Checker:
 
         public_key = self.check_public_key(index, table)
         apps = self.check_apps(index, table.get("apps"))
-        if not ok or public_key is None or apps is None:
+        namespaces = self.check_namespaces(index, table.get("namespaces", DEFAULT_NAMESPACES))
+        found = len(self.problems)
+        after = self.check_time(index, "valid_after", table.get("valid_after"))
+        before = self.check_time(index, "valid_before", table.get("valid_before"))
+        ok = ok and len(self.problems) == found
+        if after is not None and before is not None and before.epoch <= after.epoch:
+            ok = False
+            self.add(before.where, f"valid_before {before.describe()} is not after valid_after "
+                     f"{after.describe()}: the key would never be valid",
+                     "swap them, or correct one")
+        if not ok or public_key is None or apps is None or namespaces is None:
             return None
         assert isinstance(name, str)
         return TrustedSigner(name, public_key, apps, self.signer_where(index),
-                             self.signer_where(index, "apps"))
+                             self.signer_where(index, "apps"), namespaces, after, before,
+                             self.signer_where(index, "namespaces"))
+
+    def check_namespaces(self, index: int, value: object) -> tuple[str, ...] | None:
+        where = self.signer_where(index, "namespaces")
+        if value == DEFAULT_NAMESPACES:
+            return DEFAULT_NAMESPACES
+        if not isinstance(value, list) or not value:
+            self.add(where, "namespaces must be a non-empty array of SSHSIG namespaces, got "
+                     f"{_type_name(value) if value != [] else 'an empty one'}",
+                     f"write namespaces = [\"{NAMESPACE}\"] (the default), or leave it out")
+            return None
+        ok = True
+        for item in value:
+            if not isinstance(item, str) or not _NAMESPACE_RE.match(item):
+                ok = False
+                shown = repr(item) if isinstance(item, str) else _type_name(item)
+                self.add(self.signer_where(index, "namespaces", item),
+                         f"{shown} is not a namespace pattern (letters, digits, '.', '_', "
+                         "'-', '@', '+' and the wildcards * and ?, optionally after !)",
+                         f"write e.g. \"{NAMESPACE}\"")
+        if not ok:
+            return None
+        patterns = tuple(dict.fromkeys(value))
+        if not ssh_pattern_list_matches(NAMESPACE, patterns):
+            self.add(where, f"namespaces {list(patterns)} exclude {NAMESPACE!r}: the key could "
+                     "sign no bundle", f"add \"{NAMESPACE}\", or remove the [[signer]]")
+            return None
+        return patterns
+
+    def check_time(self, index: int, key: str, value: object) -> ValidityTime | None:
+        """The time; None when absent or invalid (then a problem was added)."""
+        if value is None:
+            return None
+        where = self.signer_where(index, key)
+        if not isinstance(value, str):
+            self.add(where, f"{key} must be a string like \"20260101Z\", got "
+                     f"{_type_name(value)}", "write it as ssh-keygen does, in quotes: "
+                     "YYYYMMDD[HHMM[SS]] with a final Z for UTC")
+            return None
+        try:
+            epoch = parse_ssh_time(value)
+        except ValueError as exc:
+            self.add(where, f"{value!r} is not a valid time ({exc})",
+                     "write e.g. \"20260101\" (midnight) or \"20260101120000Z\" (UTC)")
+            return None
+        return ValidityTime(value, epoch, where)
 
     def check_public_key(self, index: int, table: dict[str, Any]) -> PublicKey | None:
         line, file = table.get("public_key"), table.get("public_key_file")
@@ -634,3 +844,270 @@ class _Checker:
 
 def _key_field(table: dict[str, Any]) -> str:
     return "public_key" if "public_key" in table else "public_key_file"
+
+
+# ---------------------------------------------------------------------------------------
+# allowed_signers
+
+
+def glob_principals(glob: str) -> list[str]:
+    """ssh-keygen principal patterns that match exactly the app names `glob` matches.
+
+    allowed_signers patterns have `*` and `?` but no character classes, so each [...] is
+    expanded into the app-name characters it matches (ValueError when that gives more
+    than MAX_EXPORTED_PRINCIPALS patterns). `*` and `?` keep their meaning: ssh's also
+    match `/`, ours do not, but no app name contains `/`. [] when no app name can match
+    (e.g. a character app names never have, such as a literal `!`)."""
+    options: list[list[str]] = []
+    index, end = 0, len(glob)
+    while index < end:
+        char = glob[index]
+        index += 1
+        if char in "*?":
+            options.append([char])
+            continue
+        if char == "[":
+            close = index
+            if close < end and glob[close] == "!":
+                close += 1
+            if close < end and glob[close] == "]":
+                close += 1
+            while close < end and glob[close] != "]":
+                close += 1
+            if close < end:
+                members = [c for c in _APP_NAME_CHARS
+                           if app_glob_pattern(glob[index - 1:close + 1]).match(c)]
+                index = close + 1
+                if not members:
+                    return []
+                options.append(members)
+                continue
+        if char not in _APP_NAME_CHARS:
+            return []
+        options.append([char])
+    count = 1
+    for choice in options:
+        count *= len(choice)
+        if count > MAX_EXPORTED_PRINCIPALS:
+            raise ValueError(f"its character classes expand to more than "
+                             f"{MAX_EXPORTED_PRINCIPALS} patterns")
+    patterns = [""]
+    for choice in options:
+        patterns = [p + c for p in patterns for c in choice]
+    return patterns
+
+
+def export_allowed_signers(policy: TrustPolicy) -> str:
+    """The policy as an ssh-keygen allowed_signers file whose principals are app names:
+    `ssh-keygen -Y verify -f FILE -I APP -n sandrun -s message.sig < message` accepts a
+    signature exactly when the policy's signer rules do. TrustError when a glob cannot be
+    written as ssh patterns."""
+    lines = [f"# The trust policy {policy.path} as an ssh-keygen allowed_signers file "
+             "(`sandrun trust export-allowed-signers`).",
+             "# Principals are app names: ssh-keygen -Y verify -f THIS_FILE -I APP -n "
+             f"{NAMESPACE} -s DIR/message.sig < DIR/message",
+             "# (`sandrun inspect --sshsig DIR BUNDLE` writes DIR/message and "
+             "DIR/message.sig)."]
+    if policy.min_versions:
+        floors = sorted(policy.min_versions.items())
+        lines.append("# Not expressible here, enforced by sandrun only: min_version "
+                     + ", ".join(f"{app} >= {floor.text}" for app, floor in floors))
+    problems: list[Problem] = []
+    for signer in policy.signers:
+        principals: list[str] = []
+        for glob in signer.apps:
+            try:
+                principals += glob_principals(glob)
+            except ValueError as exc:
+                problems.append(Problem(signer.apps_where, f"{glob!r} cannot be written as "
+                                        f"allowed_signers patterns: {exc}",
+                                        "use * and ? or smaller character classes"))
+        lines.append(f"# signer {json.dumps(signer.name)} ({signer.where})")
+        if not principals:
+            lines.append("#   omitted: no app name can match its apps")
+            continue
+        options = [f'namespaces="{",".join(signer.namespaces)}"']
+        if signer.valid_after is not None:
+            options.append(f'valid-after="{signer.valid_after.text}"')
+        if signer.valid_before is not None:
+            options.append(f'valid-before="{signer.valid_before.text}"')
+        lines.append(f"{','.join(dict.fromkeys(principals))} {','.join(options)} "
+                     f"{signer.public_key.openssh(with_comment=False)}")
+    if problems:
+        raise TrustError(f"trust policy {policy.path} cannot be exported as allowed_signers",
+                         problems, "change the globs listed")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Adding a signer
+
+
+POLICY_MODE = 0o644
+POLICY_HEADER = (
+    "# sandrun trust policy: which keys may sign which apps (README.md, \"Trust policy\").\n"
+    "# Written by `sandrun trust add`; edit it freely, `sandrun trust check` validates it.\n")
+
+
+@dataclass(frozen=True)
+class AddedSigner:
+    policy: TrustPolicy
+    signer: TrustedSigner
+    created: bool  # the policy file did not exist before
+
+
+def add_signer(policy_path: Path, public_key_file: Path, apps: Sequence[str], *,
+               name: str | None = None, namespaces: Sequence[str] | None = None,
+               valid_after: str | None = None, valid_before: str | None = None
+               ) -> AddedSigner:
+    """Append a [[signer]] for the key in `public_key_file` to the policy (created if
+    missing), after checking that the result is a valid policy; the file is replaced
+    atomically (0644, owned by the caller). Refuses a key or name already in the policy.
+    `name` defaults to the key's comment, else the file name without .pub."""
+    policy_path, public_key_file = Path(policy_path), Path(public_key_file)
+    key = _read_key_to_add(public_key_file)
+    if os.path.islink(policy_path):  # replacing it would turn the link into a file
+        raise TrustError(f"{policy_path} is a symlink (to {os.readlink(policy_path)})", [],
+                         "pass the policy file itself with --policy")
+    directory = policy_path.parent
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TrustError(f"cannot use the directory {directory}: {exc.strerror}", [],
+                         "create it, or give another --policy path") from None
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # two `trust add` at once: one after the other
+        created = not os.path.lexists(policy_path)
+        if created:
+            text = POLICY_HEADER
+        else:
+            current = load_trust_policy(policy_path)
+            problems: list[Problem] = []
+            read = _read_checked(policy_path, str(policy_path), "trust policy",
+                                 MAX_POLICY_BYTES, problems)
+            if read is None:
+                raise _invalid(policy_path, problems)
+            text = read
+            same = current.signer_for(key)
+            if same is not None:
+                raise TrustError(f"key {key.fingerprint} is already in {policy_path}, as "
+                                 f"signer {same.name!r} ({same.where})", [],
+                                 "edit that [[signer]] to change its apps, times or "
+                                 "namespaces; a key appears once")
+        name = name if name is not None else _default_name(key, public_key_file)
+        table = _signer_table(name, key, apps, namespaces, valid_after, valid_before)
+        new_text = text + ("" if text.endswith("\n") or not text else "\n")
+        new_text += ("\n" if new_text.strip() else "") + table
+        problems = []
+        policy = _check_policy_text(policy_path, new_text, problems)
+        if policy is None or problems:
+            raise TrustError(f"cannot add {public_key_file} to {policy_path}: the policy "
+                             f"would be invalid ({len(problems)} problem"
+                             f"{'s' if len(problems) != 1 else ''})", problems,
+                             "nothing was written; fix the options (or the policy) and retry")
+        _replace_policy(policy_path, new_text)
+    finally:
+        os.close(dir_fd)
+    signer = policy.signer_for(key)
+    assert signer is not None
+    return AddedSigner(policy, signer, created)
+
+
+def _read_key_to_add(path: Path) -> PublicKey:
+    problems: list[Problem] = []
+    text = _read_any(path, problems)
+    if text is None:
+        raise TrustError(f"cannot read the public key {path}", problems,
+                         "pass the signer's .pub file")
+    if text.lstrip().startswith("-----BEGIN"):
+        raise TrustError(f"{path} is not a public key (it is a private key or another PEM "
+                         "file)", [], "pass the signer's public key, KEY.pub: a policy never "
+                         "needs the private key")
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith("#")]
+    if len(lines) != 1:
+        raise TrustError(f"{path} holds {len(lines)} key lines, not one", [],
+                         "add each key on its own, from its own .pub file")
+    try:
+        return parse_public_key(lines[0], str(path))
+    except KeyFileError as exc:
+        raise TrustError(exc.message, [], exc.hint) from None
+
+
+def _read_any(path: Path, problems: list[Problem]) -> str | None:
+    """A small UTF-8 file (a public key: who can write it does not matter, its content is
+    copied into the policy and shown)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        problems.append(Problem(str(path), f"cannot open: {exc.strerror}", "check the path"))
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            problems.append(Problem(str(path), "not a regular file", "give a .pub file"))
+            return None
+        data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        problems.append(Problem(str(path), f"larger than {MAX_KEY_FILE_BYTES} bytes",
+                                "give a .pub file"))
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append(Problem(str(path), "not UTF-8 text", "give a .pub file"))
+        return None
+
+
+def _default_name(key: PublicKey, path: Path) -> str:
+    if key.comment and key.comment.strip() and key.comment.isprintable():
+        return key.comment
+    return path.name.removesuffix(".pub")
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text)  # JSON's escapes are TOML's: \" \\ \n \uXXXX
+
+
+def _signer_table(name: str, key: PublicKey, apps: Sequence[str],
+                  namespaces: Sequence[str] | None, valid_after: str | None,
+                  valid_before: str | None) -> str:
+    lines = ["[[signer]]", f"name = {_toml_string(name)}",
+             f"public_key = {_toml_string(key.openssh())}",
+             f"apps = [{', '.join(_toml_string(a) for a in apps)}]"]
+    if namespaces is not None and tuple(namespaces) != DEFAULT_NAMESPACES:
+        lines.append(f"namespaces = [{', '.join(_toml_string(n) for n in namespaces)}]")
+    if valid_after is not None:
+        lines.append(f"valid_after = {_toml_string(valid_after)}")
+    if valid_before is not None:
+        lines.append(f"valid_before = {_toml_string(valid_before)}")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_policy(path: Path, text: str) -> None:
+    """Temp file beside it, 0644, fsync, rename: readers see the old or the new policy."""
+    import tempfile
+
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                        dir=path.parent)
+    except OSError as exc:
+        raise TrustError(f"cannot write next to {path}: {exc.strerror}", [],
+                         "run as the policy's owner (root for /etc/sandrun)") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text.encode("utf-8"))
+            out.flush()
+            os.fchmod(out.fileno(), POLICY_MODE)
+            os.fsync(out.fileno())
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise TrustError(f"cannot write {path}: {exc.strerror}", [],
+                         "check free space and permissions") from None
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,15 +1,16 @@
-"""Signing: OpenSSH Ed25519 keys, the `.sandrun/signature` entry, and what verify says.
+"""Signing: OpenSSH Ed25519 keys, the `.sandrun/signature` entry (SSHSIG), and what
+verify says.
 
 Real keys (made by sandrun and by ssh-keygen), real bundles (tests/bundlecraft.py and
 one from the builder), no mocked crypto. Altered signatures are crafted by rewriting
-the archive with the same writer the builder uses.
+the archive with the same writer the builder uses. Interoperability with ssh-keygen and
+ssh-agent, and exec's refusals, are in test_sshsig.py.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import os
 import pty
 import select
@@ -36,20 +37,26 @@ from bundlecraft import (
     write,
 )
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from helpers import TESTS
 from wheelcraft import hello_wheelhouse
 
 from sandrun.bundle.archive import END_RECORD, open_archive, write_archive
 from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
 from sandrun.bundle.signature import (
-    SIGNATURE_DOMAIN,
+    ED25519,
+    SK_ED25519,
     PublicKey,
-    SignatureInfo,
     SignatureState,
+    SshSignature,
     fingerprint,
     parse_public_key,
     signature_status,
+    signed_data,
+    signed_message,
 )
 from sandrun.bundle.verify import VerifyResult, verify_bundle
 from sandrun.errors import KeyFileError, SignatureError, VerificationError
@@ -62,8 +69,6 @@ from sandrun.supply.signing import (
 )
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
-SIGNED_AT = 1700000000  # 2023-11-14T22:13:20Z
-SIGNED_AT_TEXT = "2023-11-14T22:13:20Z"
 
 
 def new_key(tmp_path: Path, name: str = "release", identity: str = "release@example.org"
@@ -82,7 +87,7 @@ def ssh_keygen(*args: str) -> subprocess.CompletedProcess[str]:
 
 def signed(tmp_path: Path, key: Path, name: str = "app.pyz", files: Any = None) -> Path:
     bundle = make_bundle(tmp_path, name, files)
-    sign_bundle(bundle, key, signed_at=SIGNED_AT)
+    sign_bundle(bundle, key)
     return bundle
 
 
@@ -102,8 +107,12 @@ def rewrite(bundle: Path, out: Path, change: Callable[[list[tuple[str, bytes, in
     return out
 
 
-def signature_obj(bundle: Path) -> dict[str, Any]:
-    return json.loads(dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME])
+def signature_entry(bundle: Path) -> bytes:
+    return dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME]
+
+
+def sshsig_of(bundle: Path) -> SshSignature:
+    return SshSignature.from_armor(signature_entry(bundle), canonical=True)
 
 
 def with_signature(bundle: Path, out: Path, content: bytes, mode: int = 0o644) -> Path:
@@ -181,8 +190,8 @@ def test_keys_made_by_ssh_keygen_sign_and_verify(tmp_path: Path) -> None:
     listed = ssh_keygen("-l", "-f", str(tmp_path / "ssh.pub")).stdout.split()[1]
     assert key.public_key.fingerprint == listed
     bundle = make_bundle(tmp_path)
-    info = sign_bundle(bundle, tmp_path / "ssh", signed_at=SIGNED_AT)
-    assert info.signer == "ops@example.org" and info.fingerprint == listed
+    info = sign_bundle(bundle, tmp_path / "ssh")
+    assert info.fingerprint == listed
     assert verify_bundle(bundle).signature == info
 
 
@@ -253,9 +262,14 @@ def test_load_private_key_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "not an OpenSSH private key (it is a PEM RSA PRIVATE KEY file)" in error.message
     assert "ssh-keygen -t ed25519" in error.hint
 
-    public = tmp_path / "keys" / "release.pub"
-    public.chmod(0o600)
-    assert "it is a public key" in key_refusal(public).message
+    public = tmp_path / "keys" / "release.pub"  # 0644: what it is comes before its mode
+    error = key_refusal(public)
+    assert error.message == f"{public} is a public key, not a private one"
+    assert "the file without .pub" in error.hint and "--agent" in error.hint
+    signature = tmp_path / "sig"
+    signature.write_bytes(b"-----BEGIN SSH SIGNATURE-----\nU1NI\n-----END SSH SIGNATURE-----\n")
+    signature.chmod(0o600)
+    assert "(it is an SSH signature)" in key_refusal(signature).message
 
     truncated = tmp_path / "truncated"
     pem = private.read_bytes().splitlines()
@@ -278,8 +292,9 @@ def test_identity_comes_from_the_pub_file(tmp_path: Path) -> None:
     public.unlink()  # no .pub at all
     key = load_private_key(private)
     assert key.identity == default_identity() and key.public_key.comment == default_identity()
-    assert sign_bundle(make_bundle(tmp_path), key, signed_at=SIGNED_AT).signer == (
-        default_identity())
+    # The identity is for people; a signature carries only the key.
+    info = sign_bundle(make_bundle(tmp_path), key)
+    assert default_identity().encode() not in info.to_bytes()
 
 
 def test_a_pub_file_that_cannot_name_the_signer_is_refused(tmp_path: Path) -> None:
@@ -319,7 +334,7 @@ def test_passphrase_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
     listed = ssh_keygen("-l", "-f", str(tmp_path / "enc.pub")).stdout.split()[1]
     assert key.public_key.fingerprint == listed
     bundle = make_bundle(tmp_path)
-    info = sign_bundle(bundle, key, signed_at=SIGNED_AT)
+    info = sign_bundle(bundle, key)
     assert verify_bundle(bundle).signature == info and info.fingerprint == listed
 
     monkeypatch.setenv(PASSPHRASE_ENV, "wrong")
@@ -395,8 +410,28 @@ def test_parse_public_key() -> None:
     assert "SHA256:dM689" in repr(key)
 
 
+def test_parse_security_key_public_key(tmp_path: Path) -> None:
+    raw = bytes(range(32))
+    blob = (b"\0\0\0\x1ask-ssh-ed25519@openssh.com" + b"\0\0\0\x20" + raw
+            + b"\0\0\0\x04ssh:")
+    line = f"sk-ssh-ed25519@openssh.com {base64.b64encode(blob).decode()} yubikey"
+    key = parse_public_key(line, "x")
+    assert (key.key_type, key.raw, key.application, key.comment) == (
+        SK_ED25519, raw, "ssh:", "yubikey")
+    assert key.openssh() == line and key.blob == blob and key.on_security_key
+    (tmp_path / "sk.pub").write_text(line + "\n")
+    listed = ssh_keygen("-l", "-f", str(tmp_path / "sk.pub"))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split()[1] == key.fingerprint and "(ED25519-SK)" in listed.stdout
+
+
 @pytest.mark.parametrize(("line", "words"), [
     ("", "public key is empty"),
+    ("sk-ecdsa-sha2-nistp256@openssh.com AAAA x", "(security-key ECDSA) are not supported"),
+    ("ecdsa-sha2-nistp256 AAAA x", "(ECDSA) are not supported"),
+    ("sk-ssh-ed25519@openssh.com " + base64.b64encode(
+        b"\0\0\0\x1ask-ssh-ed25519@openssh.com\0\0\0\x20" + bytes(32) + b"\0\0\0\0").decode(),
+     "application is empty"),
     ("ssh-ed25519", "not an OpenSSH public key"),
     ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDe x", "ssh-rsa keys (RSA) are not supported"),
     ('command="x" ssh-ed25519 AAAA', "options before the key type are not supported"),
@@ -434,7 +469,7 @@ def test_unsigned_bundle_verifies_and_says_unsigned(tmp_path: Path) -> None:
 def test_sign_and_verify_round_trip(tmp_path: Path) -> None:
     key = new_key(tmp_path)
     bundle = make_bundle(tmp_path)
-    info = sign_bundle(bundle, key, signed_at=SIGNED_AT)
+    info = sign_bundle(bundle, key)
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o444
     result = verify_bundle(bundle)
     assert result.ok, result.problems
@@ -443,28 +478,32 @@ def test_sign_and_verify_round_trip(tmp_path: Path) -> None:
     assert result.manifest is not None
     assert info.manifest_sha256 == result.manifest.digest()
     assert (info.app_name, info.app_version) == ("demo", "1.0")
-    assert info.signer == "release@example.org"
-    assert info.fingerprint == load_private_key(key).public_key.fingerprint
-    assert info.signed_at == SIGNED_AT_TEXT
-    assert result.signature_status.describe() == (
-        f"signed by release@example.org ({info.fingerprint}) at {SIGNED_AT_TEXT}")
+    public = load_private_key(key).public_key
+    assert info.public_key == public and info.fingerprint == public.fingerprint
+    assert result.signature_status.describe() == f"signed by ssh-ed25519 key {info.fingerprint}"
     assert signature_status(result.archive, result.manifest).info == info
 
-    # The entry: canonical JSON, after the manifest, 0644, exactly these fields.
+    # The entry: the armored SSHSIG, after the manifest, 0644, and nothing else.
     names = [n for n, _, _ in entries(bundle)]
     assert names[-2:] == [MANIFEST_NAME, SIGNATURE_NAME]
     raw = dict((n, (c, m)) for n, c, m in entries(bundle))[SIGNATURE_NAME]
-    obj = json.loads(raw[0])
-    assert raw == (canonical_json(obj), 0o644)
-    assert sorted(obj) == ["algorithm", "app_name", "app_version", "fingerprint", "format",
-                           "manifest_sha256", "public_key", "signature", "signed_at", "signer"]
-    assert obj["format"] == 1 and obj["algorithm"] == "ed25519"
-    assert obj["public_key"] == load_private_key(key).public_key.openssh(with_comment=False)
-    # The signature covers the domain prefix and every other field.
-    message = SIGNATURE_DOMAIN + canonical_json({k: v for k, v in obj.items()
-                                                 if k != "signature"})
-    public = load_private_key(key).public_key.key
-    public.verify(base64.b64decode(obj["signature"]), message)  # raises if not
+    assert raw == (info.to_bytes(), 0o644)
+    lines = raw[0].decode().splitlines()
+    assert lines[0] == "-----BEGIN SSH SIGNATURE-----"
+    assert lines[-1] == "-----END SSH SIGNATURE-----" and raw[0].endswith(b"\n")
+    assert all(len(line) == 70 for line in lines[1:-2]) and 0 < len(lines[-2]) <= 70
+    sshsig = info.sshsig
+    assert (sshsig.namespace, sshsig.hash_algorithm) == ("sandrun", "sha512")
+    # What is signed: the documented message, wrapped as PROTOCOL.sshsig says.
+    message = signed_message(result.manifest)
+    assert message == (f"sandrun signed bundle v1\napp: demo\nversion: 1.0\n"
+                       f"manifest-sha256: {result.manifest.digest()}\n").encode()
+    import hashlib
+
+    data = (b"SSHSIG" + b"\0\0\0\x07sandrun" + b"\0\0\0\0" + b"\0\0\0\x06sha512"
+            + b"\0\0\0\x40" + hashlib.sha512(message).digest())
+    assert signed_data("sandrun", "sha512", message) == data
+    Ed25519PublicKey.from_public_bytes(public.raw).verify(sshsig.signature, data)  # raises if not
 
 
 def unsigned_layout(data: bytes) -> tuple[int, int]:
@@ -476,7 +515,7 @@ def unsigned_layout(data: bytes) -> tuple[int, int]:
 def test_signing_changes_nothing_but_the_signature_entry(tmp_path: Path) -> None:
     unsigned = bundle_bytes()
     bundle = write(tmp_path, unsigned)
-    sign_bundle(bundle, new_key(tmp_path), signed_at=SIGNED_AT)
+    sign_bundle(bundle, new_key(tmp_path))
     data = bundle.read_bytes()
     cd_offset, cd_size = unsigned_layout(unsigned)
     # Preamble and every entry: the same bytes at the same offsets; the signature follows.
@@ -491,8 +530,8 @@ def test_signing_changes_nothing_but_the_signature_entry(tmp_path: Path) -> None
 def test_signing_is_reproducible_for_the_same_key_and_time(tmp_path: Path) -> None:
     key = new_key(tmp_path)
     first, second = make_bundle(tmp_path, "a.pyz"), make_bundle(tmp_path, "b.pyz")
-    sign_bundle(first, key, signed_at=SIGNED_AT)
-    sign_bundle(second, key, signed_at=SIGNED_AT)
+    sign_bundle(first, key)
+    sign_bundle(second, key)
     assert first.read_bytes() == second.read_bytes()  # Ed25519 signatures are deterministic
 
 
@@ -501,15 +540,14 @@ def test_resigning_replaces_the_signature(tmp_path: Path) -> None:
     bundle = write(tmp_path, unsigned)
     first_key, second_key = new_key(tmp_path, "a", "alice@example.org"), new_key(
         tmp_path, "b", "bob@example.org")
-    sign_bundle(bundle, first_key, signed_at=SIGNED_AT)
-    sign_bundle(bundle, first_key, signed_at=SIGNED_AT + 60)  # same key again: still one entry
-    second = sign_bundle(bundle, second_key, signed_at=SIGNED_AT + 120)
+    sign_bundle(bundle, first_key)
+    sign_bundle(bundle, first_key)  # same key again: still one entry
+    second = sign_bundle(bundle, second_key)
     names = [n for n, _, _ in entries(bundle)]
     assert names.count(SIGNATURE_NAME) == 1 and names[-1] == SIGNATURE_NAME
     result = verify_bundle(bundle)
     assert result.ok, result.problems
     assert result.signature == second
-    assert result.signature is not None and result.signature.signer == "bob@example.org"
     assert result.signature.fingerprint == load_private_key(second_key).public_key.fingerprint
     cd_offset, _ = unsigned_layout(unsigned)
     assert bundle.read_bytes()[:cd_offset] == unsigned[:cd_offset]
@@ -519,7 +557,7 @@ def test_resigning_replaces_an_invalid_signature(tmp_path: Path) -> None:
     key = new_key(tmp_path)
     broken = with_signature(make_bundle(tmp_path), tmp_path / "broken.pyz", b"not json\n")
     assert not verify_bundle(broken).ok
-    sign_bundle(broken, key, signed_at=SIGNED_AT)
+    sign_bundle(broken, key)
     assert verify_bundle(broken).ok
 
 
@@ -532,7 +570,7 @@ def test_a_bundle_from_the_builder_signs_reproducibly(tmp_path: Path) -> None:
                                find_links=(str(wheels),), no_index=True,
                                source_date_epoch=1700000001))  # odd: zip times have 2 s steps
     unsigned = out.read_bytes()
-    info = sign_bundle(out, new_key(tmp_path), signed_at=SIGNED_AT)
+    info = sign_bundle(out, new_key(tmp_path))
     assert info.app_name == "hello" and info.app_version == "1.2.0"
     cd_offset, _ = unsigned_layout(unsigned)
     assert out.read_bytes()[:cd_offset] == unsigned[:cd_offset]
@@ -571,14 +609,17 @@ def test_sign_refusals_about_the_bundle_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- altered signatures
 
 
+def forged(bundle: Path, out: Path, **changes: Any) -> Path:
+    """`bundle` with its signature changed (dataclasses.replace) and re-armored."""
+    return with_signature(bundle, out, dataclasses.replace(sshsig_of(bundle), **changes).armor())
+
+
 def test_tampered_signature_bytes(tmp_path: Path) -> None:
     bundle = signed(tmp_path, new_key(tmp_path))
-    obj = signature_obj(bundle)
-    raw = bytearray(base64.b64decode(obj["signature"]))
-    raw[10] ^= 0x01
-    obj["signature"] = base64.b64encode(bytes(raw)).decode()
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
-    assert_signature_problem(result, "does not verify")
+    signature = bytearray(sshsig_of(bundle).signature)
+    signature[10] ^= 0x01
+    result = verify_bundle(forged(bundle, tmp_path / "x.pyz", signature=bytes(signature)))
+    assert_signature_problem(result, "does not verify with the key it names")
     assert len(result.problems) == 1  # the rest of the bundle is intact
 
 
@@ -588,110 +629,156 @@ def test_signature_copied_from_another_bundle(tmp_path: Path) -> None:
     other_files[MAIN] = (b'print("another app")\n', 0o644)
     other = signed(tmp_path, key, "other.pyz", other_files)
     mine = make_bundle(tmp_path, "mine.pyz")
-    copied = dict((n, c) for n, c, _ in entries(other))[SIGNATURE_NAME]
-    result = verify_bundle(with_signature(mine, tmp_path / "x.pyz", copied))
-    assert_signature_problem(result, "signs manifest sha256", "copied from another bundle")
-    # The Ed25519 signature itself is genuine: only the digest gives the copy away.
-    assert not any("does not verify" in what for what in signature_problems(result))
+    result = verify_bundle(with_signature(mine, tmp_path / "x.pyz", signature_entry(other)))
+    assert_signature_problem(result, "does not verify", "made for another bundle")
+    assert result.manifest is not None and result.manifest.digest() in signature_problems(
+        result)[0]
 
 
-def test_edited_signer_field(tmp_path: Path) -> None:
-    bundle = signed(tmp_path, new_key(tmp_path))
-    obj = signature_obj(bundle)
-    obj["signer"] = "security-team@example.org"
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
-    assert_signature_problem(result, "does not verify", "altered after signing")
-
-
-@pytest.mark.parametrize("field", ["signed_at", "app_version", "manifest_sha256"])
-def test_every_field_is_authenticated(tmp_path: Path, field: str) -> None:
-    bundle = signed(tmp_path, new_key(tmp_path))
-    obj = signature_obj(bundle)
-    obj[field] = {"signed_at": "2030-01-01T00:00:00Z", "app_version": "9.9",
-                  "manifest_sha256": "0" * 64}[field]
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
-    assert_signature_problem(result, "does not verify")
-
-
-def test_signature_by_another_key_claiming_the_same_public_key(tmp_path: Path) -> None:
-    bundle = signed(tmp_path, new_key(tmp_path, "real"))
-    forger = load_private_key(new_key(tmp_path, "forger"))
-    obj = signature_obj(bundle)
-    unsigned = {k: v for k, v in obj.items() if k != "signature"}
-    obj["signature"] = base64.b64encode(
-        forger.sign(SIGNATURE_DOMAIN + canonical_json(unsigned))).decode()
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
-    assert_signature_problem(result, "does not verify")
-
-
-def test_signature_without_domain_prefix_does_not_verify(tmp_path: Path) -> None:
+def test_signature_for_another_namespace(tmp_path: Path) -> None:
     key = load_private_key(new_key(tmp_path))
     bundle = signed(tmp_path, key.path)
-    obj = signature_obj(bundle)
-    unsigned = {k: v for k, v in obj.items() if k != "signature"}
-    obj["signature"] = base64.b64encode(key.sign(canonical_json(unsigned))).decode()
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", canonical_json(obj)))
+    manifest = verify_bundle(bundle).manifest
+    assert manifest is not None
+    from sandrun.supply.signing import make_sshsig
+
+    git = make_sshsig(key, signed_message(manifest), namespace="git")
+    assert git.verifies(signed_message(manifest))  # a genuine signature, for git
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", git.armor()))
+    assert_signature_problem(result, "made for namespace 'git', not 'sandrun'")
+    # Relabelling it "sandrun" breaks it: the namespace is signed.
+    result = verify_bundle(forged(with_signature(bundle, tmp_path / "y.pyz", git.armor()),
+                                  tmp_path / "z.pyz", namespace="sandrun"))
     assert_signature_problem(result, "does not verify")
 
 
-def edit(obj: dict[str, Any], **changes: Any) -> bytes:
-    changed = {**obj, **changes}
-    return canonical_json({k: v for k, v in changed.items() if v is not None})
+def test_signature_by_another_key_claiming_the_key(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path, "real"))
+    forger = load_private_key(new_key(tmp_path, "forger"))
+    sshsig = sshsig_of(bundle)
+    manifest = verify_bundle(bundle).manifest
+    assert manifest is not None
+    data = signed_data("sandrun", "sha512", signed_message(manifest))
+    result = verify_bundle(forged(bundle, tmp_path / "x.pyz", signature=forger.sign(data)))
+    assert_signature_problem(result, "does not verify", sshsig.public_key.fingerprint)
 
 
-MALFORMED: list[tuple[str, Callable[[dict[str, Any]], bytes], tuple[str, ...]]] = [
-    ("not_json", lambda o: b"{not json\n", ("is not valid JSON",)),
-    ("not_utf8", lambda o: b"\xff\xfe\n", ("is not valid JSON",)),
-    ("array", lambda o: b"[]\n", ("not an object",)),
-    ("duplicate_key", lambda o: canonical_json(o)[:-2] + b',"signer":"x"}\n',
-     ("appears twice",)),
-    ("format", lambda o: edit(o, format=2), ("format 2", "this sandrun reads")),
-    ("format_bool", lambda o: edit(o, format=True), ("format True",)),
-    ("missing_field", lambda o: edit(o, signed_at=None), ("missing field(s) signed_at",)),
-    ("unknown_field", lambda o: edit(o, note="hi"), ("unknown field(s) note",)),
-    ("wrong_type", lambda o: edit(o, signer=5), ("signer must be strings",)),
-    ("algorithm", lambda o: edit(o, algorithm="rsa"), ("algorithm 'rsa' is not supported",)),
-    ("digest", lambda o: edit(o, manifest_sha256="ABC"), ("manifest_sha256 is not 64",)),
-    ("public_key", lambda o: edit(o, public_key="ssh-rsa AAAA"), ("public_key: ssh-rsa keys",)),
-    ("public_key_comment", lambda o: edit(o, public_key=o["public_key"] + " x"),
-     ("carries a comment",)),
-    ("fingerprint", lambda o: edit(o, fingerprint="SHA256:abc"),
-     ("is not the fingerprint of public_key",)),
-    ("signer_control", lambda o: edit(o, signer="a\x1b[31mb"),
-     ("signer contains control characters",)),
-    ("signed_at", lambda o: edit(o, signed_at="yesterday"), ("signed_at 'yesterday'",)),
-    ("signed_at_date", lambda o: edit(o, signed_at="2023-02-30T00:00:00Z"),
-     ("signed_at '2023-02-30T00:00:00Z'",)),
-    ("base64", lambda o: edit(o, signature="!!"), ("signature is not valid base64",)),
-    ("length", lambda o: edit(o, signature=base64.b64encode(b"x" * 63).decode()),
-     ("signature is 63 bytes",)),
-    ("not_canonical", lambda o: json.dumps(o, indent=1).encode(), ("not canonical JSON",)),
+def test_signature_over_another_app_name(tmp_path: Path) -> None:
+    key = load_private_key(new_key(tmp_path))
+    bundle = signed(tmp_path, key.path)
+    manifest = verify_bundle(bundle).manifest
+    assert manifest is not None
+    lying = signed_message(manifest).replace(b"app: demo", b"app: other")
+    data = signed_data("sandrun", "sha512", lying)
+    result = verify_bundle(forged(bundle, tmp_path / "x.pyz", signature=key.sign(data)))
+    assert_signature_problem(result, "does not verify")
+
+
+def test_sha256_signatures_are_accepted(tmp_path: Path) -> None:
+    key = load_private_key(new_key(tmp_path))
+    bundle = make_bundle(tmp_path)
+    manifest = verify_bundle(bundle).manifest
+    assert manifest is not None
+    from sandrun.supply.signing import make_sshsig
+
+    sha256 = make_sshsig(key, signed_message(manifest), hash_algorithm="sha256")
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", sha256.armor()))
+    assert result.ok, result.problems
+    assert result.signature is not None and result.signature.sshsig.hash_algorithm == "sha256"
+
+
+def armored(blob: bytes) -> bytes:
+    text = base64.b64encode(blob).decode()
+    lines = [text[i:i + 70] for i in range(0, len(text), 70)]
+    return ("\n".join(["-----BEGIN SSH SIGNATURE-----", *lines, "-----END SSH SIGNATURE-----"])
+            + "\n").encode()
+
+
+def ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def blob_with(sshsig: SshSignature, *, magic: bytes = b"SSHSIG", version: int = 1,
+              key: bytes | None = None, namespace: bytes = b"sandrun", reserved: bytes = b"",
+              hash_algorithm: bytes = b"sha512", signature: bytes | None = None,
+              trailing: bytes = b"") -> bytes:
+    return (magic + version.to_bytes(4, "big") + ssh_string(key or sshsig.public_key.blob)
+            + ssh_string(namespace) + ssh_string(reserved) + ssh_string(hash_algorithm)
+            + ssh_string(sshsig.signature_blob() if signature is None else signature)
+            + trailing)
+
+
+RSA_KEY = ssh_string(b"ssh-rsa") + ssh_string(b"\x01\x00\x01") + ssh_string(bytes(129))
+MALFORMED: list[tuple[str, Callable[[SshSignature, bytes], bytes], tuple[str, ...]]] = [
+    ("old_json_format", lambda s, a: canonical_json({"format": 1, "signature": "x"}),
+     ("format of sandrun before SSHSIG", "re-signed")),
+    ("not_ascii", lambda s, a: b"\xff\xfe\n", ("not ASCII text",)),
+    ("no_armor", lambda s, a: b"garbage\n", ("first line is not",)),
+    ("truncated_armor", lambda s, a: b"\n".join(a.split(b"\n")[:2]) + b"\n",
+     ("last line is not", "truncated")),
+    ("no_final_newline", lambda s, a: a[:-1], ("no final newline",)),
+    ("bad_base64", lambda s, a: a.replace(a.split(b"\n")[1][:4], b"!!!!"),
+     ("body is not valid base64",)),
+    ("crlf", lambda s, a: a.replace(b"\n", b"\r\n"), ("not armored exactly",)),
+    ("other_width", lambda s, a: a.replace(b"\n", b"", 2).replace(
+        b"-----BEGIN SSH SIGNATURE-----", b"-----BEGIN SSH SIGNATURE-----\n"),
+     ("not armored exactly",)),
+    ("text_after", lambda s, a: a + b"note\n", ("last line is not",)),
+    ("magic", lambda s, a: armored(blob_with(s, magic=b"SSHSIX")), ("SSHSIG magic",)),
+    ("version", lambda s, a: armored(blob_with(s, version=2)), ("SSHSIG version 2",)),
+    ("reserved", lambda s, a: armored(blob_with(s, reserved=b"x")), ("reserved field",)),
+    ("hash", lambda s, a: armored(blob_with(s, hash_algorithm=b"md5")),
+     ("hash algorithm 'md5'",)),
+    ("rsa_key", lambda s, a: armored(blob_with(s, key=RSA_KEY)),
+     ("ssh-rsa keys (RSA) are not supported",)),
+    ("short_key", lambda s, a: armored(blob_with(s, key=ssh_string(b"ssh-ed25519")
+                                                 + ssh_string(bytes(31)))),
+     ("the Ed25519 key is 31 bytes",)),
+    ("key_trailing", lambda s, a: armored(blob_with(s, key=s.public_key.blob + b"x")),
+     ("unexpected bytes follow the key",)),
+    ("sig_algorithm", lambda s, a: armored(blob_with(
+        s, signature=ssh_string(b"rsa-sha2-512") + ssh_string(s.signature))),
+     ("signature algorithm is 'rsa-sha2-512'",)),
+    ("sig_length", lambda s, a: armored(blob_with(
+        s, signature=ssh_string(b"ssh-ed25519") + ssh_string(s.signature[:63]))),
+     ("63 bytes, not 64",)),
+    ("sig_trailing", lambda s, a: armored(blob_with(s, signature=s.signature_blob() + b"\0")),
+     ("unexpected bytes follow the signature",)),
+    ("blob_trailing", lambda s, a: armored(blob_with(s, trailing=b"\0")),
+     ("unexpected bytes follow the signature",)),
+    ("truncated_blob", lambda s, a: armored(blob_with(s)[:-10]), ("truncated",)),
+    ("huge_length", lambda s, a: armored(b"SSHSIG\0\0\0\x01\xff\xff\xff\xff"),
+     ("the public key is 4294967295 bytes long (at most 1024)",)),
+    ("namespace_control", lambda s, a: armored(blob_with(s, namespace=b"sand\x1brun")),
+     ("namespace contains control characters",)),
+    ("oversized_blob", lambda s, a: armored(blob_with(s, trailing=bytes(5000))),
+     ("it is 5", "at most 4096")),
 ]
 
 
 @pytest.mark.parametrize(("make", "words"), [(m, w) for _, m, w in MALFORMED],
                          ids=[name for name, _, _ in MALFORMED])
-def test_malformed_signature_entry(tmp_path: Path, make: Callable[[dict[str, Any]], bytes],
+def test_malformed_signature_entry(tmp_path: Path, make: Callable[[SshSignature, bytes], bytes],
                                    words: tuple[str, ...]) -> None:
     bundle = signed(tmp_path, new_key(tmp_path))
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", make(signature_obj(bundle))))
+    content = make(sshsig_of(bundle), signature_entry(bundle))
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", content))
     assert_signature_problem(result, *words)
     assert [p.where for p in result.problems] == [SIGNATURE_NAME]
 
 
-def test_app_named_in_signature_must_match_the_manifest(tmp_path: Path) -> None:
-    key = load_private_key(new_key(tmp_path))
-    bundle = signed(tmp_path, key.path)
-    info = SignatureInfo.from_bytes(dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME])
-    lying = dataclasses.replace(info, app_name="other")  # validly signed, wrong app
-    lying = dataclasses.replace(lying, signature=key.sign(lying.signed_message()))
-    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", lying.to_bytes()))
-    assert_signature_problem(result, "names app other 1.0, but the manifest says demo 1.0")
+def test_old_format_signatures_say_to_resign(tmp_path: Path) -> None:
+    bundle = signed(tmp_path, new_key(tmp_path))
+    old = (b'{"algorithm":"ed25519","app_name":"demo","format":1,"signature":"AAAA"}\n')
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", old))
+    problem = result.problems[0]
+    assert "this sandrun accepts only SSHSIG signatures" in problem.what
+    assert "sandrun sign -k KEY BUNDLE" in problem.hint and "ssh-keygen -Y sign" in problem.hint
 
 
 def test_signature_entry_mode_and_count(tmp_path: Path) -> None:
     bundle = signed(tmp_path, new_key(tmp_path))
-    content = dict((n, c) for n, c, _ in entries(bundle))[SIGNATURE_NAME]
+    content = signature_entry(bundle)
     result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", content, 0o755))
     assert_signature_problem(result, "mode 0755")
 
@@ -700,6 +787,9 @@ def test_signature_entry_mode_and_count(tmp_path: Path) -> None:
     raw.append(RawEntry.of(SIGNATURE_NAME, content))
     result = verify_bundle(write(tmp_path, build_raw(raw), "y.pyz"))
     assert_signature_problem(result, "2 signature entries")
+
+    result = verify_bundle(with_signature(bundle, tmp_path / "z.pyz", b"x" * (16 * 1024 + 1)))
+    assert_signature_problem(result, "16385 bytes; a signature entry is at most 16384")
 
 
 def test_signature_without_a_manifest_cannot_be_checked(tmp_path: Path) -> None:
@@ -712,18 +802,21 @@ def test_signature_without_a_manifest_cannot_be_checked(tmp_path: Path) -> None:
 
 def test_signature_status_of_an_invalid_signature(tmp_path: Path) -> None:
     bundle = signed(tmp_path, new_key(tmp_path))
-    broken = with_signature(bundle, tmp_path / "x.pyz", b"{}\n")
+    broken = with_signature(bundle, tmp_path / "x.pyz", b"nonsense\n")
     archive = open_archive(broken)
     manifest = verify_bundle(broken).manifest
     assert manifest is not None
     status = signature_status(archive, manifest)
     assert status.state is SignatureState.INVALID and status.info is None
     assert [p.where for p in status.problems] == [SIGNATURE_NAME]
-    assert status.problems[0].what.startswith("has wrong fields") and status.problems[0].hint
-    assert status.describe().startswith("invalid signature: has wrong fields")
+    assert status.problems[0].what.startswith("is not an armored SSH signature")
+    assert status.problems[0].hint
+    assert status.describe().startswith("invalid signature: is not an armored SSH signature")
 
 
 def test_public_key_equality_ignores_comment() -> None:
     raw = bytes(range(32))
-    assert PublicKey(raw, "a") == PublicKey(raw, "b")
-    assert PublicKey(raw) != PublicKey(bytes(32))
+    assert PublicKey(ED25519, raw, "", "a") == PublicKey(ED25519, raw, "", "b")
+    assert PublicKey(ED25519, raw) != PublicKey(ED25519, bytes(32))
+    assert PublicKey(ED25519, raw) != PublicKey(SK_ED25519, raw, "ssh:")
+    assert PublicKey(SK_ED25519, raw, "ssh:") != PublicKey(SK_ED25519, raw, "ssh:other")

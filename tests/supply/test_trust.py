@@ -16,21 +16,28 @@ from pathlib import Path
 
 import pytest
 from bundlecraft import CORE, DATE_TIME, bundle_bytes, default_files, make_manifest, write
-from helpers import TESTS
+from helpers import TESTS, run_sandrun
 
 from sandrun.bundle.archive import open_archive, write_archive
 from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, EntryRecord
-from sandrun.bundle.signature import SignatureState
+from sandrun.bundle.signature import SignatureState, SshSignature
 from sandrun.bundle.verify import VerifyResult, verify_bundle
 from sandrun.errors import EXIT_REFUSED, Problem, TrustError
 from sandrun.supply.signing import generate_key, load_private_key, sign_bundle
 from sandrun.supply.trust import (
     DEFAULT_TRUST_PATH,
     TrustPolicy,
+    add_signer,
+    app_glob_matches,
     check_trust,
+    export_allowed_signers,
     find_trust_policy,
+    glob_principals,
     load_trust_policy,
+    parse_ssh_time,
     require_trust,
+    ssh_pattern_list_matches,
+    trusted_until,
 )
 
 HERE = TESTS / "trust"
@@ -96,7 +103,7 @@ def make(tmp_path: Path, key: Path | None, *, app: str = "demo", version: str = 
     (tmp_path / label).unlink(missing_ok=True)  # a signed bundle is 0444: replace, not rewrite
     path = write(tmp_path, bundle_bytes(files, manifest=manifest), label)
     if key is not None:
-        sign_bundle(path, key, signed_at=SIGNED_AT)
+        sign_bundle(path, key)
     result = verify_bundle(path)
     assert result.ok, result.problems
     return result
@@ -168,8 +175,14 @@ def policy_error(path: Path) -> TrustError:
 
 
 def test_unreadable_policy_files(tmp_path: Path) -> None:
-    error = policy_error(tmp_path / "missing.toml")
-    assert "does not exist" in error.problems[0].what
+    with pytest.raises(TrustError) as info:  # missing is not "invalid": it says so
+        load_trust_policy(tmp_path / "missing.toml")
+    assert info.value.message == f"trust policy {tmp_path / 'missing.toml'} does not exist"
+    assert "invalid" not in info.value.diagnostics()
+    assert "sandrun trust add KEY.pub --apps APP" in info.value.hint
+    (tmp_path / "dangling.toml").symlink_to(tmp_path / "gone")
+    error = policy_error(tmp_path / "dangling.toml")  # something is there: broken, not absent
+    assert "does not exist" in error.problems[0].what and "dangling" in error.problems[0].hint
     assert "not a regular file" in policy_error(tmp_path).problems[0].what
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b'name = "\xff"\n')
@@ -271,12 +284,14 @@ def test_unsigned_bundle_is_refused(tmp_path: Path, keys: dict[str, Path]) -> No
 def test_invalid_signature_is_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
     policy = standard_policy(tmp_path, keys)
     result = make(tmp_path, keys["release"])
-    # A copy of the same bundle whose signer field was edited after signing.
+    # A copy of the same bundle whose Ed25519 signature has one bit flipped.
     archive = result.archive
     files = [(e.name, archive.read(e), e.mode & 0o7777) for e in archive.entries]
     name, content, mode = files[-1]
     assert name == SIGNATURE_NAME
-    files[-1] = (name, content.replace(b'"signer":"release', b'"signer":"Release'), mode)
+    sshsig = SshSignature.from_armor(content, canonical=True)
+    flipped = bytes([sshsig.signature[0] ^ 1]) + sshsig.signature[1:]
+    files[-1] = (name, dataclasses.replace(sshsig, signature=flipped).armor(), mode)
     broken = tmp_path / "broken.pyz"
     with broken.open("wb") as out:
         write_archive(out, archive.preamble, files, date_time=DATE_TIME)
@@ -290,9 +305,11 @@ def test_key_not_in_the_policy_is_refused(tmp_path: Path, keys: dict[str, Path])
     policy = standard_policy(tmp_path, keys)
     stranger = load_private_key(keys["stranger"]).public_key
     problem = only(check(policy, make(tmp_path, keys["stranger"])),
-                   f"is signed by key {stranger.fingerprint}",
-                   "(it calls itself 'stranger@example.org')", "which is not in the trust policy")
+                   f"is signed by ssh-ed25519 key {stranger.fingerprint}",
+                   "which is not in the trust policy")
+    assert "stranger@example.org" not in problem.what  # a key's comment is not evidence
     assert stranger.openssh(with_comment=False) in problem.hint
+    assert f"sandrun trust add KEY.pub --apps demo --policy {policy.path}" in problem.hint
     assert "demo may be signed by: 'release-team'" in problem.hint
 
 
@@ -413,10 +430,11 @@ def test_consistent_rewrite_with_the_signature_kept_fails_verification(
                                  keep_signature=True))
     # Every entry matches the (rewritten) manifest: only the signature catches it.
     assert [p.where for p in result.problems] == [SIGNATURE_NAME]
-    assert "copied from another bundle, or the bundle changed after signing" in (
-        result.problems[0].what)
-    assert genuine.signature is not None
-    assert genuine.signature.manifest_sha256 in result.problems[0].what
+    assert "does not verify" in result.problems[0].what
+    assert "the bundle changed after signing" in result.problems[0].what
+    assert genuine.signature is not None and result.manifest is not None
+    assert genuine.signature.manifest_sha256 != result.manifest.digest()
+    assert result.manifest.digest() in result.problems[0].what
     assert result.signature is None
     only(check(policy, result), "has an invalid signature")
 
@@ -441,3 +459,251 @@ def test_consistent_rewrite_resigned_with_the_attackers_key_is_refused(
     result = verify_bundle(forged)
     assert result.ok and result.signature is not None
     only(check(policy, result), "which is not in the trust policy")
+
+
+# ---------------------------------------------------------------- allowed_signers semantics
+
+Y2025 = 1735689600  # 2025-01-01T00:00:00Z
+Y2026 = 1767225600  # 2026-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(("text", "epoch"), [
+    ("20250101Z", Y2025), ("20250101z", Y2025), ("202501010000Z", Y2025),
+    ("20250101000000Z", Y2025), ("20251231235959Z", Y2026 - 1), ("20240229Z", 1709164800),
+])
+def test_parse_ssh_time_utc(text: str, epoch: int) -> None:
+    assert parse_ssh_time(text) == epoch
+
+
+def test_parse_ssh_time_without_z_is_local_standard_time(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "EST+5")  # no DST rules: local = UTC-5 all year
+    time.tzset()
+    try:
+        assert parse_ssh_time("20250101") == Y2025 + 5 * 3600
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("text", ["2025010", "2025-01-01", "20250101T0000Z", "20250230Z",
+                                  "20251301Z", "202501011Z", "20250101ZZ", "19690101Z", ""])
+def test_parse_ssh_time_refusals(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_ssh_time(text)
+
+
+def test_ssh_pattern_lists() -> None:
+    assert ssh_pattern_list_matches("sandrun", ["sandrun"])
+    assert ssh_pattern_list_matches("sandrun", ["git", "sand*"])
+    assert ssh_pattern_list_matches("sandrun", ["s?ndrun"])
+    assert not ssh_pattern_list_matches("sandrun", ["*", "!sandrun"])
+    assert not ssh_pattern_list_matches("sandrun", ["!git"])  # a negation alone allows nothing
+    assert not ssh_pattern_list_matches("sandrun", ["Sandrun"])  # case-sensitive, as ssh's
+
+
+def window_policy(tmp_path: Path, keys: dict[str, Path], options: str) -> TrustPolicy:
+    return load_trust_policy(write_policy(tmp_path, f'''\
+[[signer]]
+name = "release-team"
+public_key = "{pub(keys["release"])}"
+apps = ["demo"]
+{options}
+''', "window.toml"))
+
+
+def test_validity_window_is_checked_at_the_time_of_use(tmp_path: Path,
+                                                        keys: dict[str, Path]) -> None:
+    policy = window_policy(tmp_path, keys, 'valid_after = "20250101Z"\n'
+                                           'valid_before = "20260101Z"')
+    signer = policy.signers[0]
+    assert (signer.valid_after and signer.valid_after.epoch,
+            signer.valid_before and signer.valid_before.epoch) == (Y2025, Y2026)
+    result = make(tmp_path, keys["release"])
+    import time
+
+    assert check(policy, result) == check_trust(  # without `now`: the real clock
+        policy, result.manifest, result.signature_status, "app.pyz",  # type: ignore[arg-type]
+        now=time.time())
+    for inside in (Y2025, Y2025 + 1, Y2026 - 1, Y2026):  # both ends count, as in ssh-keygen
+        assert check_trust(policy, result.manifest, result.signature_status,  # type: ignore
+                           "app.pyz", now=inside) == [], inside
+    early = check_trust(policy, result.manifest, result.signature_status,  # type: ignore
+                        "app.pyz", now=Y2025 - 1)
+    problem = only(early, "whose key is valid only from 20250101Z (2025-01-01 00:00:00 UTC) on",
+                   f"(rule {policy.path}:5: signer[1].valid_after)",
+                   "it is now 2024-12-31 23:59:59 UTC")
+    assert "valid_after" in problem.hint
+    late = check_trust(policy, result.manifest, result.signature_status,  # type: ignore
+                       "app.pyz", now=Y2026 + 1)
+    problem = only(late, "whose key expired at 20260101Z (2026-01-01 00:00:00 UTC)",
+                   f"(rule {policy.path}:6: signer[1].valid_before)")
+    assert "re-signed" in problem.hint
+    assert trusted_until(policy, result.signature_status) == Y2026
+    assert trusted_until(policy, make(tmp_path, None).signature_status) is None
+
+
+def test_an_expired_key_for_the_wrong_app_reports_both(tmp_path: Path,
+                                                       keys: dict[str, Path]) -> None:
+    policy = window_policy(tmp_path, keys, 'valid_before = "20250101Z"')
+    problems = check(policy, make(tmp_path, keys["release"], app="other"))
+    assert [p.what.split(",")[1].strip().split(" ")[0] for p in problems] == ["which", "whose"]
+
+
+def test_namespaces_are_patterns_that_must_allow_sandrun(tmp_path: Path,
+                                                         keys: dict[str, Path]) -> None:
+    policy = window_policy(tmp_path, keys, 'namespaces = ["git", "sand*"]')
+    assert policy.signers[0].namespaces == ("git", "sand*")
+    assert check(policy, make(tmp_path, keys["release"])) == []
+    assert window_policy(tmp_path, keys, "").signers[0].namespaces == ("sandrun",)
+
+
+# ---------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize(("glob", "principals"), [
+    ("demo", ["demo"]), ("web-*", ["web-*"]), ("tool?", ["tool?"]), ("*", ["*"]),
+    ("[ab]pp", ["app", "bpp"]), ("v[0-2]", ["v0", "v1", "v2"]),
+    ("x[!a-z0-9]", ["x-", "x.", "x_"]), ("no!pe", []), ("[A-Z]x", []), ("lit[", []),
+])
+def test_glob_principals(glob: str, principals: list[str]) -> None:
+    assert glob_principals(glob) == principals
+
+
+def test_exported_principals_match_exactly_what_the_globs_match() -> None:
+    names = ["demo", "web-api", "web-", "web", "tool1", "tool", "tool12", "app", "bpp", "cpp",
+             "v0", "v3", "x-", "xa", "x_", "a.b", "a-b", "z" * 24]
+    for glob in ("demo", "web-*", "tool?", "[ab]pp", "v[0-2]", "x[!a-z0-9]", "*", "a[.-]b",
+                 "*[0-9]", "[!w]*"):
+        patterns = glob_principals(glob)
+        for name in names:
+            assert ssh_pattern_list_matches(name, patterns) == app_glob_matches(glob, name), (
+                glob, name)
+    with pytest.raises(ValueError, match="more than 1024"):
+        glob_principals("[a-z][a-z][a-z]")
+
+
+def test_export_allowed_signers(tmp_path: Path, keys: dict[str, Path]) -> None:
+    policy = standard_policy(tmp_path, keys, '''
+[[signer]]
+name = "windowed"
+public_key_file = "keys/stranger.pub"
+apps = ["web-*", "no!pe"]
+namespaces = ["sandrun", "git"]
+valid_after = "20250101"
+valid_before = "20260101Z"
+''')
+    text = export_allowed_signers(policy)
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    release, ops, stranger = (load_private_key(keys[n]).public_key.openssh(with_comment=False)
+                              for n in ("release", "ops", "stranger"))
+    assert lines == [
+        f'demo,web-* namespaces="sandrun" {release}',
+        f'tool?,app,bpp namespaces="sandrun" {ops}',
+        f'web-* namespaces="sandrun,git",valid-after="20250101",valid-before="20260101Z" '
+        f"{stranger}"]
+    assert "min_version demo >= 1.0, web-api >= 2.0" in text
+    assert f'# signer "ops" ({policy.path}:6: signer[2])' in text
+
+
+# ---------------------------------------------------------------- trust add
+
+
+def test_add_signer_creates_then_appends(tmp_path: Path, keys: dict[str, Path]) -> None:
+    path = tmp_path / "etc" / "trust.toml"
+    first = add_signer(path, keys["release"].with_name("release.pub"), ["demo", "web-*"],
+                       valid_before="20990101Z")
+    assert first.created and first.signer.name == "release@example.org"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_uid == os.geteuid()
+    assert path.read_text().startswith("# sandrun trust policy")
+    with path.open("a") as out:  # an operator's edits survive the next add
+        out.write("\n# keep me\n[min_version]\ndemo = \"1.0\"\n")
+    os.chmod(path, 0o644)
+    second = add_signer(path, keys["ops"].with_name("ops.pub"), ["tool?"], name="ops",
+                        namespaces=["sandrun", "git"], valid_after="20240101")
+    assert not second.created
+    policy = load_trust_policy(path)
+    assert [s.name for s in policy.signers] == ["release@example.org", "ops"]
+    assert policy.signers[0].valid_before is not None
+    assert policy.signers[1].namespaces == ("sandrun", "git")
+    assert "# keep me" in path.read_text() and policy.min_versions["demo"].text == "1.0"
+    assert check(policy, make(tmp_path, keys["release"])) == []
+    assert sorted(p.name for p in path.parent.iterdir()) == ["trust.toml"]  # no temp left
+
+
+def test_add_signer_refusals_write_nothing(tmp_path: Path, keys: dict[str, Path]) -> None:
+    path = tmp_path / "trust.toml"
+    release_pub = keys["release"].with_name("release.pub")
+    add_signer(path, release_pub, ["demo"])
+    before = path.read_bytes()
+
+    def refused(*args: object, **kwargs: object) -> TrustError:
+        with pytest.raises(TrustError) as info:
+            add_signer(*args, **kwargs)  # type: ignore[arg-type]
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["keys", "trust.toml"]
+        assert info.value.hint
+        return info.value
+
+    error = refused(path, release_pub, ["web-*"])
+    assert "is already in" in error.message and "signer 'release@example.org'" in error.message
+    error = refused(path, keys["ops"].with_name("ops.pub"), ["x"], name="release@example.org")
+    assert "would be invalid" in error.message
+    assert "name 'release@example.org' is already used" in str(error.problems[0])
+    error = refused(path, keys["ops"].with_name("ops.pub"), ["Web-*"])
+    assert "never matches: app names are lower case" in str(error.problems[0])
+    error = refused(path, keys["ops"].with_name("ops.pub"), ["x"], valid_before="tomorrow")
+    assert "'tomorrow' is not a valid time" in str(error.problems[0])
+    error = refused(path, keys["ops"], ["x"])  # the private key
+    assert "is not a public key" in error.message
+    error = refused(path, tmp_path / "nope.pub", ["x"])
+    assert "cannot read the public key" in error.message
+
+    path.write_text(path.read_text() + "oops = 1\n")  # an invalid policy is not extended
+    before = path.read_bytes()
+    error = refused(path, keys["ops"].with_name("ops.pub"), ["x"])
+    assert "is invalid" in error.message and "unknown key 'oops'" in str(error.problems[0])
+
+
+def test_trust_cli_check_add_and_export(tmp_path: Path, keys: dict[str, Path]) -> None:
+    import json
+
+    missing = tmp_path / "missing.toml"
+    proc = run_sandrun("trust", "check", str(missing))
+    assert proc.returncode == EXIT_REFUSED and proc.stdout == ""
+    assert f"trust policy {missing} does not exist" in proc.stderr
+    assert "invalid" not in proc.stderr
+
+    policy = tmp_path / "trust.toml"
+    proc = run_sandrun("trust", "add", str(keys["release"]) + ".pub", "--apps", "demo,web-*",
+                       "--apps", "api", "--valid-before", "20991231Z", "--policy", str(policy),
+                       "--json")
+    assert proc.returncode == 0, proc.stderr
+    added = json.loads(proc.stdout)
+    assert added["created"] is True and added["added"]["apps"] == ["demo", "web-*", "api"]
+    assert added["added"]["valid_before"] == "20991231Z"
+    proc = run_sandrun("trust", "add", str(keys["release"]) + ".pub", "--apps", "x",
+                       "--policy", str(policy))
+    assert proc.returncode == EXIT_REFUSED and "is already in" in proc.stderr
+
+    proc = run_sandrun("trust", "check", "--json", str(policy))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and [s["name"] for s in doc["signers"]] == ["release@example.org"]
+    quiet = run_sandrun("trust", "check", "-q", str(policy))
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+    text = run_sandrun("trust", "check", str(policy)).stdout
+    assert "valid before 20991231Z (2099-12-31 00:00:00 UTC)" in text
+
+    exported = run_sandrun("trust", "export-allowed-signers", str(policy))
+    assert exported.returncode == 0, exported.stderr
+    assert 'demo,web-*,api namespaces="sandrun",valid-before="20991231Z" ssh-ed25519 ' in (
+        exported.stdout)
+
+    link = tmp_path / "link.toml"
+    link.symlink_to(policy)
+    proc = run_sandrun("trust", "add", str(keys["ops"]) + ".pub", "--apps", "x",
+                       "--policy", str(link))
+    assert proc.returncode == EXIT_REFUSED and "is a symlink" in proc.stderr
