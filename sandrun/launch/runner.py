@@ -3,11 +3,17 @@ then execve of the app — all from a `RunSpec` of plain data.
 
 Both exec paths end here: the cold path (`launcher.prepare` builds the spec) and the
 warm path (`warm_exec` loads a cached spec). So this module imports only what loads
-in microseconds (os, ctypes, _signal, marshal, resource): every warm start pays for
-it. The kernel numbers and calls come from `sandbox/kernel.py`, which
-is as cheap; `sandbox/landlock.py` and `sandbox/seccomp.py` build what they apply.
-Observe mode (`sandrun learn`, never the warm path) also imports socket and
-`sandbox/notify.py`, when it is asked for.
+in microseconds (os, ctypes, _signal, resource): every warm start pays for it. The
+kernel numbers and calls come from `sandbox/kernel.py`, which is as cheap;
+`sandbox/landlock.py` and `sandbox/seccomp.py` build what they apply. Observe mode
+(`sandrun learn`, never the warm path) also imports socket and `sandbox/notify.py`,
+when it is asked for.
+
+What stays resident while the app runs is the native supervisor (native/supervise.c,
+built at install time): the namespace's init execs it once it forked the app, and
+the launcher too when its caller has nothing left to do (`launch(handoff=True)`, the
+warm path). It does what `_supervise`, `_read_report` and `Cgroup.remove` do here,
+which remain the fallback when the binary is missing (`supervisor_status`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import _signal
 import ctypes
 import errno
-import marshal
 import os
 import stat
 
@@ -26,6 +31,7 @@ from sandrun.errors import (
     EnforcementError,
     SandrunError,
 )
+from sandrun.launch import safefile
 from sandrun.sandbox.kernel import (
     AT_EMPTY_PATH,
     AT_RECURSIVE,
@@ -78,6 +84,12 @@ if TYPE_CHECKING:
 
 # Replaced by a fresh tmpfs in every privileged launch (systemd's PrivateTmp).
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # POSIX shm and semaphores too
+# Also private (an empty tmpfs of the app's): the host's sockets there (D-Bus,
+# journald, databases) are out of reach even where a profile allows AF_UNIX; what a
+# profile grants beneath it is mounted through, as beneath /tmp. No Landlock rule of
+# its own: only what is granted there can be used.
+PRIVATE_RUN = "/run"
+PRIVATE_MOUNTS = (*PRIVATE_TMP_DIRS, PRIVATE_RUN)
 DEFAULT_TMP_SIZE = "25%"  # of RAM, per tmpfs; pages are charged to the app's memory cgroup
 
 # Signals an operator sends to a service; forwarded when sent by a process (not the tty,
@@ -104,9 +116,10 @@ class RunSpec:
     `notify_bpf` (observe mode, `sandrun learn`; never in a warm record): the app loads
     this filter (`notify.observe_filter`) instead of `seccomp_bpf` and hands its
     notification listener to the launcher, whose `observer` answers every notification.
+    `app_name` names the launch's resident processes (`sandrun: <app>`).
     """
 
-    __slots__ = ("argv", "cwd", "env", "env_pass", "env_set", "gid", "hostname",
+    __slots__ = ("app_name", "argv", "cwd", "env", "env_pass", "env_set", "gid", "hostname",
                  "interpreter", "landlock", "limits", "mdwe", "notify_bpf", "privileged",
                  "rlimits", "seccomp_bpf", "state_dir", "tmp_size", "uid", "user_name",
                  "writable")
@@ -118,7 +131,7 @@ class RunSpec:
                  landlock: dict[str, Any] | None, seccomp_bpf: bytes,
                  writable: list[str] | None = None, hostname: str = "sandrun",
                  tmp_size: int = 0, limits: dict[str, Any] | None = None,
-                 notify_bpf: bytes = b"") -> None:
+                 notify_bpf: bytes = b"", app_name: str = "") -> None:
         self.privileged = privileged
         self.uid = uid
         self.gid = gid
@@ -139,6 +152,7 @@ class RunSpec:
         self.tmp_size = tmp_size
         self.limits = {} if limits is None else limits
         self.notify_bpf = notify_bpf
+        self.app_name = app_name
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -160,9 +174,15 @@ class RunSpec:
 # ---------------------------------------------------------------- the launch
 
 
-def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = (), observer: Any = None
-           ) -> int:
+def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = (), observer: Any = None,
+           *, handoff: bool = False) -> int:
     """Fork, sandbox the child, exec the app; return its exit code (128+N if killed).
+
+    `handoff` (for a caller with nothing left to do after the app, as the warm path):
+    once the app is on its way, this process execs the native supervisor
+    (`supervisor_path`), which waits, cleans up and exits with the app's code exactly
+    as this function would return it, so no Python interpreter stays resident as root
+    next to the app; then this never returns. Without the binary: as without handoff.
 
     With `spec.notify_bpf` (observe mode), `observer` (a `notify.Supervisor`) answers
     the app's notifications: `observer.start(fd)` gets the socket on which the app will
@@ -181,7 +201,7 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = (), observer: Any 
             raise EnforcementError("an observing launch needs an observer",
                                    "pass a notify.Supervisor (a sandrun bug)")
         return _observed_launch(spec, args, observer)
-    return _launch(spec, args, [])
+    return _launch(spec, args, [], handoff)
 
 
 def _observed_launch(spec: RunSpec, args: tuple[str, ...] | list[str], observer: Any) -> int:
@@ -204,7 +224,8 @@ def _observed_launch(spec: RunSpec, args: tuple[str, ...] | list[str], observer:
         observer.stop()
 
 
-def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int]) -> int:
+def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int],
+            handoff: bool = False) -> int:
     # First, before any fd or signal mask that a failure here would leave behind. Both
     # affect only the children forked below.
     if spec.privileged:
@@ -221,7 +242,7 @@ def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int]) ->
         group = cgroup.create(_cgroup_name(spec.user_name), spec.limits)
     try:
         status = _fork_and_wait(spec, [*spec.argv, *args], spec.environment(os.environ), group,
-                                fds)
+                                fds, handoff)
     except BaseException:
         if group is not None:
             try:
@@ -242,7 +263,7 @@ def _cgroup_name(user_name: str) -> str:
 
 
 def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: Any,
-                   fds: list[int]) -> int:
+                   fds: list[int], handoff: bool = False) -> int:
     """`fds` are closed (and removed) on the way out, whatever happens; in observe mode it
     holds the socket where the app sends its listener (the child's only)."""
     notify_w = fds[0] if fds else -1
@@ -251,6 +272,11 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
         if spec.landlock and not spec.privileged:  # privileged: the init builds it
             ruleset_fd = build_ruleset(spec.landlock)
             fds.append(ruleset_fd)
+        # The native supervisor, opened (and checked) once: the init execs it too.
+        helper_fd = open_supervisor()
+        if helper_fd >= 0:
+            fds.append(helper_fd)
+        listen_fds = _listen_fds()
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             cap_last = int(f.read())
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -262,7 +288,8 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
         waited = {*FORWARDED_SIGNALS, _signal.SIGCHLD}
         old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
         try:
-            child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last, notify_w)
+            child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last, notify_w,
+                           helper_fd, listen_fds)
             pid = os.fork()
             if pid == 0:
                 code = EXIT_REFUSED
@@ -302,6 +329,8 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
                 os.write(go_w, b"g")
             except BrokenPipeError:
                 pass  # the child failed before its go: its report says why
+            if handoff and helper_fd >= 0:
+                _exec_supervisor(helper_fd, spec, pid, err_r, go_w, group)  # or returns
             status = _supervise(pid, kill_leftovers=not spec.privileged)
         finally:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
@@ -343,13 +372,104 @@ def _await_go(go_r: int) -> None:
     os.close(go_r)
 
 
+# ---------------------------------------------------------------- the native supervisor
+
+# Built at install time from native/supervise.c (setup.py); absent, launches are
+# supervised by this module (the same behaviour, a resident Python interpreter).
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native",
+                          "sandrun-supervise")
+
+
+def open_supervisor() -> int:
+    """An O_RDONLY fd of the native supervisor, or -1 when it is missing or others could
+    have changed it (reached from "/" through directories only root or we can change,
+    owned by root or us, not writable by group or others)."""
+    owner = os.geteuid()
+    try:
+        dir_fd = safefile.open_trusted_dir(os.path.dirname(SUPERVISOR), owner)
+    except (safefile.UnsafePath, OSError):
+        return -1
+    try:
+        fd = os.open(os.path.basename(SUPERVISOR), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return -1
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, owner) or \
+            st.st_mode & 0o022 or not st.st_mode & 0o100:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def supervisor_status() -> tuple[bool, str]:
+    """For --dry-run and `sandrun -V`: whether launches leave the native supervisor
+    resident (True), or a Python interpreter (False), and why."""
+    fd = open_supervisor()
+    if fd >= 0:
+        os.close(fd)
+        return True, f"native ({SUPERVISOR})"
+    why = "missing" if not os.path.lexists(SUPERVISOR) else "not trusted (owner or mode)"
+    return False, (f"Python fallback: {SUPERVISOR} is {why}; reinstall sandrun with a C "
+                   "compiler (gcc) present")
+
+
+def _title(spec: RunSpec) -> str:
+    """The process title of the launch's resident processes."""
+    return f"sandrun: {spec.app_name or spec.user_name}"
+
+
+def _exec_supervisor(helper_fd: int, spec: RunSpec, child: int, err_r: int, go_w: int,
+                     group: Any) -> None:
+    """Become the native supervisor (never returns), or return if the exec failed."""
+    try:
+        nodes = group.handoff() if group is not None else []
+    except EnforcementError:
+        return  # an emulated cgroup (tests): runner._supervise
+    for fd in (err_r, go_w):
+        os.set_inheritable(fd, True)
+    title = _title(spec)
+    argv = [title, "launcher", title, str(child), str(err_r), str(go_w),
+            "0" if spec.privileged else "1", group.name if group is not None else "-",
+            *nodes]
+    try:
+        os.execve(helper_fd, argv, {})
+    except OSError:
+        pass  # runner._supervise does the same
+
+
+def _listen_fds() -> int:
+    """systemd socket activation (sd_listen_fds): how many fds from 3 on were passed to
+    this sandrun (LISTEN_PID is ours), to be passed on to the app; 0 for none."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return 0
+    raw = os.environ.get("LISTEN_FDS", "")
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= 4096:
+        raise EnforcementError(f"LISTEN_FDS={raw!r} is not a number of file descriptors",
+                               "start sandrun from a systemd .socket unit, or unset "
+                               "LISTEN_PID and LISTEN_FDS")
+    count = int(raw)
+    for fd in range(3, 3 + count):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise EnforcementError(f"LISTEN_FDS={count} but fd {fd} is not open",
+                                   "start sandrun from a systemd .socket unit, or unset "
+                                   "LISTEN_PID and LISTEN_FDS") from None
+    return count
+
+
 class _Child:
     """What the forked side needs besides the spec."""
 
-    __slots__ = ("argv", "cap_last", "env", "err_fd", "notify_fd", "ruleset_fd", "spec")
+    __slots__ = ("argv", "cap_last", "env", "err_fd", "helper_fd", "listen_fds", "notify_fd",
+                 "ruleset_fd", "spec")
 
     def __init__(self, spec: RunSpec, argv: list[str], env: dict[str, str], ruleset_fd: int,
-                 err_fd: int, cap_last: int, notify_fd: int = -1) -> None:
+                 err_fd: int, cap_last: int, notify_fd: int = -1, helper_fd: int = -1,
+                 listen_fds: int = 0) -> None:
         self.spec = spec
         self.argv = argv
         self.env = env
@@ -357,6 +477,8 @@ class _Child:
         self.err_fd = err_fd
         self.cap_last = cap_last
         self.notify_fd = notify_fd  # observe mode: where the app sends its listener
+        self.helper_fd = helper_fd  # the native supervisor (the init execs it), or -1
+        self.listen_fds = listen_fds  # socket activation: fds 3.. passed to the app
 
 
 def _listener_channel() -> tuple[int, int]:
@@ -387,7 +509,12 @@ def _load_observing_filter(child: _Child) -> None:
     sender.close()
 
 
+REPORT_MAGIC = b"SANDRUN-REPORT"  # the native supervisor reads the same format
+
+
 def _report(fd: int, stage: str, exc: BaseException) -> None:
+    """Tell the launcher why the child failed: REPORT_MAGIC, stage, message, hint and
+    exit code, each ended by NUL but the last (NUL in a text becomes U+FFFD)."""
     exit_code = EXIT_REFUSED
     hint = ""
     if isinstance(exc, SandrunError):
@@ -396,8 +523,10 @@ def _report(fd: int, stage: str, exc: BaseException) -> None:
         message = f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
     else:
         message = f"{type(exc).__name__}: {exc}"
-    payload = marshal.dumps({"stage": stage, "message": message, "hint": hint,
-                             "exit": exit_code})
+    fields = [stage, message, hint]
+    payload = b"\0".join([REPORT_MAGIC,
+                          *(f.replace("\0", "\ufffd").encode("utf-8", "replace")
+                            for f in fields), str(exit_code).encode()])
     try:
         os.write(fd, payload)
     except OSError:
@@ -415,13 +544,11 @@ def _read_report(fd: int) -> dict[str, Any] | None:
     if not chunks:
         return None
     data = b"".join(chunks)
-    try:
-        report = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
-        report = None
-    if not isinstance(report, dict):
+    fields = data.split(b"\0")
+    if len(fields) != 5 or fields[0] != REPORT_MAGIC or not fields[4].isdigit():
         return {"stage": "launch", "message": data.decode(errors="replace")}
-    return report
+    stage, message, hint = (f.decode("utf-8", "replace") for f in fields[1:4])
+    return {"stage": stage, "message": message, "hint": hint, "exit": int(fields[4])}
 
 
 def _supervise(child: int, *, kill_leftovers: bool) -> int:
@@ -513,6 +640,13 @@ def _init_process(child: _Child, go_r: int) -> int:
         os.close(child.ruleset_fd)
     if child.notify_fd >= 0:
         os.close(child.notify_fd)  # the launcher sees end of file if the app dies first
+    if child.helper_fd >= 0:
+        # The native init: same job, ~1 MB instead of this copy of the launcher. Its
+        # parent-death signal stays set across the exec (same credentials).
+        try:
+            os.execve(child.helper_fd, [_title(spec), "init", _title(spec), str(app)], {})
+        except OSError:
+            pass  # the Python init below does the same
     return _supervise(app, kill_leftovers=False)
 
 
@@ -561,17 +695,26 @@ def _new_tmpfs(options: tuple[tuple[str, str], ...]) -> int:
 
 
 def _paths_used(spec: RunSpec) -> list[str]:
-    """Every host path the launch itself names: what must stay visible to the app."""
+    """Every host path the launch itself names: what must stay visible to the app; for
+    a path that is a symbolic link, also where it leads (/etc/resolv.conf into /run)."""
     paths = [spec.state_dir, spec.cwd, spec.interpreter, *spec.writable,
              *(arg for arg in spec.argv if arg.startswith("/"))]
     if spec.landlock:
         paths += [rule[0] for rule in spec.landlock["paths"]]
+    for path in paths[:]:
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                # Only which host paths stay visible: the rules are still built with
+                # open_trusted_path, which refuses a link another user controls.
+                paths.append(os.path.realpath(path))
+        except OSError:
+            pass  # absent: an optional grant
     return paths
 
 
 def _mount_private_tmp(spec: RunSpec) -> None:
-    """A fresh tmpfs on /tmp, /var/tmp and /dev/shm: nothing of the host's, nothing left
-    after (SysV and POSIX shared memory of the app die with it).
+    """A fresh tmpfs on /tmp, /var/tmp, /dev/shm and /run: nothing of the host's,
+    nothing left after (SysV and POSIX shared memory of the app die with it).
 
     Mode 0700, owned by the app user: it is the only user in this mount namespace, so
     there is nobody to share with (01777 and its sticky-bit rules exist for users who
@@ -584,7 +727,7 @@ def _mount_private_tmp(spec: RunSpec) -> None:
                ("gid", str(spec.gid)))
     used = _paths_used(spec)
     done: set[tuple[int, int]] = set()
-    for tmp in PRIVATE_TMP_DIRS:
+    for tmp in PRIVATE_MOUNTS:
         try:
             target = open_trusted_path(tmp, directory=True)
         except (FileNotFoundError, NotADirectoryError):
@@ -671,7 +814,7 @@ def _bind_writable_noexec(spec: RunSpec) -> None:
     empty = ctypes.create_string_buffer(b"")
     attr = MountAttr(attr_set=NO_EXEC_SUID_DEV)
     for path in dict.fromkeys([spec.state_dir, *spec.writable]):
-        if path.rstrip("/") in PRIVATE_TMP_DIRS:
+        if path.rstrip("/") in PRIVATE_MOUNTS:
             continue
         try:
             fd = open_trusted_path(path)
@@ -717,7 +860,15 @@ def _enter_sandbox(child: _Child) -> None:
         _signal.signal(sig, _signal.SIG_DFL)
     keep = sorted({child.err_fd, *(fd for fd in (child.ruleset_fd, child.notify_fd)
                                    if fd >= 0)})
-    low = 3
+    low = 3 + child.listen_fds  # socket activation: fds 3.. go to the app (_listen_fds)
+    if child.listen_fds:
+        for fd in range(3, low):
+            os.set_inheritable(fd, True)
+        child.env["LISTEN_FDS"] = str(child.listen_fds)
+        child.env["LISTEN_PID"] = str(os.getpid())  # the app's, as its PID namespace sees it
+        names = os.environ.get("LISTEN_FDNAMES")
+        if names is not None:
+            child.env["LISTEN_FDNAMES"] = names
     for fd in keep:
         os.closerange(low, fd)
         low = fd + 1

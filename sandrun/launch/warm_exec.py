@@ -27,6 +27,7 @@ from __future__ import annotations
 import marshal
 import os
 import stat
+from time import time
 
 from sandrun import __version__
 from sandrun.launch import options, runner, safefile
@@ -35,7 +36,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm sta
 if TYPE_CHECKING:
     from typing import Any
 
-RECORD_FORMAT = 3
+RECORD_FORMAT = 4
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
 SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
 TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>
@@ -208,7 +209,9 @@ def _record_name(key: tuple[Any, ...]) -> str:
         from _sha256 import sha256  # builtin: hashlib would load OpenSSL (~2 ms)
     except ImportError:
         from hashlib import sha256
-    digest: str = sha256(marshal.dumps(key)).hexdigest()
+    # repr, not marshal: marshal's bytes depend on string interning, so equal keys could
+    # get different names (and needless cold starts).
+    digest: str = sha256(repr(key).encode()).hexdigest()
     return digest[:32]
 
 
@@ -270,6 +273,9 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
         return None
     if record["boot_id"] != _boot_id():
         return None
+    not_after = record.get("not_after")
+    if not_after is not None and time() >= not_after:
+        return None  # the signer's validity window ended: the cold path decides again
     for path, follow, expected in record["inputs"]:
         if identity(path, follow=follow) != expected:
             return None
@@ -293,10 +299,11 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
 
 
 def write_record(store_fd: int, key: tuple[Any, ...], inputs: list[Any], tree: str,
-                 spec: runner.RunSpec) -> None:
-    """Store the record of a launch the cold path fully checked (see launcher.save_record)."""
+                 spec: runner.RunSpec, not_after: int | None = None) -> None:
+    """Store the record of a launch the cold path fully checked (see launcher.save_record).
+    `not_after` (epoch seconds): when the decision expires by itself (a trust window)."""
     record = {"key": key, "boot_id": _boot_id(), "inputs": inputs, "tree": tree,
-              "spec": spec.to_dict()}
+              "spec": spec.to_dict(), "not_after": not_after}
     _write_record(store_fd, _record_name(key), marshal.dumps(record))
 
 
@@ -371,4 +378,4 @@ def try_warm_exec(args: ExecArgs) -> int | None:
     spec = load_record(args)
     if spec is None:
         return None
-    return runner.launch(spec, args.args)
+    return runner.launch(spec, args.args, handoff=True)  # nothing to do after the app

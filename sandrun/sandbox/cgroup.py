@@ -541,6 +541,23 @@ class Cgroup:
                                        "the process must exist; sandrun exec must run as root"
                                        ) from None
 
+    def handoff(self) -> list[str]:
+        """The nodes as the native supervisor takes them (runner._exec_supervisor), which
+        then removes the cgroup as remove() does: VERSION:BASE_FD:PARENT_FD:FD:PATH each,
+        the fds made inheritable. Only with the real kernel interface (KERNFS)."""
+        if self._ops is not KERNFS:
+            raise EnforcementError("a cgroup on an emulated kernel cannot be handed over",
+                                   "a sandrun bug: hand over only real cgroups")
+        nodes = []
+        for node in self._nodes:
+            if node.fd < 0:
+                continue
+            for fd in (node.base_fd, node.parent_fd, node.fd):
+                os.set_inheritable(fd, True)
+            nodes.append(f"{node.hierarchy.version}:{node.base_fd}:{node.parent_fd}:"
+                         f"{node.fd}:{node.path}")
+        return nodes
+
     def remove(self) -> None:
         """Kill whatever is still inside, then remove the launch cgroup (and `sandrun` when
         no other launch uses it). Idempotent; a cgroup already gone is fine.

@@ -136,3 +136,24 @@ def test_keygen_never_overwrites(lab: dict[str, Path]) -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert (lab["base"] / "release").read_bytes() == before
     assert os.stat(lab["base"] / "release").st_mode & 0o777 == 0o600
+
+
+def test_warm_start_ends_with_the_signers_validity_window(lab: dict[str, Path]) -> None:
+    """A warm record never outlives the trust it was decided under: once the signer's
+    valid_before has passed, the next start is decided again (and refused)."""
+    import time
+
+    end = time.time() + 6
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(end)) + "Z"
+    trust = policy(lab, "window.toml")
+    trust.write_text(trust.read_text() + f'valid_before = "{stamp}"\n')
+    for _ in range(2):  # cold, then warm
+        proc = run(lab, "signed.pyz", trust)
+        assert proc.returncode == 0, proc.stderr
+    records = sorted((lab["store"] / "launch").iterdir())
+    assert records, "the cold start left no warm record"
+    time.sleep(max(0.0, end - time.time()) + 1.5)
+    proc = run(lab, "signed.pyz", trust)
+    assert proc.returncode == 125, proc.stdout + proc.stderr
+    assert "trusted app ran" not in proc.stdout
+    assert "valid" in proc.stderr.lower(), proc.stderr

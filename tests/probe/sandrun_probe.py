@@ -541,9 +541,9 @@ def write_outside(directory: str) -> str:
 
 @attack
 def write_runlock(_: str) -> str:
-    """Create a file in /run/lock (1777 and shared with the host: DAC allows it; Landlock:
-    EACCES). /tmp, /var/tmp and /dev/shm are the sandbox's own private tmpfs, writable by
-    design."""
+    """Create a file in the host's /run/lock (1777: DAC would allow it). The sandbox has a
+    private /run, so it is not there (ENOENT); /tmp, /var/tmp and /dev/shm are the
+    sandbox's own private tmpfs, writable by design."""
     path = f"/run/lock/sandrun-probe-{os.getpid()}"
     create_file(path)
     os.unlink(path)

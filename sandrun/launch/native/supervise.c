@@ -1,0 +1,486 @@
+/* sandrun-supervise: what stays resident next to a running app, as small as a process
+ * can be (~1 MB RSS instead of a root Python interpreter).
+ *
+ * The Python launcher decides and sets up everything (sandrun/launch/runner.py), then
+ * execs this program in two places:
+ *
+ *   sandrun-supervise launcher TITLE CHILD ERR_FD GO_FD KILL_LEFTOVERS CGROUP [NODE...]
+ *       in the launcher, once its child has the go: forward the signals an operator
+ *       sends, wait for CHILD, report a failed setup (the child's report on ERR_FD),
+ *       kill and remove the launch cgroup, exit with the app's code (128+N if killed
+ *       by signal N). GO_FD is held open until the end: the child sees end of file
+ *       there if the launcher is gone. KILL_LEFTOVERS (1: not root, no PID namespace)
+ *       kills what got reparented to us. NODE = VERSION:BASE_FD:PARENT_FD:FD:PATH,
+ *       one per cgroup hierarchy of the launch cgroup named CGROUP ("-": none).
+ *   sandrun-supervise init TITLE APP
+ *       PID 1 of the app's PID namespace, once it forked the app: reap, forward
+ *       signals to APP, exit with its code. Its parent-death signal (SIGKILL, set
+ *       before the exec and kept by it: same credentials) takes the namespace down
+ *       with the launcher.
+ *
+ * Exactly what runner._supervise, runner._read_report and cgroup.Cgroup.remove do in
+ * Python (the fallback when this binary is missing); keep them in step. The process
+ * title (argv and comm) becomes TITLE ("sandrun: <app>").
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_REFUSED 125
+#define MAX_NODES 16
+#define REPORT_MAGIC "SANDRUN-REPORT"
+#define EMPTY_TIMEOUT_NS 2000000000LL /* cgroup._EMPTY_TIMEOUT */
+#define KILL_ROUNDS 50                /* cgroup._KILL_ROUNDS */
+
+static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2,
+                                SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU};
+
+struct node {
+    int version, base_fd, parent_fd, fd;
+    const char *path;
+};
+
+static void set_title(int argc, char **argv, const char *title) {
+    /* argv's strings are contiguous: overwrite them all (what /proc/PID/cmdline shows) */
+    char *start = argv[0], *end = argv[argc - 1] + strlen(argv[argc - 1]);
+    size_t room = (size_t)(end - start), len = strlen(title);
+    char copy[256];
+    snprintf(copy, sizeof copy, "%s", title); /* TITLE itself lies in that area */
+    memset(start, 0, room + 1);
+    len = len < room ? len : room;
+    memcpy(start, copy, len);
+    /* A last byte that is not NUL tells the kernel the title was rewritten: it shows
+     * up to the first NUL, not the padding (which ps would show as blanks). */
+    if (room > len)
+        start[room] = ' ';
+    prctl(PR_SET_NAME, (unsigned long)copy, 0, 0, 0); /* comm: first 15 bytes */
+}
+
+static void block_signals(sigset_t *set) {
+    sigemptyset(set);
+    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+        sigaddset(set, forwarded[i]);
+    sigaddset(set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, set, NULL);
+}
+
+static int exit_code(int status) {
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    return 128 + WTERMSIG(status);
+}
+
+/* Reap every exited child; 1 and *code if `child` was among them. */
+static int reap(pid_t child, int *code) {
+    int found = 0, status;
+    for (;;) {
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            return found;
+        if (pid == child) {
+            *code = exit_code(status);
+            found = 1;
+        }
+    }
+}
+
+/* Wait for `child`, forwarding signals sent by processes (si_code <= 0: SI_USER,
+ * SI_QUEUE, SI_TKILL); the kernel's (a tty's) already reached its process group. */
+static int supervise(pid_t child, const sigset_t *set) {
+    int code = 0;
+    if (reap(child, &code)) /* exited before SIGCHLD was blocked (started by hand) */
+        return code;
+    for (;;) {
+        siginfo_t info;
+        if (sigwaitinfo(set, &info) < 0)
+            continue; /* EINTR */
+        if (info.si_signo == SIGCHLD) {
+            if (reap(child, &code))
+                return code;
+        } else if (info.si_code <= 0) {
+            kill(child, info.si_signo);
+        }
+    }
+}
+
+static void sleep_ns(long long ns) {
+    struct timespec ts = {ns / 1000000000LL, ns % 1000000000LL};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Non-root fallback for the PID namespace: kill what got reparented to us. */
+static void kill_orphans(void) {
+    char me[32];
+    int dummy;
+    snprintf(me, sizeof me, "%d", (int)getpid());
+    for (int round = 0; round < 10; round++) {
+        int found = 0;
+        DIR *proc = opendir("/proc");
+        if (!proc)
+            return;
+        struct dirent *entry;
+        while ((entry = readdir(proc))) {
+            if (entry->d_name[0] < '0' || entry->d_name[0] > '9')
+                continue;
+            char path[300], buf[1024];
+            snprintf(path, sizeof path, "/proc/%s/stat", entry->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                continue;
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n <= 0)
+                continue;
+            buf[n] = 0;
+            char *paren = strrchr(buf, ')'); /* comm may hold anything but not after ')' */
+            char state, ppid[32];
+            if (!paren || sscanf(paren + 1, " %c %31s", &state, ppid) != 2)
+                continue;
+            if (strcmp(ppid, me) == 0) {
+                found = 1;
+                kill(atoi(entry->d_name), SIGKILL);
+            }
+        }
+        closedir(proc);
+        reap(-1, &dummy);
+        if (!found)
+            return;
+    }
+}
+
+/* ------------------------------------------------------------ the launch cgroup */
+
+/* A small cgroupfs file under dir_fd, NUL-terminated; -1 and errno on failure. */
+static ssize_t read_at(int dir_fd, const char *name, char *buf, size_t size) {
+    int fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = 0;
+    while (len < size - 1) {
+        ssize_t n = read(fd, buf + len, size - 1 - len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = 0;
+    return (ssize_t)len;
+}
+
+static int write_at(int dir_fd, const char *name, const char *text) {
+    int fd = openat(dir_fd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = write(fd, text, strlen(text));
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+static int gone(int err) { return err == ENOENT || err == ENODEV; }
+
+/* 1 while the v2 cgroup holds processes; 0 empty; -1 error */
+static int populated(int fd) {
+    char buf[4096];
+    if (read_at(fd, "cgroup.events", buf, sizeof buf) < 0)
+        return -1;
+    return strstr(buf, "populated 0") ? 0 : 1;
+}
+
+/* Up to `max` pids of a cgroup.procs text. */
+static int parse_pids(char *text, int *pids, int max) {
+    int count = 0;
+    for (char *word = strtok(text, " \n"); word && count < max; word = strtok(NULL, " \n"))
+        pids[count++] = atoi(word);
+    return count;
+}
+
+/* SIGKILL the pids listed in `list` (read from fd's cgroup.procs) through pidfds taken
+ * before looking again: a pid that exited and was reused outside is never hit. */
+static void kill_listed(int fd, char *list) {
+    static int pids[4096], still[4096];
+    int pidfds[4096], count = 0, listed = parse_pids(list, pids, 4096);
+    for (int i = 0; i < listed; i++) {
+        int pidfd = (int)syscall(SYS_pidfd_open, pids[i], 0);
+        if (pidfd >= 0) {
+            pids[count] = pids[i];
+            pidfds[count++] = pidfd;
+        }
+    }
+    char text[65536];
+    int remaining = read_at(fd, "cgroup.procs", text, sizeof text) < 0
+                        ? 0 : parse_pids(text, still, 4096);
+    for (int i = 0; i < count; i++) {
+        for (int j = 0; j < remaining; j++) {
+            if (still[j] == pids[i]) {
+                syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, NULL, 0);
+                break;
+            }
+        }
+        close(pidfds[i]);
+    }
+}
+
+/* Kill every process in the node: 1 once none is left (or it is gone), 0 if some
+ * survive, -1 with errno on another error. */
+static int empty_node(struct node *node) {
+    char buf[65536];
+    if (node->version == 2 && faccessat(node->fd, "cgroup.kill", F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+        int p = populated(node->fd);
+        if (p < 0)
+            return gone(errno) ? 1 : -1;
+        if (p && write_at(node->fd, "cgroup.kill", "1") < 0)
+            return gone(errno) ? 1 : -1;
+        long long deadline = now_ns() + EMPTY_TIMEOUT_NS, delay = 200000;
+        for (;;) {
+            p = populated(node->fd);
+            if (p < 0)
+                return gone(errno) ? 1 : -1;
+            if (!p)
+                return 1;
+            if (now_ns() > deadline)
+                return 0;
+            sleep_ns(delay);
+            delay = delay * 2 < 20000000 ? delay * 2 : 20000000;
+        }
+    }
+    for (int round = 0; round < KILL_ROUNDS; round++) {
+        ssize_t n = read_at(node->fd, "cgroup.procs", buf, sizeof buf);
+        if (n < 0)
+            return gone(errno) ? 1 : -1;
+        if (strspn(buf, " \n") == (size_t)n)
+            return 1;
+        kill_listed(node->fd, buf);
+        long long pause = 500000LL * (round + 1);
+        sleep_ns(pause < 20000000 ? pause : 20000000);
+    }
+    ssize_t n = read_at(node->fd, "cgroup.procs", buf, sizeof buf);
+    if (n < 0)
+        return gone(errno) ? 1 : -1;
+    return strspn(buf, " \n") == (size_t)n;
+}
+
+/* rmdir the launch dir, retrying while killed processes leave; then `sandrun` (EBUSY
+ * while other launches use it). 1 done, 0 still busy, -1 with errno. */
+static int remove_node(struct node *node, const char *name) {
+    long long deadline = now_ns() + EMPTY_TIMEOUT_NS, delay = 200000;
+    for (;;) {
+        if (unlinkat(node->parent_fd, name, AT_REMOVEDIR) == 0 || gone(errno))
+            break;
+        if (errno != EBUSY)
+            return -1;
+        if (now_ns() > deadline)
+            return 0;
+        sleep_ns(delay);
+        delay = delay * 2 < 20000000 ? delay * 2 : 20000000;
+    }
+    unlinkat(node->base_fd, "sandrun", AT_REMOVEDIR);
+    return 1;
+}
+
+/* cgroup.Cgroup.remove: v2 first (cgroup.kill ends every process at once). Appends the
+ * problems to `problems`; returns how many there were. */
+static int remove_cgroup(struct node *nodes, int count, const char *name, char *problems,
+                         size_t size) {
+    int found = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < count; i++) {
+            struct node *node = &nodes[i];
+            if ((node->version == 2) != (pass == 0))
+                continue;
+            const char *what = NULL;
+            int result = empty_node(node);
+            if (result == 0)
+                what = "processes survived SIGKILL";
+            else if (result > 0 && (result = remove_node(node, name)) == 0)
+                what = "still busy";
+            if (result < 0)
+                what = strerror(errno);
+            if (what) {
+                size_t used = strlen(problems);
+                snprintf(problems + used, size - used, "%s%s: %s", found ? "; " : "",
+                         node->path, what);
+                found++;
+            }
+        }
+    }
+    return found;
+}
+
+/* ------------------------------------------------------------ the child's report */
+
+/* runner._report: "SANDRUN-REPORT\0stage\0message\0hint\0exit code"; anything else is
+ * printed as it is. Returns the exit code to use, or -1 when there was no report. */
+static int print_report(int fd) {
+    static char data[65536];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, data + len, sizeof data - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || len + (size_t)n >= sizeof data - 1) {
+            if (n > 0)
+                len += (size_t)n;
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    if (len == 0)
+        return -1;
+    data[len] = 0;
+    const char *field[5];
+    size_t at = 0;
+    int fields = 0;
+    while (fields < 5 && at <= len) {
+        field[fields++] = data + at;
+        at += strlen(data + at) + 1;
+    }
+    if (fields == 5 && strcmp(field[0], REPORT_MAGIC) == 0) {
+        fprintf(stderr, "sandrun: error: the sandbox could not be set up (%s): %s\n", field[1],
+                field[2]);
+        if (field[3][0])
+            fprintf(stderr, "  hint: %s\n", field[3]);
+        int code = atoi(field[4]);
+        return code > 0 && code < 256 ? code : EXIT_REFUSED;
+    }
+    fprintf(stderr, "sandrun: error: the sandbox could not be set up (launch): %.*s\n",
+            (int)len, data);
+    return EXIT_REFUSED;
+}
+
+/* ------------------------------------------------------------ main */
+
+static int parse_int(const char *text, int *value) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < -1 || v > 0x7fffffff)
+        return -1;
+    *value = (int)v;
+    return 0;
+}
+
+static int parse_node(char *text, struct node *node) {
+    char *parts[5];
+    for (int i = 0; i < 4; i++) {
+        parts[i] = text;
+        text = strchr(text, ':');
+        if (!text)
+            return -1;
+        *text++ = 0;
+    }
+    parts[4] = text;
+    node->path = parts[4];
+    return parse_int(parts[0], &node->version) || parse_int(parts[1], &node->base_fd) ||
+                   parse_int(parts[2], &node->parent_fd) || parse_int(parts[3], &node->fd)
+               ? -1
+               : 0;
+}
+
+static int compare_int(const void *a, const void *b) {
+    return *(const int *)a - *(const int *)b;
+}
+
+/* Close every fd from 3 on but `keep` (sorted here): nothing the launcher or a
+ * socket-activating systemd passed stays open in the resident process. */
+static void close_others(int *keep, int count) {
+    if (count)
+        qsort(keep, (size_t)count, sizeof *keep, compare_int);
+    unsigned int low = 3;
+    for (int i = 0; i < count; i++) {
+        if (keep[i] < (int)low)
+            continue;
+        if ((unsigned int)keep[i] > low)
+            syscall(SYS_close_range, low, (unsigned int)keep[i] - 1, 0);
+        low = (unsigned int)keep[i] + 1;
+    }
+    syscall(SYS_close_range, low, ~0U, 0);
+}
+
+static int usage(void) {
+    fprintf(stderr, "sandrun-supervise: started wrongly (it is run by sandrun exec only)\n");
+    return EXIT_REFUSED;
+}
+
+int main(int argc, char **argv) {
+    sigset_t set;
+    block_signals(&set); /* already blocked by the launcher: nothing sent is lost */
+    if (argc == 4 && strcmp(argv[1], "init") == 0) {
+        int app;
+        if (parse_int(argv[3], &app) || app <= 0)
+            return usage();
+        set_title(argc, argv, argv[2]);
+        close_others(NULL, 0);
+        return supervise(app, &set);
+    }
+    if (argc < 8 || strcmp(argv[1], "launcher") != 0)
+        return usage();
+    int child, err_fd, go_fd, kill_leftovers, count = argc - 8;
+    struct node nodes[MAX_NODES];
+    if (parse_int(argv[3], &child) || child <= 0 || parse_int(argv[4], &err_fd) ||
+        parse_int(argv[5], &go_fd) || parse_int(argv[6], &kill_leftovers) ||
+        count > MAX_NODES)
+        return usage();
+    static char name[256], title[256];
+    snprintf(name, sizeof name, "%s", argv[7]);
+    snprintf(title, sizeof title, "%s", argv[2]);
+    static char node_text[MAX_NODES][4096];
+    for (int i = 0; i < count; i++) {
+        snprintf(node_text[i], sizeof node_text[i], "%s", argv[8 + i]);
+        if (parse_node(node_text[i], &nodes[i]))
+            return usage();
+    }
+    set_title(argc, argv, title);
+    int keep[2 + 3 * MAX_NODES], kept = 0;
+    keep[kept++] = err_fd;
+    keep[kept++] = go_fd;
+    for (int i = 0; i < count; i++) {
+        keep[kept++] = nodes[i].base_fd;
+        keep[kept++] = nodes[i].parent_fd;
+        keep[kept++] = nodes[i].fd;
+    }
+    close_others(keep, kept);
+    int code = supervise(child, &set);
+    if (kill_leftovers)
+        kill_orphans();
+    int reported = print_report(err_fd);
+    close(go_fd);
+    static char problems[8192];
+    if (count && remove_cgroup(nodes, count, name, problems, sizeof problems) && reported < 0) {
+        fprintf(stderr,
+                "sandrun: error: cannot remove the launch cgroup: %s\n"
+                "  hint: processes stuck in the kernel (D state) cannot be killed; look at "
+                "/proc/<pid>/stack, then remove the cgroup\n",
+                problems);
+        return EXIT_REFUSED;
+    }
+    return reported >= 0 ? reported : code;
+}
