@@ -7,12 +7,14 @@ pays only for what the launch path needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -39,6 +41,50 @@ def _record_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> 
 def _verbose_option() -> click.Option:
     return click.Option(list(VERBOSE.names), is_flag=True, expose_value=False,
                         callback=_record_verbose, help=VERBOSE.help)
+
+
+QUIET_HELP = "Print nothing on stdout (errors still go to stderr; same exit code)."
+JSON_HELP = "Print the report as one JSON document on stdout."
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _report_options(function: _Function) -> _Function:
+    """-q/--quiet and --json, as every command that reports has them."""
+    function = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(function)
+    return click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)(function)
+
+
+def _ignore(*_: object, **__: object) -> None:
+    """What -q and --json print of a report meant for a human."""
+
+
+def _one_output(quiet: bool, as_json: bool) -> None:
+    if quiet and as_json:
+        raise click.UsageError("-q prints nothing and --json prints JSON: choose one")
+
+
+def _print_json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def _app_stdout_to_stderr(redirect: bool) -> Iterator[None]:
+    """While the app runs, its stdout goes to stderr (learn -q/--json: stdout is sandrun's
+    report alone). The saved fd is close-on-exec, and the launch closes fds > 2 anyway."""
+    if not redirect:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -88,7 +134,20 @@ def _exec_options(command: click.Command) -> click.Command:
 
 # Options end at the first word that is not one (the bundle): everything after it is the
 # app's, untouched. Before it, an unknown option is a usage error, not the bundle path.
+_EXEC_QUIET_HELP = ("With --dry-run: print nothing on stdout (the exit code says run or "
+                    "refuse; the reasons go to stderr).")
+
+
+def _exec_quiet(command: click.Command) -> click.Command:
+    """-q/--quiet of exec, until options.EXEC_OPTIONS has it (then it comes from there)."""
+    if not any(option.dest == "quiet" for option in EXEC_OPTIONS):
+        command.params.append(click.Option(["-q", "--quiet", "quiet"], is_flag=True,
+                                           help=_EXEC_QUIET_HELP))
+    return command
+
+
 @_exec_options
+@_exec_quiet
 @cli.command(name="exec", context_settings={"allow_interspersed_args": False})
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -110,14 +169,18 @@ def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
     if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
         args = args[1:]
     options = ExecOptions(bundle=bundle_path, args=args, **exec_option_fields(values))
-    dry_run, as_json = options.dry_run, values["as_json"]
-    if as_json and not dry_run:
-        raise click.UsageError("--json goes with --dry-run (a launch prints what the app "
-                               "prints)")
+    dry_run, as_json, quiet = options.dry_run, values["as_json"], values["quiet"]
+    if (as_json or quiet) and not dry_run:
+        raise click.UsageError(f"{'--json' if as_json else '-q'} goes with --dry-run (a "
+                               "launch prints what the app prints)")
+    _one_output(quiet, as_json)
     plan = decide(options)
     if dry_run:
         if as_json:
-            click.echo(json.dumps(plan_to_json(plan), indent=2, sort_keys=True))
+            _print_json(plan_to_json(plan))
+        elif quiet:
+            for refusal in plan.refusals:
+                click.echo(f"sandrun: error: would refuse: {refusal.diagnostics()}", err=True)
         else:
             click.echo(render_plan(plan))
         return EXIT_REFUSED if plan.refusals else 0
@@ -156,10 +219,14 @@ def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
 @click.option("--allow-dangerous", "allow_dangerous", multiple=True, metavar="SYSCALL",
               help="Approve this dangerous syscall by name (repeatable); a blanket approval "
               "never grants one.")
+@_report_options
 @click.argument("bundle_path", metavar="BUNDLE")
-def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
-            bundle_path: str) -> int:
-    """Show what BUNDLE's embedded profile asks for beyond `default`; record approval."""
+def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...], quiet: bool,
+            as_json: bool, bundle_path: str) -> int:
+    """Show what BUNDLE's embedded profile asks for beyond `default`; record approval.
+
+    -q and --json never ask: give --yes to approve (--json: what was asked for and what
+    was recorded)."""
     from sandrun.bundle.archive import parse_archive
     from sandrun.bundle.manifest import PROFILE_NAME
     from sandrun.bundle.verify import verify_archive
@@ -168,6 +235,7 @@ def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
     from sandrun.launch.safefile import read_bundle
     from sandrun.launch.store import default_store_path
 
+    _one_output(quiet, as_json)
     data, sha256 = read_bundle(bundle_path)
     result = verify_archive(parse_archive(data, bundle_path))
     result.raise_for_problems(f"bundle {bundle_path}")
@@ -182,29 +250,43 @@ def approve(store: str | None, yes: bool, allow_dangerous: tuple[str, ...],
     extra = consent.extra_grants(requested, [consent.default_profile()])
     ceilings = consent.load_ceilings(store_obj, app)
     new = consent.check_consent(requested, ceilings)
-    click.echo(f"{bundle_path}: app {app} {result.manifest.app_version}, "
-               f"{result.signature_status.describe()}")
+    report = {"bundle": bundle_path, "sha256": sha256, "app": app,
+              "version": result.manifest.app_version,
+              "signature": result.signature_status.describe(),
+              "grants": [{"key": g.key, "value": g.value, "danger": g.danger,
+                          "approved_before": bool(ceilings) and g not in new}
+                         for g in extra],
+              "approval_needed": bool(new), "approved": False, "record": None,
+              "allow_dangerous": list(allow_dangerous)}
+    say = click.echo if not (quiet or as_json) else _ignore
+    say(f"{bundle_path}: app {app} {result.manifest.app_version}, "
+        f"{result.signature_status.describe()}")
     if not extra:
-        click.echo("  the embedded profile grants nothing beyond `default`: no approval "
-                   "needed")
-        return 0
-    click.echo(f"  asks for {len(extra)} grant(s) beyond `default`"
-               + (f" ({len(new)} not yet approved)" if ceilings else "") + ":")
-    for grant in extra:
-        mark = "!" if grant.danger else " "
-        state = "" if grant in new or not ceilings else "  (approved before)"
-        click.echo(f"  {mark} {grant}{state}")
-    if not new:
-        click.echo("  everything is already approved")
-        return 0
-    if not yes:
+        say("  the embedded profile grants nothing beyond `default`: no approval needed")
+    else:
+        say(f"  asks for {len(extra)} grant(s) beyond `default`"
+            + (f" ({len(new)} not yet approved)" if ceilings else "") + ":")
+        for grant in extra:
+            mark = "!" if grant.danger else " "
+            state = "" if grant in new or not ceilings else "  (approved before)"
+            say(f"  {mark} {grant}{state}")
+        if not new:
+            say("  everything is already approved")
+    if new and not yes:
+        if quiet or as_json:
+            raise click.UsageError(f"{'-q' if quiet else '--json'} does not ask: pass --yes "
+                                   "to approve")
         if not sys.stdin.isatty():
             raise click.UsageError("not a terminal: pass --yes to approve without asking")
         if not click.confirm(f"approve these grants for app {app!r}?", default=False):
             click.echo("not approved", err=True)
             return 1
-    path = consent.record_approval(store_obj, app, requested, sha256, allow_dangerous)
-    click.echo(f"approved: {path}")
+    if new:
+        path = consent.record_approval(store_obj, app, requested, sha256, allow_dangerous)
+        report.update(approved=True, record=str(path))
+        say(f"approved: {path}")
+    if as_json:
+        _print_json(report)
     return 0
 
 
@@ -214,43 +296,66 @@ def profile() -> None:
 
 
 @profile.command(name="list")
-def profile_list() -> None:
+@_report_options
+def profile_list(quiet: bool, as_json: bool) -> None:
     """Shipped profiles and what they are for."""
     from sandrun.config.profile import shipped_profiles
 
+    _one_output(quiet, as_json)
     items = shipped_profiles()
+    if as_json:
+        _print_json([{"name": name, "description": text} for name, text in items])
+        return
     width = max((len(n) for n, _ in items), default=0)
     for name, description in items:
-        click.echo(f"{name:<{width}}  {description}")
+        if not quiet:
+            click.echo(f"{name:<{width}}  {description}")
 
 
 @profile.command(name="show")
+@_report_options
 @click.argument("name_or_file", metavar="NAME|FILE")
-def profile_show(name_or_file: str) -> None:
+def profile_show(quiet: bool, as_json: bool, name_or_file: str) -> None:
     """The fully resolved profile, and what this kernel enforces of it."""
-    from sandrun.config.profile import load_profile, render_toml
+    from sandrun.config.profile import load_profile, profile_to_json, render_toml
     from sandrun.sandbox.report import enforcement_summary
 
+    _one_output(quiet, as_json)
     resolved = load_profile(name_or_file)
+    if quiet:
+        return  # it loaded: the exit code says it is valid
+    summary = enforcement_summary(resolved)
+    if as_json:
+        _print_json({"source": resolved.source, "files": list(resolved.files),
+                     "profile": profile_to_json(resolved), "enforcement": summary})
+        return
     click.echo(render_toml(resolved).rstrip())
     click.echo("")
-    for line in enforcement_summary(resolved):
+    for line in summary:
         click.echo(f"# {line}")
 
 
 @profile.command(name="check")
+@_report_options
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
-def profile_check(files: tuple[str, ...]) -> int:
+def profile_check(quiet: bool, as_json: bool, files: tuple[str, ...]) -> int:
     """Validate profile files; report every problem (exit 1 if any)."""
     from sandrun.config.profile import check_files
 
+    _one_output(quiet, as_json)
     problems = check_files(list(files))
+    if as_json:
+        _print_json({"ok": not problems, "files": list(files),
+                     "problems": [{"where": p.where, "what": p.what, "hint": p.hint}
+                                  for p in problems]})
+        return 1 if problems else 0
     for problem in problems:
         click.echo(f"{problem}", err=True)
     if problems:
         click.echo(f"sandrun: {len(problems)} problem(s) in {len(files)} file(s)", err=True)
         return 1
-    click.echo(f"{len(files)} profile(s) OK")
+    if not quiet:
+        click.echo(f"{len(files)} profile(s) OK")
     return 0
 
 
@@ -313,9 +418,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def _learn_options(command: click.Command) -> click.Command:
-    """`learn` takes exec's options (same table) but --dry-run, --json and --explain."""
+    """`learn` takes exec's options (same table) but --dry-run, --json, -q and --explain
+    (it has -q and --json of its own)."""
     command.params[:0] = [_click_option(option) for option in EXEC_OPTIONS
-                          if option.dest not in ("dry_run", "as_json", "explain")]
+                          if option.dest not in ("dry_run", "as_json", "quiet", "explain")]
     return command
 
 
@@ -326,10 +432,16 @@ def _learn_options(command: click.Command) -> click.Command:
 @click.option("--check", "check_profile", metavar="PROFILE",
               help="Instead of learning: replay under enforcement with PROFILE and fail "
               "if anything is still denied.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stdout (the app's own "
+              "stdout goes to stderr; errors and warnings still go to stderr; same exit "
+              "code).")
+@click.option("--json", "as_json", is_flag=True, help="Print the changes, what was not "
+              "granted and the denials as one JSON document on stdout (the app's own stdout "
+              "goes to stderr).")
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def learn(bundle_path: str, args: tuple[str, ...], output: str | None,
-          check_profile: str | None, **values: Any) -> int:
+          check_profile: str | None, quiet: bool, as_json: bool, **values: Any) -> int:
     """Run BUNDLE observed and print the grants its profile lacks (-o: write the profile).
 
     Servers: learn while you exercise them, then stop with Ctrl-C or SIGTERM (forwarded
@@ -348,6 +460,8 @@ def learn(bundle_path: str, args: tuple[str, ...], output: str | None,
         raise click.UsageError("--check replays a profile, -o writes one: use one of them")
     if check_profile and values.get("profile"):
         raise click.UsageError("--check PROFILE is the profile to replay: drop -p")
+    _one_output(quiet, as_json)
+    report = click.echo if not (quiet or as_json) else _ignore
     fields = exec_option_fields(values)
     if check_profile:
         fields["profile"] = check_profile
@@ -356,19 +470,25 @@ def learn(bundle_path: str, args: tuple[str, ...], output: str | None,
     def notice(message: str) -> None:
         click.echo(f"sandrun: {message}", err=True)
 
+    def report_notice(message: str) -> None:  # --check's report (stderr): -q/--json drop it
+        report(f"sandrun: {message}", err=True)
+
     if check_profile:
-        result = learning.check(options, notice)
+        with _app_stdout_to_stderr(quiet or as_json):
+            result = learning.check(options, notice)
         for error in result.observation.errors:
             notice(f"warning: observer: {error}")
         code = result.observation.exit_code
         denied = learning.still_denied(result)
-        notice(f"learn --check: {learning.summary(result)} under {check_profile}")
+        if as_json:
+            _print_json(learning.result_json(result, learning.CHECK))
+        report_notice(f"learn --check: {learning.summary(result)} under {check_profile}")
         for line in denied:
-            notice(f"  denied: {line}")
+            report_notice(f"  denied: {line}")
         for line in result.learned.unresolved:
-            notice(f"  denied: {line}")
+            report_notice(f"  denied: {line}")
         for line in result.learned.skipped:
-            notice(f"  note: {line}")
+            report_notice(f"  note: {line}")
         if denied:
             notice(f"learn --check: FAILED: {len(denied)} denial(s) a profile could lift "
                    f"(sandrun learn -p {check_profile} -o NEW.toml BUNDLE -- ARGS adds them)")
@@ -379,30 +499,34 @@ def learn(bundle_path: str, args: tuple[str, ...], output: str | None,
                    + (" (see the denials above)" if coped else
                       " (nothing a profile grants was denied)"))
             return code
-        notice("learn --check: OK: the app succeeded and nothing was denied" if not coped else
-               f"learn --check: OK: the app succeeded; it coped with {len(coped)} denial(s)")
+        report_notice("learn --check: OK: the app succeeded and nothing was denied"
+                      if not coped else "learn --check: OK: the app succeeded; it coped "
+                      f"with {len(coped)} denial(s)")
         return 0
 
-    result = learning.learn(options, output, notice)
+    with _app_stdout_to_stderr(quiet or as_json):
+        result = learning.learn(options, output, notice)
     for error in result.observation.errors:
         notice(f"warning: observer: {error}")
     code = result.observation.exit_code
-    click.echo(f"learned from: {learning.summary(result)}")
+    if as_json:
+        _print_json(learning.result_json(result, learning.LEARN, output))
+    report(f"learned from: {learning.summary(result)}")
     added = result.learned.changes
-    click.echo(f"changes to {result.source}:" if added else
-               f"changes to {result.source}: none (it covers this run)")
+    report(f"changes to {result.source}:" if added else
+           f"changes to {result.source}: none (it covers this run)")
     for change in added:
-        click.echo(f"  {change}")
+        report(f"  {change}")
     skipped = result.learned.not_granted()
     if skipped:
-        click.echo("not granted:")
+        report("not granted:")
         for line in skipped:
-            click.echo(f"  - {line}")
+            report(f"  - {line}")
     if output:
-        click.echo(f"wrote {output}: the complete profile (sandrun exec -p {output} "
-                   f"{bundle_path})")
+        report(f"wrote {output}: the complete profile (sandrun exec -p {output} "
+               f"{bundle_path})")
     else:
-        click.echo("no profile written (-o PROFILE.toml writes the complete profile)")
+        report("no profile written (-o PROFILE.toml writes the complete profile)")
     # A server stopped with Ctrl-C or SIGTERM has done what it was meant to.
     if code not in (0, 130, 143):
         notice(f"warning: the app exited with {code}: the profile covers what it did "

@@ -19,7 +19,13 @@ corpus skips only when PyPI is unreachable and the cache is empty.
 shipped profile plus runtime flags. Set SANDRUN_CORPUS_RESULTS=FILE to get the per-app
 results as JSON (the README's corpus table is made from it). SANDRUN_CORPUS_LEARN=1 runs
 the corpus through `sandrun learn` instead: each run is learned, then replayed under the
-learned profile alone, with the same checks.
+learned profile alone, with the same checks. SANDRUN_CORPUS_APPS=black,mypy bundles and
+runs only those apps.
+
+Every denial a step shows is explained: such a step runs with `sandrun exec --explain` and
+its stderr must name the profile key that would allow it (`explains`); and
+`test_a_missing_key_is_explained` runs one app under a shipped profile that lacks the key
+it needs.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ SOURCES = CORPUS / "src"
 WHEELS = Path(os.environ.get("SANDRUN_CORPUS_WHEELS",
                              Path.home() / ".cache" / "sandrun-tests" / "corpus-wheels"))
 RESULTS_FILE = os.environ.get("SANDRUN_CORPUS_RESULTS")
+# SANDRUN_CORPUS_APPS=black,mypy: bundle and run only these apps (while working on them).
+ONLY = {a for a in os.environ.get("SANDRUN_CORPUS_APPS", "").split(",") if a}
 # SANDRUN_CORPUS_LEARN=1: every run is first learned (`sandrun learn -o`, from the app's
 # profile without its runtime grants), then replayed under the learned profile alone with
 # the same checks.
@@ -77,7 +85,7 @@ TOP_KEYS = {"app", "requirements", "sources", "console_script", "entry_point", "
             "profile_lines", "flags", "shm", "files", "sqlite", "test_server", "steps",
             "server", "xfail", "notes"}
 STEP_KEYS = {"args", "flags", "cwd", "exit", "stdout", "stderr", "files", "phase",
-             "profile", "shows_denial"}
+             "profile", "shows_denial", "explains"}
 SERVER_KEYS = {"args", "flags", "ready", "ready_log", "requests", "stop_log", "forbid_log",
                "stop_exit", "state_files"}
 REQUEST_KEYS = {"path", "body", "status", "contains"}
@@ -98,6 +106,7 @@ class Step:
     phase: str  # before | during (the server runs) | after
     profile: str | None  # another shipped profile for this step (e.g. a client)
     shows_denial: bool  # documents what the profile denies (a learned one allows it)
+    explains: tuple[str, ...]  # run with --explain: profile keys its stderr must name
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,10 @@ def load_spec(path: Path) -> Spec:
             stdout=_strings(raw.get("stdout", []), where),
             stderr=_strings(raw.get("stderr", []), where),
             files=dict(raw.get("files", {})), phase=phase, profile=raw.get("profile"),
-            shows_denial=bool(raw.get("shows_denial", False))))
+            shows_denial=bool(raw.get("shows_denial", False)),
+            explains=_strings(raw.get("explains", []), where)))
+        assert steps[-1].shows_denial or not steps[-1].explains, \
+            f"{where} steps[{i}]: explains goes with shows_denial"
     server = None
     if "server" in data:
         raw = data["server"]
@@ -320,7 +332,8 @@ def corpus(require_root: None, require_landlock: int, require_seccomp: None
         try:
             found = Corpus(root=root, store=root / "store")
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                jobs = {s.app: pool.submit(build_bundle, s, root) for s in SPECS}
+                jobs = {s.app: pool.submit(build_bundle, s, root) for s in SPECS
+                        if not ONLY or s.app in ONLY}
                 for app, job in jobs.items():
                     try:
                         found.bundles[app] = job.result()
@@ -393,6 +406,7 @@ class AppRun:
         self.learned = 0
         self.learned_changes: list[str] = []  # what `learn` added to the profile
         self.flags_used: list[str] = []
+        self.explained: list[str] = []  # keys --explain named for denials the steps show
 
     def expand(self, items: tuple[str, ...] | list[str]) -> list[str]:
         out = []
@@ -404,10 +418,11 @@ class AppRun:
 
     def exec_argv(self, flags: tuple[str, ...], args: tuple[str, ...],
                   profile: str | None = None, learned: Path | None = None,
-                  command: str = "exec") -> list[str]:
-        """`sandrun exec` (or `learn`) of the bundle with the profile and flags. With
-        `learned`: `exec -p LEARNED` without the grant flags (replaying a learned
-        profile); with command="learn": learn into LEARNED from the profile without them."""
+                  command: str = "exec", explain: bool = False) -> list[str]:
+        """`sandrun exec` (or `learn`) of the bundle with the profile and flags (`explain`:
+        and --explain). With `learned`: `exec -p LEARNED` without the grant flags
+        (replaying a learned profile); with command="learn": learn into LEARNED from the
+        profile without them."""
         extra = [*self.spec.flags, *flags]
         if self.spec.shm and not self.corpus.private_shm:
             extra += ["--rw", "/dev/shm"]  # until the sandbox has a /dev/shm of its own
@@ -423,7 +438,8 @@ class AppRun:
                         "-o", str(learned), *self.expand([x for p in pairs for x in p]),
                         str(self.bundle), "--", *self.expand(args)]
             chosen = str(learned)
-        return ["exec", "--store", str(self.corpus.store), "-p", chosen,
+        return ["exec", *(["--explain"] if explain else []), "--store",
+                str(self.corpus.store), "-p", chosen,
                 *self.expand([x for p in pairs for x in p]), str(self.bundle), "--",
                 *self.expand(args)]
 
@@ -452,7 +468,8 @@ class AppRun:
         if LEARN and step.shows_denial:
             return  # learning lifts the denial this step shows
         learned = self.learn_step(step) if LEARN else None
-        proc = run_sandrun(*self.exec_argv(step.flags, step.args, step.profile, learned),
+        proc = run_sandrun(*self.exec_argv(step.flags, step.args, step.profile, learned,
+                                           explain=bool(step.explains)),
                            cwd=cwd, timeout=self.timeout())
         shown = f"{' '.join(step.args)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         assert proc.returncode == step.exit, f"exit {proc.returncode} != {step.exit}: {shown}"
@@ -464,6 +481,11 @@ class AppRun:
             path = self.work / name
             assert path.is_file(), f"{path} was not written: {shown}"
             assert text in path.read_text(errors="replace"), f"{text!r} not in {path}"
+        for key in step.explains:
+            assert key in explained_keys(proc.stderr), \
+                f"the explanation does not name {key!r}: {shown}"
+            if key not in self.explained:
+                self.explained.append(key)
 
     def learn_step(self, step: Step) -> Path:
         """Learn the step's run into a profile, then put the working directory and the
@@ -565,6 +587,16 @@ class AppRun:
             assert part in text, f"{part!r} not in {request['path']}: {text}"
 
 
+ARROW = "\u2192"
+
+
+def explained_keys(stderr: str) -> str:
+    """What `sandrun exec --explain` says would allow the denials it lists: the text
+    after the arrow of each `sandrun:   ACTION → KEY` line."""
+    return "\n".join(line.split(ARROW, 1)[1] for line in stderr.splitlines()
+                     if line.startswith("sandrun:   ") and ARROW in line)
+
+
 def fetch(url: str, data: bytes | None = None) -> tuple[int, str]:
     headers = {"Content-Type": "application/json"} if data else {}
     try:
@@ -600,6 +632,8 @@ def prepare_work(spec: Spec, corpus: Corpus) -> Path:
 @pytest.mark.parametrize("spec", SPECS, ids=[s.app for s in SPECS])
 def test_app_runs_under_sandrun(spec: Spec, corpus: Corpus,
                                 request: pytest.FixtureRequest) -> None:
+    if ONLY and spec.app not in ONLY:
+        pytest.skip("not in SANDRUN_CORPUS_APPS")
     if spec.xfail:
         request.applymarker(pytest.mark.xfail(reason=spec.xfail, strict=False))
     result: dict[str, Any] = {"profile": spec.profile, "result": "fail", "learned": LEARN,
@@ -614,6 +648,7 @@ def test_app_runs_under_sandrun(spec: Spec, corpus: Corpus,
     run = AppRun(spec, corpus, bundle, work)
     result["flags"] = run.flags_used  # filled in as the runs go
     result["learned_changes"] = run.learned_changes
+    result["explained"] = run.explained
     try:
         run_spec(run)
     except BaseException as exc:
@@ -650,6 +685,31 @@ def run_spec(run: AppRun) -> None:
 def _app_version(spec: Spec) -> str:
     first = spec.requirements[0] if spec.requirements else ""
     return first.split("==", 1)[1] if "==" in first else "stdlib"
+
+
+def test_a_missing_key_is_explained(corpus: Corpus, require_landlock: int) -> None:
+    """One app under a shipped profile that lacks a key it needs: HTTPie under `client`
+    (TCP 443 and 80 only) asked for a local server on another port, without
+    --connect-tcp. The connection is denied (Landlock: EACCES), and --explain names the
+    key that would allow it."""
+    if LEARN:
+        pytest.skip("learning lifts the denial this test shows")
+    if require_landlock < 7:
+        pytest.skip("Landlock ABI 7 (audit logging) is needed to explain denials")
+    if ONLY and "httpie" not in ONLY:
+        pytest.skip("httpie is not in SANDRUN_CORPUS_APPS")
+    bundle = corpus.bundles["httpie"]
+    if isinstance(bundle, str):
+        pytest.fail(bundle)
+    with local_http_server() as port:
+        proc = run_sandrun("exec", "--explain", "--store", str(corpus.store), "-p", "client",
+                           str(bundle), "--", "--ignore-stdin", "GET",
+                           f"http://127.0.0.1:{port}/", cwd=corpus.root,
+                           timeout=FIRST_RUN_TIMEOUT)
+    shown = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 1, shown
+    assert f"sandrun:   connect tcp {port} {ARROW} [network] connect_tcp" in \
+        proc.stderr.splitlines(), shown
 
 
 def test_corpus_goal() -> None:

@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import resource
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,15 +28,19 @@ from sandrun.errors import Problem, ProfileError
 from sandrun.sandbox.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
 
 __all__ = [
+    "CALLER_PLACEHOLDERS",
     "DEFAULT_LANDLOCK_MIN_ABI",
     "DNS_FILES",
     "LANDLOCK_ABI_MAX",
     "PLACEHOLDERS",
+    "PROJECT_MARKERS",
     "RLIMITS",
     "Profile",
     "check_files",
     "load_profile",
     "load_profile_text",
+    "profile_to_json",
+    "project_dir",
     "render_toml",
     "shipped_profile_path",
     "shipped_profiles",
@@ -57,7 +62,13 @@ PLACEHOLDERS: Mapping[str, str] = MappingProxyType({
     "tmp": "the app's TMPDIR (inside {state})",
     "home": "the app's HOME (inside {state})",
     "cwd": "the working directory `sandrun exec` was started in (never /)",
+    "project": "the project {cwd} belongs to: the nearest directory from {cwd} upwards that "
+               "holds a project marker (pyproject.toml, setup.cfg, .git, ...), else {cwd} "
+               "(never /)",
 })
+# Placeholders whose value depends on where `sandrun exec` is started: a service or a
+# container has no such directory, so exporters refuse profiles that use them.
+CALLER_PLACEHOLDERS = frozenset({"cwd", "project"})
 _NAME_PLACEHOLDERS = frozenset({"app"})
 
 RLIMITS: Mapping[str, int] = MappingProxyType({
@@ -85,12 +96,64 @@ DNS_FILES: tuple[str, ...] = (
     "/etc/protocols",
 )
 
+# What marks the root of a project for the tools that look for their configuration from
+# where they start upwards: black (.git, .hg, pyproject.toml), mypy (mypy.ini, .mypy.ini,
+# pyproject.toml, setup.cfg; it stops at .git/.hg), ruff (pyproject.toml, ruff.toml,
+# .ruff.toml), pytest (pytest.ini, .pytest.ini, pyproject.toml, tox.ini, setup.cfg),
+# flake8, isort and pylint (theirs). {project} is the nearest directory holding one.
+PROJECT_MARKERS: tuple[str, ...] = (
+    ".git", ".hg", "pyproject.toml", "setup.cfg", "setup.py", "tox.ini", "mypy.ini",
+    ".mypy.ini", "ruff.toml", ".ruff.toml", "pytest.ini", ".pytest.ini", ".flake8",
+    ".isort.cfg", ".pylintrc", "pylintrc",
+)
+
+
+def project_dir(cwd: str) -> tuple[str, str, tuple[str, ...]]:
+    """{project} for the working directory `cwd` (absolute): (the directory, the marker
+    that made it the project or "" when it is `cwd` by default, the paths whose presence
+    decided it).
+
+    The nearest of `cwd` and its ancestors holding one of PROJECT_MARKERS, decided by
+    lstat alone: root never opens, nor follows, anything a user wrote there. The search
+    never reaches `/`, and stops below the first ancestor that anyone but root and the
+    owner of `cwd` owns or can write (/tmp, a shared directory): a marker there would be
+    another user's choice of what the app may read. Nothing marked: `cwd` itself (`/`
+    included, which Profile.expand refuses as it refuses {cwd} = /).
+    """
+    cwd = _normalise(cwd)
+    checked: list[str] = []
+    try:
+        owner = os.lstat(cwd).st_uid
+    except OSError:
+        return cwd, "", ()
+    directory = cwd
+    while directory != "/":
+        if directory != cwd:
+            try:
+                st = os.lstat(directory)
+            except OSError:
+                break
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, owner) \
+                    or st.st_mode & 0o022:
+                break
+        for marker in PROJECT_MARKERS:
+            path = posixpath.join(directory, marker)
+            checked.append(path)
+            try:
+                os.lstat(path)
+            except OSError:  # absent (or, not root, unreadable): not a marker
+                continue
+            return directory, marker, tuple(checked)
+        directory = posixpath.dirname(directory)
+    return cwd, "", tuple(checked)
+
+
 _MAX_PROFILE_BYTES = 1 << 20
 _RLIM_MAX = (1 << 63) - 1
 _SHIPPED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_LEADING_PLACEHOLDER = re.compile(r"\{(store|state|tmp|home|cwd)\}(?=/|\Z)")
+_LEADING_PLACEHOLDER = re.compile(r"\{(store|state|tmp|home|cwd|project)\}(?=/|\Z)")
 _ENV_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -130,12 +193,19 @@ class Profile:
     # cache is valid only while none of them changed.
     files: tuple[str, ...] = field(default=(), compare=False)
 
+    def placeholders_used(self) -> frozenset[str]:
+        """The names of the placeholders the profile's paths and env values use."""
+        texts = (*self.read, *self.optional_read, *self.read_write, *self.execute,
+                 *self.env_set.values())
+        return frozenset(m.group(1) for text in texts for m in _PLACEHOLDER.finditer(text)
+                         if m.group(1) in PLACEHOLDERS)
+
     def expand(self, placeholders: Mapping[str, str]) -> Profile:
         """Substitute placeholders; paths become normalised and absolute.
 
         Only placeholders the profile uses need a value. Re-checks with the
         real directories what text alone cannot: nothing executable is
-        writable, the app tree is not writable, `{cwd}` is not `/`.
+        writable, the app tree is not writable, `{cwd}` and `{project}` are not `/`.
         """
         problems: list[Problem] = []
 
@@ -159,10 +229,11 @@ class Profile:
                         "which is not an absolute path without '..'",
                         "give placeholders absolute, normalised directories"))
                     return None
-                if name == "cwd" and _normalise(value) == "/":
+                if name in CALLER_PLACEHOLDERS and _normalise(value) == "/":
                     problems.append(Problem(
-                        where(key), "placeholder {cwd} is '/', which would grant the whole "
-                        "file system", "start sandrun exec in the directory the app should use"))
+                        where(key), f"placeholder {{{name}}} is '/', which would grant the "
+                        "whole file system",
+                        "start sandrun exec in the directory the app should use"))
                     return None
                 head, rest = value, raw[match.end():]
             # Check the profile's text, not the substituted values (a real
@@ -1135,6 +1206,36 @@ def render_limit(name: str, value: int | None) -> str:
     if value is None:
         return _toml_string("infinity")
     return _toml_string(f"{value}%") if name == "cpu" else str(value)
+
+
+def profile_to_json(profile: Profile) -> dict[str, Any]:
+    """The profile as data, shaped like its TOML (`sandrun profile show --json`):
+    "infinity" where TOML says it."""
+    def limit(name: str, value: int | None) -> int | str:
+        if value is None:
+            return "infinity"
+        return f"{value}%" if name == "cpu" else value
+
+    return {
+        "name": profile.name,
+        "description": profile.description,
+        "filesystem": {"read": list(profile.read), "optional_read": list(profile.optional_read),
+                       "read_write": list(profile.read_write),
+                       "execute": list(profile.execute)},
+        "network": {"bind_tcp": list(profile.bind_tcp),
+                    "connect_tcp": list(profile.connect_tcp), "dns": profile.dns,
+                    "unix_sockets": profile.unix_sockets},
+        "process": {"subprocess": profile.subprocess, "fork": profile.fork,
+                    "mdwe": profile.mdwe,
+                    "env": {"pass": list(profile.env_pass), "set": dict(profile.env_set)},
+                    "rlimits": {k: "infinity" if v is None else v
+                                for k, v in profile.rlimits.items()}},
+        "syscalls": {"allow": list(profile.syscalls_allow),
+                     "deny": list(profile.syscalls_deny)},
+        "kernel": {"landlock_min_abi": profile.landlock_min_abi},
+        "limits": {**{k: limit(k, v) for k, v in profile.limits.items()},
+                   "required": list(profile.limits_required)},
+    }
 
 
 def render_toml(profile: Profile) -> str:

@@ -48,7 +48,7 @@ _OWN_WRITE = ("{state}", "{tmp}", "{home}")
 # Reading these is worth a second look even when approved.
 _SENSITIVE = ("/", "/etc", "/root", "/home", "/proc", "/sys", "/dev", "/boot", "/var/lib",
               "/run", "/etc/shadow", "/etc/gshadow", "/etc/ssh", "/etc/sudoers",
-              "/etc/sandrun", "/var/lib/sandrun", "{cwd}")
+              "/etc/sandrun", "/var/lib/sandrun", "{cwd}", "{project}")
 
 
 def config_dir() -> Path:

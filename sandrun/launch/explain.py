@@ -340,7 +340,8 @@ def landlock_denial(record: audit_log.Record, profile: Profile, tree: str) -> De
             return Denial(f"ptrace {target}", "not allowed: the app may not inspect "
                           "processes outside its sandbox")
     return Denial(f"{record.fields.get('blockers', '?')} {path}",
-                  "denied by Landlock (unknown to this sandrun)")
+                  "not allowed: a Landlock right this sandrun does not know (no profile key "
+                  "grants it)")
 
 
 def _other_process(record: audit_log.Record) -> str:
@@ -372,8 +373,9 @@ def seccomp_denial(record: audit_log.Record, policy: seccomp.SeccompPolicy,
         return Denial(f"syscall {number} of another architecture (IA-32 int 0x80 or x32)",
                       "not allowed: the process is killed (SIGSYS)")
     name = _syscall_name(number)
-    if action != seccomp.RET_ERRNO:
-        return Denial(name, f"denied by seccomp (action {code:#x})")
+    if action != seccomp.RET_ERRNO:  # sandrun's filters return ALLOW, ERRNO or KILL only
+        return Denial(name, f"not allowed: seccomp action {code:#x}, which no profile key "
+                      "changes (another filter than sandrun's?)")
     if data == 38:  # ENOSYS: the filter's default for anything outside the allowlist
         if name == "clone3":
             return Denial("clone3", f"not allowed: {seccomp.DANGEROUS['clone3']}",
@@ -383,7 +385,7 @@ def seccomp_denial(record: audit_log.Record, policy: seccomp.SeccompPolicy,
         return Denial(name, f'[syscalls] allow = ["{name}"] (not in the baseline: check '
                       "what it does first)")
     if name == "socket":  # seccomp logs no arguments: the family asked for is unknown
-        return Denial("socket()", _socket_remedy(policy))
+        return Denial("socket(...)", _socket_remedy(policy))
     return Denial(name, _eperm_remedy(name, policy, profile))
 
 
@@ -393,7 +395,7 @@ def _eperm_remedy(name: str, policy: seccomp.SeccompPolicy, profile: Profile) ->
     except ValueError:
         denied = frozenset()
     if name in denied:
-        return "denied by the profile's [syscalls] deny"
+        return f'[syscalls] deny: remove "{name}" (or the group naming it)'
     if name in seccomp.DANGEROUS:
         return f"not allowed: {seccomp.DANGEROUS[name]}"
     if name in seccomp.OPT_IN:
@@ -413,22 +415,23 @@ def _eperm_remedy(name: str, policy: seccomp.SeccompPolicy, profile: Profile) ->
         return "not allowed: socketpair works for AF_UNIX only"
     if name in seccomp.ARGUMENT_RULES:
         return f"not allowed: {seccomp.ARGUMENT_RULES[name]}"
-    return "denied by the seccomp filter"
+    return "not allowed: denied by sandrun's seccomp baseline (no profile key changes it)"
 
 
 def _socket_remedy(policy: seccomp.SeccompPolicy) -> str:
-    """Which key allows which socket() the policy denies."""
+    """Every key that allows a socket() the policy denies: seccomp logs no arguments, so
+    the family and type asked for are unknown, and each candidate is named."""
     inet = bool({"AF_INET", "AF_INET6"} & set(policy.socket_families))
-    parts = []
+    candidates = []
     if not policy.unix_sockets:
-        parts.append("[network] unix_sockets = true if it was AF_UNIX")
+        candidates.append("[network] unix_sockets = true (AF_UNIX)")
     if not inet:
-        parts.append("[network] connect_tcp or bind_tcp if it was a TCP socket")
-    elif not policy.udp:
-        parts.append("[network] dns = true if it was UDP")
-    parts.append("other families (AF_NETLINK, AF_PACKET...) and raw sockets: not allowed "
-                 "(seccomp does not log which one was asked for)")
-    return "; ".join(parts)
+        candidates.append("[network] connect_tcp or bind_tcp (TCP)")
+    if not policy.udp:
+        candidates.append("[network] dns = true (UDP)")
+    candidates.append("not allowed: any other family, type or protocol (AF_NETLINK, "
+                      "AF_PACKET, raw, SCTP, MPTCP...)")
+    return ", or ".join(candidates) + " (seccomp does not log which one it was)"
 
 
 def _events(result: audit_log.CaptureResult, app_uid: int

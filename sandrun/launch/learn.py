@@ -25,7 +25,8 @@ allows anything at run time: the written profile is enforced by the kernel alone
 
 `derive` then turns the events into what the current profile lacks, collapsed (files of
 one directory become the directory when there are more than COLLAPSE_OVER; paths under
-{state}, {store}, {cwd} are written with the placeholder; DNS files become `dns = true`),
+{state}, {store}, {cwd}, {project} are written with the placeholder; DNS files become
+`dns = true`; a path is granted as it resolves, the inode a Landlock rule holds),
 drops paths that were only probed (absent: ENOENT) or that Unix permissions deny anyway,
 and flags what deserves review (writes outside {state}, secrets, programs run, dangerous
 syscalls, sockets). `--check` runs the same derivation on a launch with the real Landlock
@@ -55,9 +56,10 @@ from sandrun.config.profile import (
     Profile,
     load_profile,
     load_profile_text,
+    project_dir,
     render_toml,
 )
-from sandrun.errors import EnforcementError, ProfileError, SandrunError
+from sandrun.errors import EnforcementError, ProfileError
 from sandrun.launch import runner
 from sandrun.launch.launcher import (
     PRIVATE_TMP_DIRS,
@@ -463,15 +465,12 @@ def _with_placeholder(path: str, placeholders: list[tuple[str, str]]) -> str:
 
 
 def _grant_path(path: str) -> str:
-    """The path as the app named it when root can follow it (only root's links in
-    root's directories: what the launcher accepts), else the resolved path."""
-    from sandrun.sandbox.kernel import open_trusted_path
-
-    try:
-        os.close(open_trusted_path(path))
-        return path
-    except (OSError, SandrunError):
-        return os.path.realpath(path)
+    """The path to grant for an access to `path`: the resolved one. A Landlock rule holds
+    the inode the path leads to when the launch opens it, and the kernel's audit record
+    of a denial (`sandrun exec --explain`) names that inode's path too: an app opening
+    /usr/lib/ssl/openssl.cnf, a link to /etc/ssl/openssl.cnf, needs and is denied
+    /etc/ssl/openssl.cnf, and both commands say so."""
+    return _real(path)
 
 
 def derive(observation: Observation, context: _Context) -> Learned:
@@ -509,8 +508,8 @@ def derive(observation: Observation, context: _Context) -> Learned:
     changes: list[Change] = []
     network = _network(observation, context, changes, skipped)
     dns = current.dns or network["dns"]
-    if dns and not current.dns:
-        wanted["read"] -= set(DNS_FILES)  # dns = true grants them
+    if dns and not current.dns:  # dns = true grants them (and where their links lead)
+        wanted["read"] -= {*DNS_FILES, *(_real(p) for p in DNS_FILES)}
     # Within read_write, a program could be replaced by the app: keep them apart.
     executables = wanted["execute"] | set(current.execute)
     for path in sorted(wanted["read_write"]):
@@ -869,6 +868,9 @@ def _context(plan: LaunchPlan, base: Profile, coverage: _Coverage) -> _Context:
     cwd = os.getcwd()
     if cwd != "/" and not any(_within(cwd, d) for d in _SYSTEM_DIRS):
         places.append(("{cwd}", cwd))
+        project = project_dir(cwd)[0]
+        if project != cwd:  # longer first below: {cwd} wins beneath it
+            places.append(("{project}", project))
     tmp = plan.env.get("TMPDIR", "")
     if tmp and not plan.privileged:
         places.append(("{tmp}", tmp))
@@ -986,3 +988,33 @@ def summary(result: Result) -> str:
             f"({o.notifications} syscalls observed in {o.seconds:.2f} s, "
             f"{o.observer_seconds:.3f} s of it answering)")
 
+
+
+def result_json(result: Result, mode: str, output: str | None = None) -> dict[str, Any]:
+    """A learning (LEARN) or checking (CHECK) run as data, for `sandrun learn --json`:
+    what the profile lacked (changes), what was seen but not granted, and the syscalls
+    the enforcing filter denied during the run."""
+    o, learned, m = result.observation, result.learned, result.plan.manifest
+    document: dict[str, Any] = {
+        "mode": mode, "app": m.app_name, "version": m.app_version,
+        "bundle": result.plan.bundle, "sha256": result.plan.bundle_sha256,
+        "profile": result.source, "exit_code": o.exit_code,
+        "observed": {"notifications": o.notifications, "seconds": round(o.seconds, 3),
+                     "observer_seconds": round(o.observer_seconds, 3)},
+        "changes": [{"key": c.key, "value": c.value, "review": c.review,
+                     "removed": c.removed} for c in learned.changes],
+        "not_granted": learned.not_granted(),
+        "unresolved": list(learned.unresolved), "skipped": list(learned.skipped),
+        "absent": list(learned.absent),
+        "denials": [{"syscall": name, "detail": detail,
+                     "errno": errno.errorcode.get(code, str(code)), "count": count}
+                    for (name, detail, code), count in sorted(o.denied.items())],
+        "observer_errors": list(o.errors),
+    }
+    if mode == LEARN:
+        document["output"] = output
+    else:
+        denied = still_denied(result)
+        document["still_denied"] = denied
+        document["ok"] = not denied and o.exit_code == 0
+    return document

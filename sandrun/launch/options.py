@@ -99,6 +99,8 @@ EXEC_OPTIONS = (
            "signer (or unsigned bundles) owned it."),
     Option("--json", dest="as_json", field=None, flag=True,
            help="With --dry-run: the plan as JSON."),
+    Option("-q", "--quiet", dest="quiet", field=None, flag=True,
+           help="With --dry-run: print nothing on stdout (the exit code says it)."),
     # Operator grants on top of the profile (docker/systemd-run/bwrap style): no approval
     # needed, shown by --dry-run, part of the warm record's key.
     Option("-e", "--env", dest="env", field="env", metavar="NAME[=VALUE]", multiple=True,

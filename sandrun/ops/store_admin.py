@@ -169,6 +169,12 @@ class RemovedApp:
     user: str | None = None
     forgotten: list[str] = field(default_factory=list)  # owner record, approval
 
+    def to_json(self, app: str, store_root: Path) -> dict[str, object]:
+        """What `sandrun rm --json` prints."""
+        return {"app": app, "trees": list(self.trees), "records": list(self.records),
+                "state_dir": str(store_root / "state" / app) if self.state else None,
+                "forgotten": list(self.forgotten), "user": self.user}
+
 
 def remove_app(store: Store, app: str, *, state: bool, user: bool) -> RemovedApp:
     """Remove every tree of `app`, and with `state` its state dir, owner record and

@@ -39,7 +39,8 @@ PLACES = {
     "state": "/var/lib/sandrun/state/demo",
     "tmp": "/var/lib/sandrun/state/demo/tmp",
     "home": "/var/lib/sandrun/state/demo/home",
-    "cwd": "/home/user/project",
+    "cwd": "/home/user/project/src",
+    "project": "/home/user/project",
 }
 
 

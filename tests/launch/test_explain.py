@@ -155,10 +155,10 @@ def denial_lines(stderr: str) -> list[str]:
             if line.startswith("sandrun:   ") and ARROW in line]
 
 
-SOCKET_LINE = (f"socket() {ARROW} [network] unix_sockets = true if it was AF_UNIX; "
-               "[network] dns = true if it was UDP; other families (AF_NETLINK, "
-               "AF_PACKET...) and raw sockets: not allowed (seccomp does not log which "
-               "one was asked for)")
+SOCKET_LINE = (f"socket(...) {ARROW} [network] unix_sockets = true (AF_UNIX), or [network] "
+               "dns = true (UDP), or not allowed: any other family, type or protocol "
+               "(AF_NETLINK, AF_PACKET, raw, SCTP, MPTCP...) (seccomp does not log which "
+               "one it was)")
 PTRACE_LINE = (f"ptrace {ARROW} not allowed: reads and writes other processes' memory "
                "and registers")
 
@@ -378,7 +378,8 @@ def test_seccomp_records_name_the_syscall_and_the_key() -> None:
         "syscall=294 code=0x50001":
             f'inotify_init1 {ARROW} [syscalls] allow = ["inotify_init1"] (file change '
             "notifications (not mediated by Landlock): opt-in)",
-        "syscall=92 code=0x50001": f"chown {ARROW} denied by the profile's [syscalls] deny",
+        "syscall=92 code=0x50001":
+            f'chown {ARROW} [syscalls] deny: remove "chown" (or the group naming it)',
         "syscall=57 code=0x50001": f"fork {ARROW} [process] fork = true",
         "syscall=139 code=0x50026":
             f'sysfs {ARROW} [syscalls] allow = ["sysfs"] (not in the baseline: check what '
@@ -391,3 +392,69 @@ def test_seccomp_records_name_the_syscall_and_the_key() -> None:
         _record(audit_log.AUDIT_SECCOMP, "arch=c000003e syscall=435 code=0x50026"),
         policy, profile)
     assert clone3.harmless == "the C library falls back to clone"
+
+
+def _remedy_is_a_key_or_why_not(remedy: str) -> bool:
+    return remedy.startswith("[") or remedy.startswith("not allowed: ")
+
+
+def test_every_seccomp_denial_names_a_key_or_why_not() -> None:
+    """Whatever the syscall and the filter's answer, the explanation names a profile key
+    (`[section] key ...`) or says `not allowed: <why>`."""
+    import pyseccomp
+
+    from sandrun.sandbox import seccomp
+
+    profile = load_profile("default")
+    policies = [SeccompPolicy(),
+                SeccompPolicy(deny=("chown", "@timer"), allow_fork=False, allow_listen=False),
+                SeccompPolicy(socket_families=("AF_UNIX", "AF_INET", "AF_INET6"),
+                              unix_sockets=True, udp=True)]
+    names = {*seccomp.DANGEROUS, *seccomp.OPT_IN, *seccomp.ARGUMENT_RULES, "fork", "vfork",
+             "clone", "listen", "chown", "getpid", "sysfs", "alarm"}
+    codes = (0x50001, 0x5000D, 0x50026, 0x80000000, 0x00030000, 0x7FFC0000)
+    for policy in policies:
+        for name in sorted(names):
+            number = pyseccomp.resolve_syscall(pyseccomp.Arch.X86_64, name)
+            for code in codes:
+                record = _record(audit_log.AUDIT_SECCOMP,
+                                 f"pid=5 arch=c000003e syscall={number} code={code:#x}")
+                remedy = explain.seccomp_denial(record, policy, profile).remedy
+                assert _remedy_is_a_key_or_why_not(remedy), (name, hex(code), remedy)
+        for body in ("arch=40000003 syscall=20 code=0x80000000",  # IA-32
+                     "arch=c000003e syscall=999 code=0x50026"):  # unknown to libseccomp
+            remedy = explain.seccomp_denial(_record(audit_log.AUDIT_SECCOMP, body), policy,
+                                            profile).remedy
+            assert remedy.startswith("not allowed: "), (body, remedy)
+
+
+def test_a_denied_socket_lists_every_candidate_key() -> None:
+    """seccomp logs no arguments: socket(AF_UNIX) and socket(AF_INET, SOCK_DGRAM) leave the
+    same record, so every key that could allow the call is named, and the rest is `not
+    allowed`."""
+    profile = load_profile("default")
+    record = _record(audit_log.AUDIT_SECCOMP, "pid=5 arch=c000003e syscall=41 code=0x50001")
+    remedy = explain.seccomp_denial(record, SeccompPolicy(socket_families=()), profile).remedy
+    assert remedy == ("[network] unix_sockets = true (AF_UNIX), or [network] connect_tcp or "
+                      "bind_tcp (TCP), or [network] dns = true (UDP), or not allowed: any "
+                      "other family, type or protocol (AF_NETLINK, AF_PACKET, raw, SCTP, "
+                      "MPTCP...) (seccomp does not log which one it was)")
+    tcp_only = SeccompPolicy(socket_families=("AF_INET", "AF_INET6"))
+    assert "connect_tcp" not in explain.seccomp_denial(record, tcp_only, profile).remedy
+    everything = SeccompPolicy(socket_families=("AF_UNIX", "AF_INET", "AF_INET6"),
+                               unix_sockets=True, udp=True)
+    assert explain.seccomp_denial(record, everything, profile).remedy.startswith(
+        "not allowed: any other family")
+
+
+def test_every_landlock_denial_names_a_key_or_why_not() -> None:
+    profile = load_profile("default")
+    blockers = [*explain._ORDER, "fs.execute", "net.bind_tcp", "net.connect_tcp",
+                "scope.signal", "scope.abstract_unix_socket", "ptrace", "fs.from_the_future",
+                "fs.remove_file,fs.make_reg", "fs.write_file,fs.read_file"]
+    for blocker in blockers:
+        body = (f'domain=1a blockers={blocker} path="/srv/x" dev="vda" ino=5 src=80 '
+                'dest=80 opid=1 ocomm="init"')
+        denial = explain.landlock_denial(_record(audit_log.AUDIT_LANDLOCK_ACCESS, body),
+                                         profile, "/var/lib/sandrun/apps/x")
+        assert _remedy_is_a_key_or_why_not(denial.remedy), (blocker, denial.remedy)

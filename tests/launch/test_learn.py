@@ -31,6 +31,8 @@ from sandrun.sandbox import notify, seccomp
 
 APP_USER = "sandrun-learntest"
 ABSENT = "/nonexistent-sandrun-probe/app.conf"
+# A grant names the inode a Landlock rule holds: /bin is a link to usr/bin on Debian 12.
+TRUE = os.path.realpath("/bin/true")
 
 APP_SOURCE = f'''\
 import os, signal, socket, subprocess, sys, time
@@ -166,7 +168,7 @@ def test_learn_grants_exactly_what_the_run_needed(world: dict[str, Path],
     # The diff on stdout: exactly the added grants.
     assert f"+ filesystem.read: {data}" in proc.stdout
     assert f"+ network.connect_tcp: {port}" in proc.stdout
-    assert "+ filesystem.execute: /bin/true" in proc.stdout
+    assert f"+ filesystem.execute: {TRUE}" in proc.stdout
     assert "+ process.subprocess: true" in proc.stdout
     assert proc.stdout.count("\n  + ") == 4, proc.stdout
 
@@ -180,7 +182,7 @@ def test_learn_grants_exactly_what_the_run_needed(world: dict[str, Path],
     got, default = load_profile(str(profile_path)), load_profile("default")
     assert got.read == (data,)
     assert got.connect_tcp == (port,)
-    assert got.execute == ("/bin/true",)
+    assert got.execute == (TRUE,)
     assert got.subprocess is True
     # Everything else is the default profile's, flattened.
     same = ("optional_read", "read_write", "bind_tcp", "dns", "unix_sockets", "fork", "mdwe",
@@ -238,7 +240,7 @@ def test_operator_grants_go_into_the_profile(world: dict[str, Path]) -> None:
     assert "not written into the profile" in proc.stderr
     got = load_profile(str(profile))
     assert got.read == (data,) and got.connect_tcp == (port,)
-    assert got.execute == ("/bin/true",)
+    assert got.execute == (TRUE,)
     assert "hunter2" not in profile.read_text() and "SECRET_TOKEN" not in got.env_set
 
 
@@ -304,6 +306,35 @@ def test_learn_refuses_what_exec_refuses(world: dict[str, Path], tmp_path: Path)
     usage = sandrun(world, "learn", "--check", "default", "-o", str(output),
                     str(world["bundle"]))
     assert usage.returncode == 2
+
+
+def test_learn_and_explain_name_the_same_path(world: dict[str, Path],
+                                              require_landlock: int) -> None:
+    """An app opening a link (root's, in root's directory) needs the file it leads to: a
+    Landlock rule holds that inode, and the kernel's record of the denial names it. learn
+    grants it by that name and `exec --explain` reports it by that name."""
+    if require_landlock < 7:
+        pytest.skip("Landlock ABI 7 (audit logging) is needed to explain denials")
+    data = world["data"]
+    real = data / "linked-target.txt"
+    real.write_text("linked data\n")
+    real.chmod(0o644)
+    link = data / "link.txt"
+    link.symlink_to(real.name)
+    profile = world["base"] / "linked.toml"
+    with listener() as port:
+        args = ("all", str(link), str(port))
+        learned = sandrun(world, "learn", "--connect-tcp", str(port), "-o", str(profile),
+                          str(world["bundle"]), "--", *args)
+        assert learned.returncode == 0, learned.stderr + learned.stdout
+        assert f"+ filesystem.read: {real}\n" in learned.stdout, learned.stdout
+        assert str(link) not in learned.stdout
+        explained = sandrun(world, "exec", "--explain", "--connect-tcp", str(port),
+                            str(world["bundle"]), "--", *args)
+    assert explained.returncode == 1, explained.stderr
+    assert f"sandrun:   read {real} \u2192 [filesystem] read" in \
+        explained.stderr.splitlines(), explained.stderr
+    assert load_profile(str(profile)).read == (str(real),)
 
 
 # ---------------------------------------------------------------- pure logic

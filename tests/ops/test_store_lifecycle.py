@@ -136,3 +136,30 @@ def test_rm_takes_app_names_not_paths(lab: dict[str, Path]) -> None:
     proc = store_run(lab, "rm", "../../outside", "--state")
     assert proc.returncode == 2 and "is not an app name" in proc.stderr, proc.stderr
     assert outside.is_dir()
+
+
+def test_quiet_and_json_reports(lab: dict[str, Path]) -> None:
+    """-q: nothing on stdout, same exit code, errors on stderr as usual; --json: one
+    document (gc and rm say what they removed)."""
+    assert store_run(lab, "exec", str(lab["v1"])).returncode == 0
+    time.sleep(1.1)
+    assert store_run(lab, "exec", str(lab["v2"])).returncode == 0
+    quiet = store_run(lab, "list", "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    dry = json.loads(store_run(lab, "gc", "--dry-run", "--json").stdout)
+    assert dry["dry_run"] is True and [t["version"] for t in dry["removed"]] == ["1.0"]
+    gc = store_run(lab, "gc", "-q")
+    assert (gc.returncode, gc.stdout) == (0, "")
+    assert [t["version"] for t in listing(lab)] == ["2.0"]
+    newest = listing(lab)[0]["sha256"]
+    rm = store_run(lab, "rm", "lifecycle", "--json")
+    assert rm.returncode == 0, rm.stderr
+    assert json.loads(rm.stdout) | {"records": []} == {
+        "app": "lifecycle", "trees": [newest], "records": [], "state_dir": None,
+        "forgotten": [], "user": None}
+    gone = store_run(lab, "rm", "lifecycle", "-q")
+    assert gone.returncode == 125 and gone.stdout == ""
+    assert gone.stderr.startswith("sandrun: error: app 'lifecycle' is not installed")
+    for command in (["list"], ["gc"], ["rm", "lifecycle"]):
+        usage = store_run(lab, *command, "-q", "--json")
+        assert usage.returncode == 2 and "choose one" in usage.stderr, command

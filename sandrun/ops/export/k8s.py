@@ -68,6 +68,7 @@ from sandrun.launch.launcher import (
 )
 from sandrun.launch.safefile import UnsafePath, dir_problem, open_trusted_dir
 from sandrun.launch.users import AppUser, default_user_name
+from sandrun.ops.export import refuse_caller_placeholders
 from sandrun.ops.export.oci import APPLIER_DIR, SPEC, applier_files, outer_seccomp
 from sandrun.sandbox import landlock
 
@@ -375,13 +376,7 @@ def plan_export(request: K8sExport) -> K8sFiles:
     tmp = PRIVATE_TMP_DIRS[0]
 
     unexpanded = _unexpanded_profile(plan)
-    texts = [*unexpanded.read, *unexpanded.optional_read, *unexpanded.read_write,
-             *unexpanded.execute, *unexpanded.env_set.values()]
-    if any("{cwd}" in text for text in texts):
-        raise EnforcementError(
-            f"profile {unexpanded.source} uses {{cwd}}, the directory sandrun exec starts "
-            "in: a container has none of its own", "write an operator profile (-p) with "
-            "the absolute path instead of {cwd}")
+    refuse_caller_placeholders(unexpanded, "a container")
     profile = unexpanded.expand({"app": app, "state": state, "tmp": tmp, "store": tree,
                                  "home": state})
     interp = _image_interpreter(version)

@@ -61,6 +61,7 @@ from sandrun.launch.launcher import (
     run_spec,
 )
 from sandrun.launch.runner import RunSpec
+from sandrun.ops.export import refuse_caller_placeholders
 from sandrun.sandbox import landlock, seccomp
 from sandrun.sandbox.kernel import open_trusted_path
 from sandrun.sandbox.syscall_table import X86_64_SYSCALLS
@@ -186,6 +187,8 @@ def export_oci(options: ExecOptions, output: Path) -> OciBundle:
     """
     plan = decide(options)
     plan.raise_for_refusals()
+    assert plan.requested_profile is not None  # decide() sets it
+    refuse_caller_placeholders(plan.requested_profile, "a container")
     if not plan.privileged or os.geteuid() != 0:
         raise EnforcementError(
             "sandrun export oci needs root: it installs the tree into the root-owned store "

@@ -51,6 +51,7 @@ from sandrun.errors import EnforcementError, UsageError
 from sandrun.launch.launcher import ExecOptions, LaunchPlan, decide
 from sandrun.launch.safefile import UnsafePath, open_trusted_dir
 from sandrun.launch.users import default_user_name
+from sandrun.ops.export import refuse_caller_placeholders
 from sandrun.sandbox import seccomp
 
 # Older systemd lacks StateDirectory= (235), `systemd-sysusers --inline` (238) and
@@ -378,13 +379,7 @@ class _Paths:
 def _unit_paths(profile: Profile, placeholders: Mapping[str, str], store: str) -> _Paths:
     """Expand the profile for the unit's store and decide ProtectHome=, ReadWritePaths=,
     NoExecPaths=; refuse grants the unit's own protections would silently break."""
-    texts = [*profile.read, *profile.optional_read, *profile.read_write, *profile.execute,
-             *profile.env_set.values()]
-    if any("{cwd}" in text for text in texts):
-        raise EnforcementError(
-            f"profile {profile.source} uses {{cwd}}, the directory sandrun exec starts in: a "
-            "service has none of its own", "write an operator profile (-p) with the "
-            "absolute path instead of {cwd}")
+    refuse_caller_placeholders(profile, "a service")
     expanded = profile.expand(placeholders)
     state_root = f"{store}/state"
     paths = _Paths()
