@@ -94,8 +94,10 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     from sandrun.sandbox.report import versions
 
     click.echo(f"sandrun {__version__}")
-    for name, text in versions():
-        click.echo(f"{name + ':':<10} {text}")
+    from sandrun.launch.runner import supervisor_status
+
+    for name, text in [*versions(), ("supervisor", supervisor_status()[1])]:
+        click.echo(f"{name + ':':<12} {text}")
     ctx.exit(0)
 
 

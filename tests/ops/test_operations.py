@@ -33,9 +33,10 @@ def test_version_lists_what_enforcement_depends_on() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("sandrun ")
-    for name in ("python:", "kernel:", "landlock:", "seccomp:", "mdwe:", "root:"):
+    for name in ("python:", "kernel:", "landlock:", "seccomp:", "mdwe:", "root:", "supervisor:"):
         assert any(line.startswith(name) for line in lines), (name, lines)
     assert "libseccomp 2." in proc.stdout
+    assert "supervisor:  native (" in proc.stdout  # CI installs gcc: the C supervisor
 
 
 def test_root_refuses_code_dirs_others_can_change(base: Path) -> None:
