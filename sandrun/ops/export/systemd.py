@@ -80,6 +80,8 @@ SINCE: Mapping[str, int] = MappingProxyType({
     "IPAddressDeny": 235, "IPAddressAllow": 235,
     "MemoryMax": 231, "MemorySwapMax": 232, "TasksMax": 227, "CPUQuota": 213,
     "CPUWeight": 232,
+    "ListenStream": 1, "Accept": 1, "Service": 1, "FileDescriptorName": 227,
+    "NoDelay": 1, "ReusePort": 1,
 })
 
 # What the launcher needs beyond @system-service (systemd 252 has no group for them).
@@ -505,11 +507,6 @@ def plan_units(request: SystemdExport) -> UnitFiles:
         raise UsageError(f"systemd {version} is too old for this unit (it needs "
                          f"StateDirectory=, PrivateMounts= and systemd-sysusers --inline)",
                          f"target systemd {MIN_SYSTEMD} or newer")
-    if request.socket:
-        raise UsageError(
-            "--socket: sandrun exec closes every inherited file descriptor above 2, so a "
-            "socket systemd opens cannot reach the app (no LISTEN_FDS hand-over yet)",
-            "export without --socket: the app binds its [network] bind_tcp ports itself")
     bundle = os.path.abspath(request.bundle)
     output = os.path.abspath(request.output)
     plan = decide(ExecOptions(bundle=bundle, profile=request.profile, store=request.store,
@@ -540,6 +537,10 @@ def plan_units(request: SystemdExport) -> UnitFiles:
                          "(PrivateNetwork=yes)", "drop --ip-allow, or grant ports in the "
                          "profile ([network])")
     peers, peers_why = _ip_peers(facts, request.ip_allow) if networked else ([], "")
+    if request.socket and not facts.bind_tcp:
+        raise UsageError("--socket: the profile binds no TCP port, so there is nothing for "
+                         "systemd to listen on", "grant the ports in [network] bind_tcp, "
+                         "or export without --socket")
 
     exec_start = [launcher, "exec", "-p", profile_file, "--store", unit_store, bundle]
     if request.args:
@@ -551,6 +552,12 @@ def plan_units(request: SystemdExport) -> UnitFiles:
     add("Unit", "Description", f"sandrun app {app} {plan.manifest.app_version}")
     if networked:
         add("Unit", "After", "network.target")
+    if request.socket:
+        add("Unit", "Requires", f"{unit_name}.socket",
+            "Socket activation: systemd listens; sandrun exec hands the sockets (LISTEN_FDS)\n"
+            "to the app, which must take them (e.g. gunicorn, uvicorn --fd 3) instead of\n"
+            "binding itself.")
+        add("Unit", "After", f"{unit_name}.socket")
     S = "Service"
     add(S, "Type", "exec" if version >= SINCE["Type=exec"] else "simple")
     add(S, "ExecStartPre", "+" + command_line([sysusers, "--inline", sysusers_line]),
@@ -654,6 +661,9 @@ def plan_units(request: SystemdExport) -> UnitFiles:
         render_toml(pinned)])
     files = {f"{unit_name}.service": unit.render(header),
              f"{unit_name}.profile.toml": profile_text}
+    if request.socket:
+        socket_unit = _socket_unit(version, app, unit_name, facts.bind_tcp, peers)
+        files[f"{unit_name}.socket"] = socket_unit.render(header[:3])
 
     summary = [
         ("app", f"{app} {m.app_version} ({plan.signature.describe()})"),
@@ -682,6 +692,26 @@ def plan_units(request: SystemdExport) -> UnitFiles:
                  for p in paths.skipped]
     return UnitFiles(app=app, files=files, summary=summary, warnings=warnings,
                      omitted=list(unit.omitted))
+
+
+def _socket_unit(version: int, app: str, unit_name: str, ports: Iterable[int],
+                 peers: Sequence[str]) -> _Unit:
+    """The .socket of --socket: one ListenStream= per bind_tcp port, with the service's
+    IP peers (the sockets are systemd's, so the service's IPAddress*= do not cover them)."""
+    unit = _Unit(version)
+    unit.add("Unit", "Description", f"sockets of sandrun app {app}")
+    for i, port in enumerate(ports):
+        unit.add("Socket", "ListenStream", str(port),
+                 "The profile's [network] bind_tcp ports, on every address." if i == 0 else "")
+    unit.add("Socket", "Accept", "no")
+    unit.add("Socket", "Service", f"{unit_name}.service")
+    unit.add("Socket", "FileDescriptorName", app)
+    if "any" not in peers:
+        unit.add("Socket", "IPAddressDeny", "any", "The service's IP peers.")
+        if peers:
+            unit.add("Socket", "IPAddressAllow", " ".join(peers))
+    unit.add("Install", "WantedBy", "sockets.target")
+    return unit
 
 
 # ---------------------------------------------------------------- acting
@@ -749,7 +779,8 @@ def export_systemd(request: SystemdExport) -> tuple[UnitFiles, list[str]]:
               help="Absolute path of the sandrun command on the target hosts (default: "
               "this one).")
 @click.option("--socket", is_flag=True,
-              help="Also write a socket unit (not possible yet: refused).")
+              help="Also write sandrun-<app>.socket listening on the profile's bind_tcp "
+              "ports; sandrun exec passes the sockets to the app (LISTEN_FDS).")
 def command(bundle_path: str, args: tuple[str, ...], output: str, profile: str | None,
             store: str | None, systemd_version: int | None, ip_allow: tuple[str, ...],
             launcher: str | None, socket: bool) -> None:
