@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""sandrun benchmarks (issue #5): same machine, one run, medians over repeated runs.
+"""sandrun benchmarks (issues 5 and 17): same machine, one run, medians over repeated runs.
 
-    sudo .venv/bin/python benchmarks/bench.py              # everything, writes BENCHMARKS.md
-    sudo .venv/bin/python benchmarks/bench.py --quick      # fewer repetitions, shorter loads
-    sudo .venv/bin/python benchmarks/bench.py --only warm,seccomp --output /tmp/b.md
+    .venv/bin/python benchmarks/bench.py              # as root: everything, writes BENCHMARKS.md
+    .venv/bin/python benchmarks/bench.py --quick      # fewer apps and repetitions
+    .venv/bin/python benchmarks/bench.py --only corpus-warm,rss --output /tmp/b.md
 
 Sections (each can be picked with --only):
   warm     warm start of examples/hello: `sandrun exec` vs shiv, a venv, bwrap and firejail,
@@ -12,13 +12,20 @@ Sections (each can be picked with --only):
   seccomp  cost per syscall of sandrun's seccomp filter (C loop of getppid / ioctl)
   cold     first launch into an empty store vs shiv's first run (fresh SHIV_ROOT)
   bundle   `sandrun bundle` vs `shiv` on the same wheelhouse; `sandrun verify` MB/s
+  corpus-warm, corpus-cold, rss, build
+           issue 17's goals on the real apps of tests/corpus (benchmarks/corpus.py):
+           warm and cold launches against a venv, pip, shiv, pex, bwrap and firejail; what
+           sandrun keeps resident next to a server; build time and peak memory
+
+The sandrun measured is, by default, the working tree installed as README "Install" says
+(a venv of Debian's python3 and a regular pip install, in the work dir): `--install dev`
+measures the editable install next to this interpreter instead.
 
 Standard library only; not a unit test. Runs as root (sandrun exec switches users).
 Wheels come from PyPI once into ~/.cache/sandrun-tests/wheels (shared with the tests);
 every bundle is then built with --no-index --find-links. Missing tools (bwrap, firejail,
 wrk/ab, gcc) are reported with the apt-get command that installs them, and their rows are
-skipped. The sandrun measured is the one importable by the interpreter running this
-script (its console script next to it), exactly as it is in the working tree.
+skipped. Every wait is bounded (timeouts); servers of the corpus take free ports.
 """
 
 from __future__ import annotations
@@ -59,7 +66,10 @@ APT = {"bwrap": "bubblewrap", "firejail": "firejail", "wrk": "wrk", "ab": "apach
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
             "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 HELLO_MAIN = "import sys, hello; sys.exit(hello.main())"  # hello has no __main__.py
-SECTIONS = ("warm", "httpbin", "seccomp", "cold", "bundle")
+SECTIONS = ("warm", "httpbin", "seccomp", "cold", "bundle", "corpus-warm", "corpus-cold",
+            "rss", "build")
+# The issue-17 sections need the corpus (benchmarks/corpus.py).
+CORPUS_SECTIONS = ("corpus-warm", "corpus-cold", "rss", "build")
 LOAD_AT_START = os.getloadavg()  # other work on the machine skews every number
 
 LOOP_C = r"""
@@ -153,6 +163,7 @@ def sandrun_cmd() -> list[str]:
 
 
 SANDRUN = sandrun_cmd()
+SANDRUN_PY = sys.executable  # the interpreter of the sandrun measured
 # What to put after `python [-X importtime | -m cProfile ...]` to run exactly that command:
 # the console script itself (not `-m sandrun`, which adds runpy's imports).
 SANDRUN_SCRIPT = SANDRUN[:1] if len(SANDRUN) == 1 else ["-m", "sandrun"]
@@ -253,6 +264,46 @@ def server(cmd: Sequence[str], env: dict[str, str], timeout: float = 120
                     proc.wait()
 
 
+def sandrun_package_parent() -> str:
+    """The directory the measured sandrun's package is imported from."""
+    out = run([SANDRUN_PY, "-c", "import sandrun, os; "
+               "print(os.path.dirname(os.path.dirname(os.path.realpath(sandrun.__file__))))"])
+    return out.stdout.strip()
+
+
+def use_sandrun(how: str, work: Path) -> str:
+    """Point SANDRUN (and SANDRUN_PY, SANDRUN_SCRIPT) at the sandrun to measure; return
+    how it was installed. `readme`: the working tree installed as README "Install" says
+    (`python3 -m venv` of Debian's python3 + a regular `pip install`, root-owned), in the
+    work dir; `dev`: the console script next to this interpreter (the editable install);
+    else the path of a `sandrun` executable."""
+    global SANDRUN, SANDRUN_PY, SANDRUN_SCRIPT
+    if how == "dev":
+        return f"the console script next to {sys.executable} (editable install)"
+    if how == "readme":
+        src = work / "sandrun-src"
+        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "*.egg-info", "__pycache__", ".mypy_cache", ".pytest_cache",
+            ".ruff_cache", "build", "dist"))
+        venv = work / "sandrun-install"
+        run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
+        print("bench: installing the working tree as README says (python3 -m venv + pip "
+              "install)", flush=True)
+        run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+             str(src)], env={**os.environ}, timeout=900)
+        script = venv / "bin" / "sandrun"
+        described = (f"the working tree, installed as README \"Install\" says: `python3 -m venv "
+                     f"{venv}` + `pip install` (regular, not editable)")
+    else:
+        script = Path(how).resolve()
+        described = f"{how}"
+    if not script.exists():
+        raise BenchError(f"no sandrun at {script}")
+    SANDRUN, SANDRUN_SCRIPT = [str(script)], [str(script)]
+    SANDRUN_PY = str(script.parent / "python")
+    return described
+
+
 # ------------------------------------------------------------------ inputs
 
 def wheelhouse() -> Path:
@@ -263,7 +314,7 @@ def wheelhouse() -> Path:
         run([*base, "--no-index", "--find-links", str(WHEELS), *REQUIREMENTS])
     except BenchError:
         print(f"bench: downloading wheels into {WHEELS}", flush=True)
-        run([*base, *REQUIREMENTS])
+        run([*base, *REQUIREMENTS], env={**os.environ})  # the pip configuration (certs)
     return WHEELS
 
 
@@ -363,7 +414,7 @@ FIREJAIL_ARGS = ["--quiet", "--noprofile", "--caps.drop=all", "--nonewprivs", "-
 
 def _importtime(args: Sequence[str], env: dict[str, str]) -> dict[str, float]:
     """Top-level modules -> cumulative import seconds, from one `-X importtime` run."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", *args], env=env,
+    proc = subprocess.run([SANDRUN_PY, "-X", "importtime", *args], env=env,
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BenchError(proc.stderr[-2000:])
@@ -404,7 +455,7 @@ def cprofile_top(cmd_tail: Sequence[str], work: Path, count: int = 14, *,
     import pstats
 
     out = work / "sandrun.prof"
-    run([sys.executable, "-m", "cProfile", "-o", str(out), *SANDRUN_SCRIPT, *cmd_tail],
+    run([SANDRUN_PY, "-m", "cProfile", "-o", str(out), *SANDRUN_SCRIPT, *cmd_tail],
         capture=False)
     stats = pstats.Stats(str(out))
     rows = []
@@ -489,9 +540,9 @@ def breakdown(inp: Inputs, hello: Path, store: Path, runs: int, exec_times: list
     exec_args = ["exec", "--store", str(store), str(hello)]
     variants = [
         Variant("interpreter start: `python -I -S -c pass` (sandrun's venv python)",
-                [sys.executable, "-I", "-S", "-c", "pass"]),
+                [SANDRUN_PY, "-I", "-S", "-c", "pass"]),
         Variant("interpreter start with site: `python -c pass` (what the console script pays)",
-                [sys.executable, "-c", "pass"]),
+                [SANDRUN_PY, "-c", "pass"]),
         Variant("`sandrun --version` (click CLI)", [*SANDRUN, "--version"]),
         Variant("`sandrun exec --dry-run hello.pyz`", [*SANDRUN, "exec", "--dry-run",
                                                        "--store", str(store), str(hello)]),
@@ -499,9 +550,8 @@ def breakdown(inp: Inputs, hello: Path, store: Path, runs: int, exec_times: list
                 " no sandbox", [SYSTEM_PYTHON, "-I", "-B", str(bootstraps[0])], app_env, user),
     ]
     no_site = Variant("the same launch without site: `PYTHONPATH=<repo> python -S -m sandrun "
-                      "exec hello.pyz`", [sys.executable, "-S", "-m", "sandrun", *exec_args],
-                      {**BASE_ENV, "PYTHONPATH": str(Path(__import__("sandrun").__file__
-                                                          ).resolve().parent.parent)})
+                      "exec hello.pyz`", [SANDRUN_PY, "-S", "-m", "sandrun", *exec_args],
+                      {**BASE_ENV, "PYTHONPATH": sandrun_package_parent()})
     try:
         run(no_site.cmd, env=no_site.env)
         variants.append(no_site)
@@ -935,7 +985,7 @@ def machine() -> str:
         ["CPU", f"{cpu}, {os.cpu_count()} cores"], ["memory", mem],
         ["distribution", first_line(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"])],
         ["app python", first_line([SYSTEM_PYTHON, "--version"]) + f" ({SYSTEM_PYTHON})"],
-        ["sandrun's python", f"{platform.python_version()} ({sys.executable})"],
+        ["sandrun's python", first_line([SANDRUN_PY, "--version"]) + f" ({SANDRUN_PY})"],
         ["sandrun", first_line([*SANDRUN, "--version"]) + f", git {git}"
          + (" + uncommitted changes in sandrun/" if dirty else "")],
         ["shiv", first_line([str(Path(sys.executable).parent / "shiv"), "--version"])],
@@ -950,32 +1000,52 @@ def machine() -> str:
     return table(["", ""], rows)
 
 
+GOALS_HEADER = ["issue 17 goal", "sandrun", "detail", "target"]
+
+
+def summary_tables(report: Report) -> list[str]:
+    goals = [row for row in report.summary if row[0].startswith("goal")]
+    others = sorted((row for row in report.summary if not row[0].startswith("goal")),
+                    key=lambda row: row[0][0])
+    out = []
+    if goals:
+        out += ["## Issue 17: the goals", table(GOALS_HEADER, sorted(goals))]
+    if others:
+        out += ["## Summary", table(["measurement", "sandrun", "reference", "ratio"], others)]
+    return out
+
+
 def write_markdown(path: Path, report: Report, args: argparse.Namespace, started: float
                    ) -> None:
-    order = ["warm", "warm-breakdown", "httpbin", "seccomp", "cold", "bundle"]
+    order = ["corpus-warm", "rss", "corpus-cold", "build", "warm", "warm-breakdown",
+             "httpbin", "seccomp", "cold", "bundle"]
     body = [report.sections[k] for k in order if k in report.sections]
-    cmdline = " ".join(["sudo", ".venv/bin/python", "benchmarks/bench.py", *sys.argv[1:]])
+    cmdline = " ".join([".venv/bin/python", "benchmarks/bench.py", *sys.argv[1:]])
     text = "\n\n".join([
         "# sandrun benchmarks",
         "Generated by `benchmarks/bench.py` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in "
         f"{(time.monotonic() - started) / 60:.1f} min: one machine, one run of the script, "
-        "medians over repeated runs, ratios against the plain shiv run of the same bundle. "
-        "Lower is better except requests/s.",
-        *(["## Summary", table(["measurement", "sandrun", "reference", "ratio"],
-                               sorted(report.summary, key=lambda row: row[0][0]))]
-          if report.summary else []),
+        "medians over repeated runs. Ratios: sandrun against the reference named (a plain "
+        "venv, shiv, pip). Lower is better except requests/s.",
+        *summary_tables(report),
         "## Machine", machine(),
         "## Reproduce",
         "```sh\n"
-        "apt-get install -y bubblewrap firejail apache2-utils wrk gcc   # as root\n"
-        "sudo .venv/bin/python benchmarks/bench.py            # ~10 min, rewrites BENCHMARKS.md\n"
-        "sudo .venv/bin/python benchmarks/bench.py --quick    # fewer runs, to try a change\n"
-        "sudo .venv/bin/python benchmarks/bench.py --only warm --output /tmp/warm.md\n"
+        "apt-get install -y bubblewrap firejail apache2-utils wrk gcc   # as root, bench only\n"
+        ".venv/bin/python benchmarks/bench.py            # as root; rewrites BENCHMARKS.md\n"
+        ".venv/bin/python benchmarks/bench.py --quick    # fewer apps and runs, to try a "
+        "change\n"
+        ".venv/bin/python benchmarks/bench.py --only corpus-cold,build --output /tmp/b.md\n"
+        ".venv/bin/python benchmarks/bench.py --install dev   # the editable install instead\n"
         "```\n\n"
-        f"This file: `{cmdline}` (runs={args.runs}). Wheels are cached in "
-        "`~/.cache/sandrun-tests/wheels`; the work dir is a fresh `/var/cache/sandrun-bench-*` "
-        "(removed afterwards unless `--keep`). Port 8000 must be free.",
+        f"This file: `{cmdline}` (runs={args.runs}). The sandrun measured: {INSTALLED_AS}. "
+        "Wheels are cached in `~/.cache/sandrun-tests/wheels` and (the corpus) "
+        "`~/.cache/sandrun-tests/corpus-wheels`, shared with the tests; pex is installed "
+        "from PyPI into the work dir (bench only). The work dir is a fresh "
+        "`/var/cache/sandrun-bench-*` (removed afterwards unless `--keep`); the `bench-*` "
+        "app users it makes are removed at the end. Port 8000 must be free (httpbin); the "
+        "corpus servers take free ports.",
         *body,
         *(["## Notes", "\n".join(f"- {n}" for n in report.notes)] if report.notes else []),
     ]) + "\n"
@@ -983,11 +1053,19 @@ def write_markdown(path: Path, report: Report, args: argparse.Namespace, started
     print(f"bench: wrote {path}", flush=True)
 
 
+INSTALLED_AS = "the console script next to the interpreter running the bench"
+
+
 def main() -> int:
+    global INSTALLED_AS
+    # benchmarks/corpus.py imports this module as `bench`: the one running, with its
+    # globals (SANDRUN...), not a second copy.
+    sys.modules.setdefault("bench", sys.modules[__name__])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=21, help="repetitions for start times")
-    parser.add_argument("--quick", action="store_true", help="fewer runs, shorter loads")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer apps, runs and builds, shorter loads")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
@@ -995,10 +1073,18 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument("--workdir", default="/var/cache",
                         help="where the work dir is created (default /var/cache)")
+    parser.add_argument("--install", default="readme",
+                        help="the sandrun measured: readme (default: the working tree "
+                             "installed as the README says, into the work dir), dev (the "
+                             "editable install next to this python), or a `sandrun` path")
+    parser.add_argument("--no-pex", action="store_true", help="leave pex out")
+    parser.add_argument("--apps", default="",
+                        help="comma-separated corpus apps (spec names) to measure, of the "
+                             "ones the sections use")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (sandrun exec switches to the app user): "
-              "sudo .venv/bin/python benchmarks/bench.py", file=sys.stderr)
+              ".venv/bin/python benchmarks/bench.py", file=sys.stderr)
         return 2
     if args.quick:
         args.runs, args.duration = min(args.runs, 7), min(args.duration, 3)
@@ -1017,15 +1103,41 @@ def main() -> int:
     work.chmod(0o755)
     print(f"bench: work dir {work}", flush=True)
     report = Report()
+    users_before = {p.pw_name for p in pwd.getpwall()}
     try:
-        inp = Inputs(work, wheelhouse(), work / "local-wheels")
+        INSTALLED_AS = use_sandrun(args.install, work)
+        print(f"bench: measuring {SANDRUN[0]} ({INSTALLED_AS})", flush=True)
+        legacy = [name for name in only if name not in CORPUS_SECTIONS]
+        inp = Inputs(work, wheelhouse() if legacy else WHEELS, work / "local-wheels")
         inp.local.mkdir()
+        corpus_runs = max(3, args.runs // 3)
+        corpus_state: dict[str, object] = {}
+
+        def corpus_step(section: str) -> None:
+            import corpus
+
+            if "corpus" not in corpus_state:
+                print("bench: bundling the corpus apps...", flush=True)
+                corpus_state["corpus"] = corpus.prepare(
+                    work, SANDRUN, args.quick, not args.no_pex,
+                    [a.strip() for a in args.apps.split(",") if a.strip()])
+            state = corpus_state["corpus"]
+            if section == "corpus-warm":
+                corpus.bench_corpus_warm(state, corpus_runs, report)  # type: ignore[arg-type]
+            elif section == "corpus-cold":
+                corpus.bench_corpus_cold(state, 3 if args.quick else 5, report)  # type: ignore[arg-type]
+            elif section == "rss":
+                corpus.bench_rss(state, report)  # type: ignore[arg-type]
+            elif section == "build":
+                corpus.bench_build(state, 1 if args.quick else 3, report)  # type: ignore[arg-type]
+
         steps: dict[str, Callable[[], None]] = {
             "warm": lambda: bench_warm(inp, args.runs, report),
             "httpbin": lambda: bench_httpbin(inp, max(5, args.runs // 3), args.duration, report),
             "seccomp": lambda: bench_seccomp(inp, 2_000_000, 7 if args.quick else 11, report),
             "cold": lambda: bench_cold(inp, max(5, args.runs // 2), report),
             "bundle": lambda: bench_bundle(inp, 3, report),
+            **{name: (lambda name=name: corpus_step(name)) for name in CORPUS_SECTIONS},
         }
         for name in only:
             print(f"bench: {name}...", flush=True)
@@ -1036,11 +1148,13 @@ def main() -> int:
                 report.notes.append(f"section {name} failed: {type(exc).__name__}: "
                                     f"{str(exc).strip().splitlines()[0] if str(exc) else ''}")
         if report.summary:
-            print("\n" + table(["measurement", "sandrun", "reference", "ratio"],
-                               sorted(report.summary, key=lambda row: row[0][0])) + "\n",
-                  flush=True)
+            print("\n" + "\n\n".join(summary_tables(report)) + "\n", flush=True)
         write_markdown(args.output, report, args, started)
     finally:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import corpus
+
+        corpus.cleanup(users_before)
         if args.keep:
             print(f"bench: kept {work}")
         else:

@@ -45,7 +45,10 @@ def describe_bundle(path: str) -> dict[str, Any]:
         "source_date_epoch": m.source_date_epoch,
         "sandrun_version": m.sandrun_version,
         "manifest_sha256": m.digest(),
-        "dependencies": [d.to_json() for d in m.dependencies],
+        "manifest_format": m.format,
+        "resolution": m.resolution.to_json() if m.resolution is not None else None,
+        "dependencies": [{**d.to_json(), "publisher": d.provenance.describe_publisher()
+                          if d.provenance is not None else None} for d in m.dependencies],
         "profile": profile_info,
         "manifest": {"entries": len(m.entries), "total_size": m.total_size,
                      "executable_entries": sum(1 for r in m.entries.values()
@@ -82,8 +85,7 @@ def embedded_sbom(path: str) -> bytes:
 def _signature_info(status: SignatureStatus) -> dict[str, Any]:
     info: dict[str, Any] = {"state": status.state.value, "text": status.describe()}
     if status.info is not None:
-        info.update(signer=status.info.signer, fingerprint=status.info.fingerprint,
-                    signed_at=status.info.signed_at)
+        info.update(status.info.to_json())
     return info
 
 
@@ -106,10 +108,17 @@ def render_text(info: dict[str, Any]) -> str:
                             f"components ({sbom['nested_components']} from wheel SBOMs), "
                             "`sandrun inspect --sbom` prints it" if "components" in sbom
                             else sbom.get("error", "none")),
+        "resolution    " + _resolution_text(info.get("resolution")),
         f"dependencies  {len(info['dependencies'])}",
     ]
     for dep in info["dependencies"]:
         lines.append(f"  {dep['name']} {dep['version']}  {dep['wheel']}  sha256:{dep['sha256']}")
+        lines.append(f"    from {dep.get('origin') or 'not recorded (manifest format 1)'}")
+        prov = dep.get("provenance")
+        lines.append("    publisher " + (
+            f"{dep['publisher']}: PEP 740 provenance verified at build time"
+            + (" against the pinned publisher" if prov["pinned"] else " (not pinned)")
+            + "; `sandrun verify` re-checks it" if prov else "unknown (no provenance)"))
     prof = info["profile"]
     if "error" in prof:
         lines.append(f"profile       INVALID: {prof['error']}")
@@ -126,6 +135,17 @@ def render_text(info: dict[str, Any]) -> str:
         else:
             lines.append("  grants nothing beyond `default`: runs without an approval")
     return "\n".join(lines)
+
+
+def _resolution_text(resolution: dict[str, Any] | None) -> str:
+    if resolution is None:
+        return "not recorded (manifest format 1, built by an older sandrun)"
+    if resolution["resolver"] == "pylock":
+        return f"lock file (sha256 {resolution['lock_sha256']}), no resolution"
+    return (f"{resolution['resolver']}; indexes: {', '.join(resolution['indexes']) or 'none'}; "
+            f"find-links: {', '.join(resolution['find_links']) or 'none'}"
+            + ("; pip configuration read (--use-pip-config)" if resolution["pip_config"]
+               else ""))
 
 
 def profile_to_json(profile: Any) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class LockedWheel:
     path: Path | None  # absolute (a relative lock path is relative to the lock file)
     url: str | None
     where: str  # e.g. "pylock.toml: packages[3].wheels[0]"
+    # PEP 751 attestation-identities of the package: the publishers its provenance must
+    # verify against (validated; plain dicts with "kind" and the kind's keys)
+    attestation_identities: tuple[dict[str, str], ...] = ()
 
 
 def marker_environment(target: Target) -> dict[str, str]:
@@ -283,10 +286,17 @@ def _choose(package: Package, index: int, where: str, what: str, base: Path,
         return None
     from packaging.utils import canonicalize_name
 
+    from sandrun.supply.provenance import lock_identities
+
+    identities, identity_problems = lock_identities(package.attestation_identities, where)
+    if identity_problems:
+        problems += identity_problems
+        return None
     _name, version, _build, _tags = parse_wheel_filename(filename)
     return LockedWheel(name=canonicalize_name(package.name), version=str(version),
                        filename=filename, sha256=sha256, size=wheel.size, path=path, url=url,
-                       where=wwhere)
+                       where=wwhere,
+                       attestation_identities=tuple(dict(i) for i in identities))
 
 
 def _file_name(path: str | None, url: str | None) -> str:
@@ -401,3 +411,92 @@ def requirements_from_manifest(manifest: Manifest) -> str:
         lines.append(f"{dep.name}=={dep.version} --hash=sha256:{dep.sha256}")
     return "\n".join(lines) + "\n"
 
+
+
+PYLOCK_HINT = ("rebuild the bundle with this sandrun from wheels it can find again (an index, "
+               "or --find-links DIR), then lock it")
+
+
+def pylock_from_manifest(manifest: Manifest, lock_path: Path | None = None) -> str:
+    """PEP 751 pylock.toml text naming exactly the wheels of a bundle: each with its
+    recorded origin (`url`, or `path`: relative to the lock's directory when the wheel
+    is below it), its sha256 and, for a dependency with provenance, the publisher it was
+    verified against as `attestation-identities`. `sandrun bundle --lock` takes it back.
+
+    LockFileError for a bundle that records no origins (format 1) or that holds a wheel
+    built from a local project (that wheel was never kept anywhere).
+    """
+    import urllib.parse
+    import urllib.request
+
+    label = "the bundle"
+    problems: list[Problem] = []
+    if manifest.resolution is None:
+        problems.append(Problem(label, f"manifest format {manifest.format} records no "
+                                "origins, so the lock could not say where its wheels are",
+                                PYLOCK_HINT))
+    base = lock_path.resolve().parent if lock_path is not None else None
+    target = manifest.target
+    lines = [
+        f"# PEP 751 lock file of {manifest.app_name} {manifest.app_version}, written by "
+        f"sandrun {__version__}",
+        f"# from the bundle manifest sha256 {manifest.digest()}.",
+        f"# Made for Python {target.python} ({target.abi}) on {_main_platform(target)}; "
+        "rebuild with",
+        "#   sandrun bundle --lock THIS_FILE "
+        + (f"-c {manifest.console_script}" if manifest.console_script
+           else f"-e {manifest.entry_point}")
+        + f" --name {manifest.app_name} -p PROFILE -o OUT.pyz",
+        'lock-version = "1.0"',
+        'created-by = "sandrun"',
+        f"requires-python = {_toml(f'=={target.python}.*')}",
+        "",
+    ]
+    for dep in sorted(manifest.dependencies, key=lambda d: d.name):
+        origin = dep.origin
+        where = f"{dep.name} {dep.version}"
+        if manifest.resolution is None:
+            continue
+        if origin is None or origin.startswith("project:"):
+            problems.append(Problem(where, f"was built from the local project "
+                                    f"{(origin or '')[len('project:'):]!r}, and that wheel is "
+                                    "not kept anywhere a lock file could name",
+                                    "build the project into a wheelhouse (`pip wheel --no-deps "
+                                    "-w DIR PROJECT`), bundle with --find-links DIR, then lock"))
+            continue
+        location: tuple[str, str]
+        parts = urllib.parse.urlsplit(origin)
+        if parts.scheme == "file":
+            path = Path(urllib.request.url2pathname(parts.path))
+            if base is not None and path.is_relative_to(base):
+                location = ("path", path.relative_to(base).as_posix())
+            else:
+                location = ("path", path.as_posix())
+        else:
+            location = ("url", origin)
+        wheel = (f"{{ name = {_toml(dep.wheel)}, {location[0]} = {_toml(location[1])}, "
+                 f"hashes = {{ sha256 = {_toml(dep.sha256)} }} }}")
+        lines += ["[[packages]]", f"name = {_toml(dep.name)}", f"version = {_toml(dep.version)}",
+                  f"wheels = [{wheel}]"]
+        if dep.provenance is not None:
+            identity = ", ".join(f"{key} = {_toml(value)}" for key, value in
+                                 sorted(dep.provenance.publisher.items(),
+                                        key=lambda kv: (kv[0] != "kind", kv[0])))
+            lines.append(f"attestation-identities = [{{ {identity} }}]")
+        lines.append("")
+    if problems:
+        count = len(problems)
+        raise LockFileError(f"cannot write a pylock.toml for this bundle ({count} problem"
+                            f"{'s' if count != 1 else ''})", problems)
+    return "\n".join(lines)
+
+
+def _toml(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's, with ASCII-only output)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _main_platform(target: Target) -> str:
+    return next((p for p in target.platforms if p.startswith("manylinux")), target.platforms[0])

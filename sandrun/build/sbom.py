@@ -2,7 +2,14 @@
 
 It names the app (metadata.component), one component per bundled wheel (name,
 version, purl, the wheel's sha256, its declared license) and the dependency graph
-from Requires-Dist, restricted to what is bundled. SBOMs that wheels carry under
+from Requires-Dist, restricted to what is bundled. Where the wheels came from is
+recorded as in the manifest: metadata properties `sandrun:resolver`, `sandrun:index`,
+`sandrun:find-links`, `sandrun:pip-config` (and `sandrun:lock-sha256`), and per
+component `sandrun:origin` (plus a `distribution` external reference for an http(s)
+origin). A wheel whose PEP 740 provenance was verified carries
+`sandrun:provenance:publisher`, `sandrun:provenance:pinned` and
+`sandrun:provenance:entry`, and an `attestation` external reference to the publisher's
+workflow. SBOMs that wheels carry under
 `.dist-info/sboms/` (PEP 770, e.g. auditwheel's list of grafted shared libraries)
 are merged as components nested in the wheel that carries them.
 
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sandrun import __version__
-from sandrun.bundle.manifest import SBOM_NAME, Target
+from sandrun.bundle.manifest import SBOM_NAME, Dependency, Resolution, Target
 from sandrun.errors import BundleError
 
 if TYPE_CHECKING:
@@ -85,7 +92,9 @@ def pypi_purl(name: str, version: str) -> str:
 
 def build_sbom(*, app_name: str, app_version: str, entry_point: str,
                console_script: str | None, provider: str | None, wheels: Sequence[Wheel],
-               target: Target, source_date_epoch: int, warn: Warn = _quiet) -> bytes:
+               target: Target, source_date_epoch: int, warn: Warn = _quiet,
+               resolution: Resolution | None = None,
+               dependencies: Sequence[Dependency] = ()) -> bytes:
     """The SBOM of a bundle as deterministic CycloneDX 1.6 JSON bytes.
 
     `provider` is the canonical name of the wheel that provides the entry point (the
@@ -104,6 +113,7 @@ def build_sbom(*, app_name: str, app_version: str, entry_point: str,
 
     environment = marker_environment(target)
     metas = [_read_wheel_meta(w) for w in wheels]
+    recorded = {d.wheel: d for d in dependencies}
     used_refs: set[str] = set()
     components: dict[str, Component] = {}  # canonical name -> component
     for meta in metas:
@@ -114,7 +124,9 @@ def build_sbom(*, app_name: str, app_version: str, entry_point: str,
             bom_ref=ref, purl=PackageURL.from_string(ref),
             hashes=[HashType(alg=HashAlgorithm.SHA_256, content=meta.wheel.sha256)],
             licenses=meta.licenses, description=meta.summary,
-            properties=[Property(name="sandrun:wheel", value=meta.wheel.filename)])
+            properties=[Property(name="sandrun:wheel", value=meta.wheel.filename),
+                        *_origin_properties(recorded.get(meta.wheel.filename))],
+            external_references=_origin_references(recorded.get(meta.wheel.filename)))
         components[meta.wheel.name] = component
 
     app = Component(
@@ -133,7 +145,8 @@ def build_sbom(*, app_name: str, app_version: str, entry_point: str,
     timestamp = datetime.datetime.fromtimestamp(source_date_epoch, tz=datetime.UTC)
     bom = Bom(components=components.values(),
               metadata=BomMetaData(component=app, timestamp=timestamp,
-                                   tools=ToolRepository(components=[sandrun_tool])),
+                                   tools=ToolRepository(components=[sandrun_tool]),
+                                   properties=_resolution_properties(resolution)),
               serial_number=uuid.UUID(int=0))  # replaced by a content hash below
 
     depended_on: set[str] = set()
@@ -155,6 +168,63 @@ def build_sbom(*, app_name: str, app_version: str, entry_point: str,
             _merge_wheel_sbom(bom, components[meta.wheel.name], member, data, meta.wheel,
                               top_level, used_refs, warn)
     return _serialise(bom)
+
+
+def _resolution_properties(resolution: Resolution | None) -> list[Any]:
+    from cyclonedx.model import Property
+
+    if resolution is None:
+        return []
+    props = [Property(name="sandrun:resolver", value=resolution.resolver),
+             Property(name="sandrun:pip-config", value=str(resolution.pip_config).lower())]
+    props += [Property(name="sandrun:index", value=i) for i in resolution.indexes]
+    props += [Property(name="sandrun:find-links", value=f) for f in resolution.find_links]
+    if resolution.lock_sha256:
+        props.append(Property(name="sandrun:lock-sha256", value=resolution.lock_sha256))
+    return props
+
+
+def _origin_properties(dep: Dependency | None) -> list[Any]:
+    from cyclonedx.model import Property
+
+    props = []
+    if dep is not None and dep.origin is not None:
+        props.append(Property(name="sandrun:origin", value=dep.origin))
+    if dep is not None and dep.provenance is not None:
+        props += [Property(name="sandrun:provenance:publisher",
+                           value=dep.provenance.describe_publisher()),
+                  Property(name="sandrun:provenance:pinned",
+                           value=str(dep.provenance.pinned).lower()),
+                  Property(name="sandrun:provenance:entry", value=dep.provenance.entry)]
+    return props
+
+
+def _origin_references(dep: Dependency | None) -> list[Any]:
+    from cyclonedx.model import ExternalReference, ExternalReferenceType, XsUri
+
+    refs = []
+    if dep is not None and dep.origin is not None and dep.origin.startswith(
+            ("https://", "http://")):
+        refs.append(ExternalReference(type=ExternalReferenceType.DISTRIBUTION,
+                                      url=XsUri(dep.origin), comment="where the wheel was "
+                                      "taken from"))
+    prov = dep.provenance if dep is not None else None
+    if prov is not None and prov.publisher.get("repository"):
+        host = {"GitHub": "https://github.com", "GitLab": "https://gitlab.com"}.get(
+            prov.publisher.get("kind", ""))
+        workflow = prov.publisher.get("workflow") or prov.publisher.get("workflow_filepath")
+        if host and workflow:
+            path = (f".github/workflows/{workflow}" if prov.publisher["kind"] == "GitHub"
+                    else workflow)
+            refs.append(ExternalReference(
+                type=ExternalReferenceType.ATTESTATION,
+                url=XsUri(f"{host}/{prov.publisher['repository']}/-/blob/HEAD/{path}"
+                          if prov.publisher["kind"] == "GitLab" else
+                          f"{host}/{prov.publisher['repository']}/blob/HEAD/{path}"),
+                comment=f"PEP 740 provenance verified at build time against the "
+                        f"{'pinned ' if prov.pinned else ''}publisher "
+                        f"{prov.describe_publisher()}; embedded as {prov.entry}"))
+    return refs
 
 
 def _main_platform(target: Target) -> str:

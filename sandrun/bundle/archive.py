@@ -79,6 +79,8 @@ END_RECORD = struct.Struct("<4sHHHHIIH")
 ZIP64_LOCATOR_SIZE = 20
 
 CHUNK = 1 << 20
+# Decompressed bytes sha256() keeps for the extraction that follows verification.
+CONTENTS_LIMIT = 256 << 20
 
 REBUILD_HINT = "rebuild the bundle with `sandrun bundle` and do not modify it afterwards"
 ZIP64_HINT = "sandrun bundles are plain zips: at most 65535 entries and 4 GiB"
@@ -110,6 +112,10 @@ class StrictArchive:
         self.entries = entries
         self.problems = problems
         self.size = len(data)
+        # Data decompressed by sha256(), checked against its CRC-32 and size, kept for the
+        # read() of the extraction that follows verification (inflating once, not twice).
+        self._contents: dict[ZipEntry, bytes] = {}
+        self._contents_size = 0
 
     def __repr__(self) -> str:
         return (f"<StrictArchive size={self.size} entries={len(self.entries)} "
@@ -137,16 +143,35 @@ class StrictArchive:
 
     def read(self, entry: ZipEntry) -> bytes:
         """The decompressed data, checked against the declared size and CRC-32."""
+        kept = self._contents.get(entry)
+        if kept is not None:
+            return kept
         return b"".join(self._chunks(entry))
 
     def sha256(self, entry: ZipEntry) -> tuple[str, int]:
-        """Streaming sha256 hex digest and size of the decompressed data, same checks."""
+        """sha256 hex digest and size of the decompressed data, same checks.
+
+        The data of the first CONTENTS_LIMIT bytes of entries hashed stays in memory, so
+        that the extraction after verification writes exactly what was hashed without
+        inflating it again (drop_contents() lets it go); larger ones are streamed."""
+        kept = self._contents.get(entry)
+        if kept is None and self._contents_size + entry.size <= CONTENTS_LIMIT:
+            kept = b"".join(self._chunks(entry))  # raises before anything is kept
+            self._contents[entry] = kept
+            self._contents_size += len(kept)
+        if kept is not None:
+            return hashlib.sha256(kept).hexdigest(), len(kept)
         digest = hashlib.sha256()
         size = 0
         for chunk in self._chunks(entry):
             digest.update(chunk)
             size += len(chunk)
         return digest.hexdigest(), size
+
+    def drop_contents(self) -> None:
+        """Forget the data kept by sha256() (once it is extracted)."""
+        self._contents = {}
+        self._contents_size = 0
 
     def _chunks(self, entry: ZipEntry) -> Iterator[bytes | memoryview]:
         refusal = self.read_problem(entry)

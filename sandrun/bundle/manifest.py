@@ -9,6 +9,18 @@ author wrote it, and root later uses the app name for a user and a directory, th
 target Python to find an interpreter, and so on. `manifest_field_problems` lists
 every invalid field at once; `sandrun verify` reports them and `sandrun exec`
 refuses the bundle before it acts on anything.
+
+Formats. Each format has an exact set of fields; a field of another format is refused
+as unknown, never ignored.
+  1  (sandrun before origins were recorded) app, target, source_date_epoch,
+     preamble_sha256, dependencies (name, version, wheel, sha256), entries. Still
+     read and verified by the same rules; its dependencies have no recorded origin
+     and no provenance, so a trust policy that requires provenance refuses it.
+  2  adds `resolution` (the resolver, the indexes and find-links it used, whether pip
+     configuration was read, the lock file's sha256) and per dependency `origin` (the
+     URL the wheel was taken from; `project:REQ` for a project built from source) and
+     an optional `provenance` (the PEP 740 provenance entry embedded in the bundle and
+     the publisher it was verified against at build time).
 """
 
 from __future__ import annotations
@@ -22,7 +34,8 @@ from typing import Any
 
 from sandrun.errors import BundleError, Problem, VerificationError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this sandrun writes
+READABLE_FORMATS = (1, 2)
 # An app name becomes part of its user name, sandrun-<app>: Linux user names stop at 32.
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,23}\Z")
 USER_PREFIX = "sandrun-"
@@ -34,6 +47,9 @@ BOOTSTRAP_NAME = ".sandrun/bootstrap.py"
 SIGNATURE_NAME = ".sandrun/signature"
 # CycloneDX JSON SBOM; an ordinary entry, so the manifest digest (and a signature) covers it.
 SBOM_NAME = ".sandrun/sbom.cdx.json"
+# PEP 740 provenance of a dependency: .sandrun/provenance/<wheel file name>.provenance
+PROVENANCE_DIR = ".sandrun/provenance/"
+PROVENANCE_SUFFIX = ".provenance"
 # Entries that the manifest cannot list: itself, and the signature over its digest.
 UNLISTED_ENTRIES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
@@ -65,6 +81,15 @@ WHEEL_FILE_RE = re.compile(r"^[A-Za-z0-9._+!-]{1,251}\.whl\Z")
 MAX_VERSION = 64
 MAX_SANDRUN_VERSION = 64
 MODE_TEXTS = {"0644": FILE_MODE, "0755": EXEC_MODE}
+# Recorded origins: URLs, find-links and index locations (credentials are never recorded).
+MAX_LOCATION = 2048
+MAX_LOCATIONS = 64
+MAX_RESOLVER = 64
+MAX_PUBLISHER_FIELD = 256
+PUBLISHER_KINDS = ("GitHub", "GitLab", "Google")
+PUBLISHER_FIELDS = {"GitHub": ("repository", "workflow", "environment"),
+                    "GitLab": ("repository", "workflow_filepath", "environment"),
+                    "Google": ("email",)}
 
 REBUILD_HINT = "rebuild the bundle with `sandrun bundle`; never edit a manifest by hand"
 BYTECODE_HINT = ("rebuild the bundle with a current `sandrun bundle`, which leaves bytecode "
@@ -169,16 +194,71 @@ class EntryRecord:
         return {"sha256": self.sha256, "size": self.size, "mode": f"{self.mode:04o}"}
 
 
+def provenance_entry_name(wheel: str) -> str:
+    """Where the PEP 740 provenance of `wheel` (a file name) is in a bundle."""
+    return f"{PROVENANCE_DIR}{wheel}{PROVENANCE_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class DependencyProvenance:
+    """A dependency's PEP 740 provenance as embedded and verified at build time."""
+
+    entry: str  # provenance_entry_name(wheel)
+    publisher: Mapping[str, str]  # kind + the kind's fields, e.g. GitHub repository/workflow
+    pinned: bool  # verified against a publisher the builder pinned (lock file or policy)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": self.entry, "publisher": dict(sorted(self.publisher.items())),
+                "pinned": self.pinned}
+
+    def describe_publisher(self) -> str:
+        return describe_publisher(self.publisher)
+
+
+def describe_publisher(publisher: Mapping[str, str]) -> str:
+    """`GitHub woodruffw/abi3info (release.yml)`: one line for messages and listings."""
+    kind = publisher.get("kind", "?")
+    if kind == "Google":
+        return f"Google {publisher.get('email', '?')}"
+    workflow = publisher.get("workflow") or publisher.get("workflow_filepath") or "?"
+    environment = publisher.get("environment")
+    return (f"{kind} {publisher.get('repository', '?')} ({workflow}"
+            + (f", environment {environment}" if environment else "") + ")")
+
+
 @dataclass(frozen=True)
 class Dependency:
     name: str
     version: str
     wheel: str  # wheel file name, which carries its tags
     sha256: str  # of the wheel file
+    origin: str | None = None  # format 2: where the wheel was taken from
+    provenance: DependencyProvenance | None = None  # format 2, optional
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "wheel": self.wheel,
-                "sha256": self.sha256}
+        obj: dict[str, Any] = {"name": self.name, "version": self.version,
+                               "wheel": self.wheel, "sha256": self.sha256}
+        if self.origin is not None:
+            obj["origin"] = self.origin
+        if self.provenance is not None:
+            obj["provenance"] = self.provenance.to_json()
+        return obj
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Format 2: how the wheels were chosen, so that a bundle's origin is on record."""
+
+    resolver: str  # "pip 23.2.1", or "pylock" (a PEP 751 lock file, no resolution)
+    indexes: tuple[str, ...] = ()  # package indexes pip searched (none with --no-index)
+    find_links: tuple[str, ...] = ()  # find-links locations pip searched
+    pip_config: bool = False  # pip read its configuration files and PIP_* variables
+    lock_sha256: str | None = None  # sha256 of the lock file (resolver "pylock")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"resolver": self.resolver, "indexes": list(self.indexes),
+                "find_links": list(self.find_links), "pip_config": self.pip_config,
+                "lock_sha256": self.lock_sha256}
 
 
 @dataclass(frozen=True)
@@ -205,7 +285,9 @@ class Manifest:
     dependencies: tuple[Dependency, ...]
     entries: Mapping[str, EntryRecord]
     sandrun_version: str
-    format: int = FORMAT_VERSION
+    # 1 unless given: a manifest built in code without a resolution is a format 1 one.
+    format: int = 1
+    resolution: Resolution | None = None  # format 2
     # Kept for callers that build a Manifest in code; a parsed manifest never has extra
     # keys (unknown fields are refused).
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -222,6 +304,8 @@ class Manifest:
             "dependencies": [d.to_json() for d in self.dependencies],
             "entries": {name: rec.to_json() for name, rec in self.entries.items()},
         }
+        if self.resolution is not None:
+            obj["resolution"] = self.resolution.to_json()
         obj.update(self.extra)
         return obj
 
@@ -269,6 +353,7 @@ class Manifest:
     def _from_obj(cls, obj: dict[str, Any]) -> Manifest:
         """Build from an object that manifest_field_problems accepted."""
         app, target = obj["app"], obj["target"]
+        resolution = obj.get("resolution")
         return cls(
             app_name=app["name"],
             app_version=app["version"],
@@ -278,13 +363,24 @@ class Manifest:
                           tuple(target["platforms"])),
             source_date_epoch=obj["source_date_epoch"],
             preamble_sha256=obj["preamble_sha256"],
-            dependencies=tuple(Dependency(d["name"], d["version"], d["wheel"], d["sha256"])
-                               for d in obj["dependencies"]),
+            dependencies=tuple(_dependency(d) for d in obj["dependencies"]),
             entries={name: EntryRecord(rec["sha256"], rec["size"], MODE_TEXTS[rec["mode"]])
                      for name, rec in obj["entries"].items()},
             sandrun_version=obj["sandrun_version"],
             format=obj["format"],
+            resolution=None if resolution is None else Resolution(
+                resolver=resolution["resolver"], indexes=tuple(resolution["indexes"]),
+                find_links=tuple(resolution["find_links"]),
+                pip_config=resolution["pip_config"],
+                lock_sha256=resolution["lock_sha256"]),
         )
+
+
+def _dependency(d: dict[str, Any]) -> Dependency:
+    prov = d.get("provenance")
+    return Dependency(d["name"], d["version"], d["wheel"], d["sha256"], origin=d.get("origin"),
+                      provenance=None if prov is None else DependencyProvenance(
+                          prov["entry"], dict(prov["publisher"]), prov["pinned"]))
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -333,23 +429,30 @@ def _shown(text: str) -> str:
 
 _TOP_FIELDS = ("format", "sandrun_version", "app", "target", "source_date_epoch",
                "preamble_sha256", "dependencies", "entries")
+_TOP_FIELDS_2 = (*_TOP_FIELDS, "resolution")
 _APP_FIELDS = ("name", "version", "entry_point", "console_script")
 _TARGET_FIELDS = ("python", "implementation", "abi", "platforms")
 _DEPENDENCY_FIELDS = ("name", "version", "wheel", "sha256")
+_DEPENDENCY_FIELDS_2 = (*_DEPENDENCY_FIELDS, "origin")
+_DEPENDENCY_OPTIONAL_2 = ("provenance",)
+_RESOLUTION_FIELDS = ("resolver", "indexes", "find_links", "pip_config", "lock_sha256")
+_PROVENANCE_FIELDS = ("entry", "publisher", "pinned")
 _ENTRY_FIELDS = ("sha256", "size", "mode")
 
 
 class _FieldChecker:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.format = FORMAT_VERSION
 
     def add(self, path: str, what: str, hint: str = REBUILD_HINT) -> None:
         self.problems.append(Problem(f"{MANIFEST_NAME}: {path}" if path else MANIFEST_NAME,
                                      what, hint))
 
-    def obj(self, path: str, value: object, fields: tuple[str, ...]) -> dict[str, Any] | None:
-        """`value` as an object with exactly `fields`; a problem per missing, unknown or
-        doubled key. None when it is not an object at all."""
+    def obj(self, path: str, value: object, fields: tuple[str, ...],
+            optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """`value` as an object with exactly `fields` (and any of `optional`); a problem
+        per missing, unknown or doubled key. None when it is not an object at all."""
         label = path or "the manifest"
         if not isinstance(value, dict):
             self.add(path, f"must be a JSON object, got {_json_type(value)}")
@@ -358,9 +461,9 @@ class _FieldChecker:
             self.add(_join(path, key), f"is given more than once in {label}: a reader could "
                      "take either value")
         for key in value:
-            if key not in fields:
+            if key not in fields and key not in optional:
                 self.add(_join(path, key), f"unknown field in {label} (format "
-                         f"{FORMAT_VERSION} has {', '.join(fields)})")
+                         f"{self.format} has {', '.join((*fields, *optional))})")
         missing = [k for k in fields if k not in value]
         for key in missing:
             self.add(_join(path, key), "is missing")
@@ -385,14 +488,16 @@ class _FieldChecker:
         return True
 
     def check(self, value: object) -> list[Problem]:
-        top = self.obj("", value, _TOP_FIELDS)
+        fmt = value.get("format") if isinstance(value, dict) else None
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt in READABLE_FORMATS:
+            self.format = fmt
+        top = self.obj("", value, _TOP_FIELDS_2 if self.format >= 2 else _TOP_FIELDS)
         if top is None:
             return self.problems
-        fmt = top.get("format")
         if "format" in top and (not isinstance(fmt, int) or isinstance(fmt, bool)
-                                or fmt != FORMAT_VERSION):
+                                or fmt not in READABLE_FORMATS):
             self.add("format", f"{fmt!r} is not a manifest format this sandrun reads "
-                     f"(format {FORMAT_VERSION})",
+                     f"(formats {', '.join(str(f) for f in READABLE_FORMATS)})",
                      "use the sandrun version that built the bundle, or rebuild it with this "
                      "one")
             return self.problems  # the other fields mean something else in another format
@@ -418,7 +523,96 @@ class _FieldChecker:
             self.check_dependencies(top["dependencies"])
         if "entries" in top:
             self.check_entries(top["entries"])
+        if "resolution" in top:
+            self.check_resolution(top["resolution"])
+        if self.format >= 2 and isinstance(top.get("dependencies"), list):
+            self.check_provenance_entries(top["dependencies"], top.get("entries"))
         return self.problems
+
+    def check_resolution(self, value: object) -> None:
+        res = self.obj("resolution", value, _RESOLUTION_FIELDS)
+        if res is None:
+            return
+        if "resolver" in res:
+            self.printable("resolution.resolver", res["resolver"], MAX_RESOLVER,
+                           "the resolver, e.g. \"pip 23.2.1\" or \"pylock\"")
+        for key in ("indexes", "find_links"):
+            if key not in res:
+                continue
+            items = res[key]
+            if not isinstance(items, list):
+                self.add(f"resolution.{key}", f"must be an array of locations, got "
+                         f"{_json_type(items)}")
+            elif len(items) > MAX_LOCATIONS:
+                self.add(f"resolution.{key}", f"lists {len(items)} locations (at most "
+                         f"{MAX_LOCATIONS})")
+            else:
+                for index, item in enumerate(items):
+                    self.printable(f"resolution.{key}[{index}]", item, MAX_LOCATION,
+                                   "a URL or path")
+        if "pip_config" in res and not isinstance(res["pip_config"], bool):
+            self.add("resolution.pip_config", f"must be true or false, got "
+                     f"{_json_type(res['pip_config'])}")
+        if "lock_sha256" in res and res["lock_sha256"] is not None:
+            self.text("resolution.lock_sha256", res["lock_sha256"], SHA256_RE,
+                      "null or a sha256: 64 lower-case hex digits")
+
+    def printable(self, path: str, value: object, limit: int, describe: str) -> bool:
+        """A non-empty string of printable ASCII, at most `limit` characters."""
+        if not isinstance(value, str):
+            self.add(path, f"must be a string ({describe}), got {_json_type(value)}")
+            return False
+        if not value or len(value) > limit or not value.isascii() or not value.isprintable():
+            self.add(path, f"{_shown(value)} is not {describe} (1-{limit} printable ASCII "
+                     "characters)")
+            return False
+        return True
+
+    def check_provenance(self, path: str, value: object, wheel: object) -> None:
+        prov = self.obj(path, value, _PROVENANCE_FIELDS)
+        if prov is None:
+            return
+        if "entry" in prov:
+            expected = provenance_entry_name(wheel) if isinstance(wheel, str) else None
+            if not isinstance(prov["entry"], str):
+                self.add(f"{path}.entry", f"must be a string, got {_json_type(prov['entry'])}")
+            elif expected is not None and prov["entry"] != expected:
+                self.add(f"{path}.entry", f"{_shown(prov['entry'])} is not the provenance "
+                         f"entry of this wheel ({expected!r})")
+        if "pinned" in prov and not isinstance(prov["pinned"], bool):
+            self.add(f"{path}.pinned", f"must be true or false, got "
+                     f"{_json_type(prov['pinned'])}")
+        if "publisher" not in prov:
+            return
+        publisher = prov["publisher"]
+        kind = publisher.get("kind") if isinstance(publisher, dict) else None
+        if not isinstance(kind, str) or kind not in PUBLISHER_FIELDS:
+            if isinstance(publisher, dict):
+                self.add(f"{path}.publisher.kind", f"{kind!r} is not a publisher kind "
+                         f"sandrun verifies ({', '.join(PUBLISHER_KINDS)})")
+            else:
+                self.add(f"{path}.publisher", f"must be a JSON object, got "
+                         f"{_json_type(publisher)}")
+            return
+        fields = PUBLISHER_FIELDS[kind]
+        checked = self.obj(f"{path}.publisher", publisher, ("kind",), fields)
+        if checked is None:
+            return
+        for key in fields:
+            if key in checked:
+                self.printable(f"{path}.publisher.{key}", checked[key], MAX_PUBLISHER_FIELD,
+                               f"the publisher's {key}")
+
+    def check_provenance_entries(self, dependencies: list[Any], entries: object) -> None:
+        """Each provenance entry a dependency names is a listed entry of the bundle."""
+        if not isinstance(entries, dict):
+            return
+        for index, dep in enumerate(dependencies):
+            prov = dep.get("provenance") if isinstance(dep, dict) else None
+            entry = prov.get("entry") if isinstance(prov, dict) else None
+            if isinstance(entry, str) and entry not in entries:
+                self.add(f"dependencies[{index}].provenance.entry",
+                         f"{_shown(entry)} is not an entry of the bundle")
 
     def check_app(self, value: object, present: bool) -> None:
         if not present:
@@ -486,9 +680,17 @@ class _FieldChecker:
         seen: dict[str, int] = {}
         for index, item in enumerate(value):
             path = f"dependencies[{index}]"
-            dep = self.obj(path, item, _DEPENDENCY_FIELDS)
+            if self.format >= 2:
+                dep = self.obj(path, item, _DEPENDENCY_FIELDS_2, _DEPENDENCY_OPTIONAL_2)
+            else:
+                dep = self.obj(path, item, _DEPENDENCY_FIELDS)
             if dep is None:
                 continue
+            if "origin" in dep:
+                self.printable(f"{path}.origin", dep["origin"], MAX_LOCATION,
+                               "where the wheel came from (a URL, or project:REQ)")
+            if "provenance" in dep:
+                self.check_provenance(f"{path}.provenance", dep["provenance"], dep.get("wheel"))
             name_ok = "name" in dep and self.text(
                 f"{path}.name", dep["name"], DIST_NAME_RE,
                 "a distribution name (letters, digits, '.', '_', '-')")

@@ -5,10 +5,12 @@ ms of imports instead of 105 ms).
 Bytecode is generated once, at install, by sandrun's own interpreter — only when it
 has the app interpreter's bytecode format (same CPython X.Y), never by running another
 program as root — next to each source as `__pycache__/<stem>.<tag>.pyc`, timestamp-
-validated. It is not in the manifest, so the store checks it on its own terms: the
-cheap check accepts only those names, beside a listed source, owned by the store
-owner and read-only; the full check compiles each source again and compares the code
-objects (co_filename aside), so a forged .pyc cannot pass for its source.
+validated, by the processes that write the tree (store.py: each compiles the sources it
+has just written, from the verified bytes in memory). It is not in the manifest, so
+the store checks it on its own terms: the cheap check accepts only those names, beside
+a listed source, owned by the store owner and read-only; the full check compiles each
+source again and compares the code objects (co_filename aside), so a forged .pyc cannot
+pass for its source.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import marshal
 import os
-import py_compile
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,40 +39,25 @@ def pyc_name(source_name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
-def compile_sources(tmp: Path, final: Path, sources: Iterable[str]) -> list[str]:
-    """Write the .pyc of each source (relative names) of the tree being installed in
-    `tmp`, recording `final` paths as their file names; return the names written.
-
-    A source that does not compile (say, Python 2 code in a wheel) gets no .pyc: the
-    app then fails, or not, on import exactly as it would without sandrun. Large trees
-    are compiled by one process per CPU (numpy: 2.1 s alone on this 2-core machine).
-    """
-    jobs = [(str(tmp / name), str(tmp / pyc_name(name)), str(final / name), pyc_name(name))
-            for name in sources if name.endswith(".py") and not name.startswith(".sandrun/")]
-    workers = min(os.cpu_count() or 1, 8)
-    if workers < 2 or len(jobs) < PARALLEL_THRESHOLD:
-        results = [_compile_one(job) for job in jobs]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: the workers need nothing but py_compile, already imported here.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_compile_one, jobs, chunksize=32))
-    return [name for name in results if name is not None]
+def compiles(name: str) -> bool:
+    """Whether the store writes bytecode for this entry: Python sources of the app and
+    its dependencies (not sandrun's own bootstrap files under .sandrun/)."""
+    return name.endswith(".py") and not name.startswith(".sandrun/")
 
 
-PARALLEL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
-
-
-def _compile_one(job: tuple[str, str, str, str]) -> str | None:
-    source, cfile, dfile, name = job
+def pyc_data(source: bytes, mtime: float, size: int, dfile: str) -> bytes | None:
+    """The .pyc of `source` as py_compile writes it (timestamp-validated, optimisation
+    level 0: what `python -I -B` loads), recording `dfile` as the file name; `mtime`
+    and `size` are the written source's. None when the source does not compile (say,
+    Python 2 code in a wheel, or nesting too deep for the compiler): the app then fails,
+    or not, on import exactly as it would without sandrun."""
     try:
-        py_compile.compile(source, cfile=cfile, dfile=dfile, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError):
+        code = compile(source, dfile, "exec", dont_inherit=True, optimize=0)
+    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, MemoryError
         return None
-    return name
+    return b"".join((importlib.util.MAGIC_NUMBER, b"\0\0\0\0",
+                     (int(mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+                     (size & 0xFFFFFFFF).to_bytes(4, "little"), marshal.dumps(code)))
 
 
 def source_of(pyc_rel: str) -> str | None:
@@ -103,7 +89,7 @@ def pyc_problem(pyc_path: Path, source_path: Path) -> str | None:
     try:
         # The tree is root-owned: only root could have written this file.
         code = marshal.loads(data[16:])
-        expected = compile(source, str(source_path), "exec", dont_inherit=True)
+        expected = compile(source, str(source_path), "exec", dont_inherit=True, optimize=0)
     except (ValueError, EOFError, TypeError, SyntaxError) as exc:
         return f"cannot be checked ({type(exc).__name__})"
     if code != expected:

@@ -158,6 +158,7 @@ def decide(options: ExecOptions) -> LaunchPlan:
     unverifiable bundle, an untrusted store) raises at once. Nothing is created here: no
     user, no store dir, no tree, no state dir, no record. The steps, in order:
     """
+    from sandrun.config.profile import project_dir
     from sandrun.supply.trust import DEFAULT_TRUST_PATH
 
     found = _Findings()
@@ -165,7 +166,7 @@ def decide(options: ExecOptions) -> LaunchPlan:
     store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
     bundle = _verified_bundle(options, store)
     app = bundle.manifest.app_name
-    policy, audit_note = _check_trust_and_audit(options, bundle, found)
+    policy, check_notes = _check_trust_and_audit(options, bundle, found)
     owner = found.attempt(_check_owner, options, store, bundle, found)
     profile, consent_note = _decide_profile(options, bundle.archive, app, store,
                                             found.refusals)
@@ -182,8 +183,12 @@ def decide(options: ExecOptions) -> LaunchPlan:
     # Privileged: a fresh private tmpfs per launch (nothing to follow or clean up);
     # not root: no mount namespace, so TMPDIR stays inside the state dir.
     tmp = PRIVATE_TMP_DIRS[0] if privileged else str(state / "tmp")
+    caller_dir = os.getcwd()
+    project, marker, marker_paths = project_dir(caller_dir)  # lstat only, nothing opened
+    uses_project = "project" in profile.placeholders_used()
     placeholders = {"app": app, "state": str(state), "tmp": tmp,
-                    "store": str(bundle.tree), "home": str(state), "cwd": os.getcwd()}
+                    "store": str(bundle.tree), "home": str(state), "cwd": caller_dir,
+                    "project": project}
     expanded = found.attempt(profile.expand, placeholders)
     profile = expanded if expanded is not None else _unexpanded_fallback(profile)
     found.refusals += _missing_required_paths(profile, created=(str(state),),
@@ -204,16 +209,21 @@ def decide(options: ExecOptions) -> LaunchPlan:
         seccomp_policy=_seccomp_policy(profile),
         rlimits=_rlimits(profile), mdwe=profile.mdwe, signature=bundle.signature,
         trust_policy=policy,
-        trust_inputs=(options.trust or str(DEFAULT_TRUST_PATH),
+        trust_inputs=(options.trust or str(DEFAULT_TRUST_PATH), *_audit_inputs(options),
                       *(policy.files if policy is not None else ()),
                       *consent.consent_inputs(store.root, app),
-                      str(consent.owner_path(store.root, app))),
+                      str(consent.owner_path(store.root, app)),
+                      # {project}: a marker made or removed changes it (warm record input)
+                      *(marker_paths if uses_project else ())),
         manifest_bytes=bundle.manifest_bytes, archive=bundle.archive,
         full_check=bundle.full_check, signer=bundle.signer, owner_known=owner is not None,
         refusals=found.refusals, creates=found.creates, notices=found.notices,
         consent=consent_note, operator_grants=grants.describe(), requested_profile=requested)
-    if audit_note:
-        plan.notes.append(audit_note)
+    plan.notes += check_notes
+    if uses_project:
+        plan.notes.append(f"project      {project} ("
+                          + (f"holds {marker}" if marker else "no project marker above the "
+                             "working directory: {project} is {cwd}") + ")")
     plan.seccomp_bpf = found.attempt(seccomp.compile_filter, plan.seccomp_policy) or b""
     plan.limit_rows = _limit_rows(profile, privileged, found.refusals)
     if privileged:  # Unix permissions can deny what Landlock grants, and log nothing
@@ -303,9 +313,10 @@ def _verified_bundle(options: ExecOptions, store: Store) -> _Bundle:
 
 
 def _check_trust_and_audit(options: ExecOptions, bundle: _Bundle, found: _Findings
-                           ) -> tuple[TrustPolicy | None, str | None]:
-    """The trust policy (if any) must accept the bundle; --audit-db must find nothing at or
-    above the threshold. Returns the policy and the audit's note for the plan."""
+                           ) -> tuple[TrustPolicy | None, list[str]]:
+    """The trust policy (if any) must accept the bundle, and its [provenance] table must be
+    met; --audit-db must find nothing at or above the threshold. Returns the policy and
+    the notes (provenance, audit) for the plan."""
     from sandrun.supply.trust import (
         DEFAULT_TRUST_PATH,
         find_trust_policy,
@@ -318,8 +329,25 @@ def _check_trust_and_audit(options: ExecOptions, bundle: _Bundle, found: _Findin
     if policy is not None:
         found.attempt(require_trust, policy, bundle.manifest, bundle.signature,
                       options.bundle)
-    audit_note = found.attempt(_audit, options, bundle.manifest) if options.audit_db else None
-    return policy, audit_note
+    notes = [found.attempt(_require_provenance, Path(options.trust or DEFAULT_TRUST_PATH),
+                           bundle, options.bundle) if policy is not None else None,
+             found.attempt(_audit, options, bundle.manifest) if options.audit_db else None]
+    return policy, [n for n in notes if n]
+
+
+def _require_provenance(path: Path, bundle: _Bundle, label: str) -> str | None:
+    """Refuse (ProvenanceError, 125) a bundle lacking the provenance the policy's
+    [provenance] table requires. sigstore is imported only when the policy requires
+    provenance of a package this bundle holds (cold path only: the warm record keeps the
+    verdict while the policy file and the bundle are unchanged)."""
+    from sandrun.supply.provenance import load_provenance_policy, require_provenance
+
+    policy = load_provenance_policy(path)
+    if not policy.require:
+        return None
+    entries = {e.name: e for e in bundle.archive.entries}
+    return require_provenance(bundle.manifest, lambda name: bundle.archive.read(entries[name]),
+                              policy, label)
 
 
 def _check_owner(options: ExecOptions, store: Store, bundle: _Bundle,
@@ -671,13 +699,81 @@ def materialise(plan: LaunchPlan, options: ExecOptions) -> None:
         consent.record_owner(plan.store, app, plan.signer, plan.bundle_sha256)
 
 
+def _audit_inputs(options: ExecOptions) -> tuple[str, ...]:
+    """The files an --audit-db verdict depends on (warm record inputs): an index or zip is
+    one file; a directory of advisories is every directory and file in it."""
+    if not options.audit_db:
+        return ()
+    path = os.path.abspath(options.audit_db)
+    if not os.path.isdir(path):
+        return (path,)
+    found = [path]
+    for top, dirs, files in os.walk(path):
+        dirs.sort()
+        found += [os.path.join(top, n) for n in (*dirs, *sorted(files))]
+    return tuple(found)
+
+
+def _open_audit_index(path: str) -> Any:  # an open binary file, or None
+    """The OSV index at `path`, opened (the caller closes it), or None when `path` is not
+    an index (a raw database, read by load_osv_database). An index decides whether root
+    starts an app: it and every directory above it must be owned by root (or the running
+    user) and not writable by others, else AuditError."""
+    import stat as stat_module
+
+    from sandrun.errors import AuditError
+    from sandrun.launch.safefile import UnsafePath, open_trusted_dir
+    from sandrun.supply.audit import INDEX_MAGIC
+
+    try:
+        with open(path, "rb") as probe:
+            if probe.read(len(INDEX_MAGIC)) != INDEX_MAGIC:
+                return None
+    except OSError:
+        return None  # load_osv_database says what is wrong with it
+    hint = ("build it as root (`sandrun audit --index DB -o FILE`) in a directory only root "
+            "can write")
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        dir_fd = open_trusted_dir(directory, os.geteuid())
+    except (UnsafePath, OSError) as exc:
+        raise AuditError(f"audit index {path}: its directory is not trusted ({exc})",
+                         hint) from None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        raise AuditError(f"cannot open audit index {path}: {exc.strerror}", hint) from None
+    finally:
+        os.close(dir_fd)
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(f.fileno())
+    if not stat_module.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) \
+            or st.st_mode & 0o022:
+        f.close()
+        raise AuditError(f"audit index {path} is not a regular file owned by root and "
+                         f"writable only by it (owner uid {st.st_uid}, mode "
+                         f"{stat_module.S_IMODE(st.st_mode):04o})", hint)
+    return f
+
+
 def _audit(options: ExecOptions, manifest: Manifest) -> str:
     """Refuse (AuditError, 125) known vulnerabilities at or above the threshold."""
-    from sandrun.supply.audit import audit_manifest, check_severity_level, load_osv_database
+    from sandrun.supply.audit import (
+        audit_manifest,
+        check_severity_level,
+        load_osv_database,
+        parse_osv_index,
+    )
 
     level = check_severity_level(options.audit_severity)
-    report = audit_manifest(manifest, load_osv_database(Path(options.audit_db or "")),
-                            options.bundle)
+    path = options.audit_db or ""
+    index = _open_audit_index(path)
+    if index is None:
+        report = audit_manifest(manifest, load_osv_database(Path(path)), options.bundle)
+    else:
+        with index:  # read the table and the bodies of the bundle's dependencies only
+            report = audit_manifest(manifest, parse_osv_index(index, path), options.bundle)
     blocking = report.at_or_above(level)
     if blocking:
         problems = [Problem(f"{f.name} {f.version}",
@@ -696,7 +792,9 @@ def _audit(options: ExecOptions, manifest: Manifest) -> str:
             "the bar with --audit-severity")
     others = len(report.findings)
     return (f"audit        {options.audit_db}: no known vulnerability at or above {level}"
-            + (f" ({others} below it; run `sandrun audit`)" if others else ""))
+            + (f" ({others} below it; run `sandrun audit`)" if others else "")
+            + ("" if index is not None else "; a raw database is read in full on every "
+               "start: `sandrun audit --index` builds an index that costs milliseconds"))
 
 
 def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
@@ -792,9 +890,9 @@ def _assess(plan: LaunchPlan) -> None:
                       "the state dir and every read_write grant are mounted noexec,nosuid,"
                       "nodev in a private mount namespace: files the app writes cannot be "
                       "executed or mmap'd executable"))
-        prot.append(P("private /tmp", "enforced",
-                      "fresh tmpfs on /tmp, /var/tmp and /dev/shm per launch (noexec), gone "
-                      "with the app"))
+        prot.append(P("private /tmp and /run", "enforced",
+                      "fresh tmpfs on /tmp, /var/tmp, /dev/shm and /run per launch (noexec), "
+                      "gone with the app; granted paths under /run are mounted through"))
         prot.append(P("ipc and uts namespaces", "enforced",
                       "SysV IPC objects die with the sandbox; host name sandrun-<app>"))
         prot.append(P("root never follows", "enforced",
@@ -803,6 +901,10 @@ def _assess(plan: LaunchPlan) -> None:
         prot.append(P("die with launcher", "enforced",
                       "PR_SET_PDEATHSIG(SIGKILL) on the namespace's init: killing sandrun "
                       "exec (even SIGKILL) kills the whole sandbox"))
+        native, how = runner.supervisor_status()
+        prot.append(P("small supervisor", "enforced" if native else "partial",
+                      f"{how}: what stays resident as root next to the app (~1.4 MB each for "
+                      "the supervisor and the namespace's init)" if native else how))
     else:
         prot.append(P("user switch", "not enforced",
                       f"sandrun is not root: the app runs as the invoking user {plan.user.name}"))
@@ -963,7 +1065,8 @@ def run_spec(plan: LaunchPlan) -> runner.RunSpec:
         seccomp_bpf=plan.seccomp_bpf or seccomp.compile_filter(plan.seccomp_policy),
         writable=_writable(plan), hostname=f"sandrun-{plan.manifest.app_name}"[:64],
         tmp_size=plan.profile.limits.get("memory") or 0,
-        limits=cgroup_limits(plan.profile) if plan.privileged else {})
+        limits=cgroup_limits(plan.profile) if plan.privileged else {},
+        app_name=plan.manifest.app_name)
 
 
 def _writable(plan: LaunchPlan) -> list[str]:
@@ -1010,8 +1113,14 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
     identity = warm_exec.identity
     inputs = [(options.bundle, False, identity(options.bundle, follow=False))]
     inputs += [(path, True, identity(path)) for path in dict.fromkeys(files)]
+    not_after = None
+    if plan.trust_policy is not None:
+        from sandrun.supply.trust import trusted_until
+
+        not_after = trusted_until(plan.trust_policy, plan.signature)
     with contextlib.suppress(SandrunError, UnsafePath, OSError):
-        warm_exec.write_record(plan.store.dir_fd(), key, inputs, str(plan.tree), spec)
+        warm_exec.write_record(plan.store.dir_fd(), key, inputs, str(plan.tree), spec,
+                               not_after)
 
 
 def launch(plan: LaunchPlan) -> int:

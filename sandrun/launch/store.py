@@ -29,15 +29,21 @@ layout owned by that user, the tree's top dir 0500.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import ctypes
 import fcntl
 import hashlib
+import mmap
 import os
 import shutil
+import signal
 import stat
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from sandrun.errors import Problem, StoreError, VerificationError
@@ -233,12 +239,15 @@ class Store:
     # ------------------------------------------------------------ installing
 
     def install(self, bundle_sha256: str, archive: StrictArchive, manifest: Manifest,
-                python_version: str | None = None, gid: int = 0) -> Path:
+                python_version: str | None = None, gid: int = 0,
+                progress: Callable[[str], None] | None = None) -> Path:
         """Extract a verified archive once; concurrent callers wait and reuse it. The
         tree's top dir gets group `gid` (the app user's; ignored in a user's own store).
 
         With the app's Python X.Y, bytecode is precompiled when sandrun's interpreter
-        writes that format (bytecode.py)."""
+        writes that format (bytecode.py). `progress` gets one line per phase (what is
+        installed and how much, then what it took); it is not called when the tree was
+        installed already."""
         tree = self.tree(bundle_sha256)
         with self._subdir("apps") as apps, self._lock(apps, bundle_sha256):
             if _lexists(bundle_sha256, apps):  # installed, maybe while we waited
@@ -250,10 +259,12 @@ class Store:
             try:
                 tmp_fd = os.open(tmp, _DIR, dir_fd=apps)
                 try:
-                    self._extract(archive, manifest, tmp_fd, tree, python_version)
+                    self._extract(archive, manifest, tmp_fd, tree, python_version,
+                                  progress or _no_progress)
                     if self.owner == 0:
                         os.fchown(tmp_fd, 0, gid)
                     os.fchmod(tmp_fd, self.tree_top_mode)
+                    _sync_file_system(tmp_fd, tree)  # one syncfs, not an fsync per file
                 finally:
                     os.close(tmp_fd)
                 os.rename(tmp, bundle_sha256, src_dir_fd=apps, dst_dir_fd=apps)
@@ -261,6 +272,8 @@ class Store:
             except BaseException:
                 _remove_at(apps, tmp)
                 raise
+            finally:
+                archive.drop_contents()
         return tree
 
     def grant_tree(self, bundle_sha256: str, gid: int) -> bool:
@@ -314,42 +327,49 @@ class Store:
             _remove_at(apps, name)
 
     def _extract(self, archive: StrictArchive, manifest: Manifest, tmp: int, final: Path,
-                 python_version: str | None) -> None:
+                 python_version: str | None, progress: Callable[[str], None]) -> None:
         """Write every entry of an archive that verify_archive() passed, relative to the
-        fd of the private temp dir. The archive parses an in-memory copy of the bundle,
-        so what was hashed is what is written."""
-        dirs: set[str] = set()
-        for entry in archive.entries:
-            parent = entry.name.rpartition("/")[0]
-            if parent and parent not in dirs:
-                prefix = ""
-                for part in parent.split("/"):
-                    prefix = f"{prefix}/{part}" if prefix else part
-                    if prefix not in dirs:
-                        with contextlib.suppress(FileExistsError):
-                            os.mkdir(prefix, 0o700, dir_fd=tmp)
-                        dirs.add(prefix)
-            data = archive.read(entry)
-            record = manifest.entries.get(entry.name)
-            mode = 0o555 if record is not None and record.mode & 0o111 else 0o444
-            fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=tmp)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if python_version and bytecode.compatible(python_version):
-            # py_compile takes paths: /proc/self/fd/N is the temp dir itself, not a path
-            # resolved again (forked compile workers inherit the fd).
-            for name in bytecode.compile_sources(_fd_path(tmp), final, manifest.entries):
-                os.chmod(name, 0o444, dir_fd=tmp)
-                dirs.add(name.rpartition("/")[0])
+        fd of the private temp dir, and the bytecode of its sources. The archive parses
+        an in-memory copy of the bundle, so what was hashed is what is written.
+
+        Large trees are written by one process per CPU (the caller and forked helpers
+        taking entries from one queue, the costliest first): compiling is most of an
+        install (numpy: 2.4 s of CPU for 9.8 MB of sources)."""
+        started = time.monotonic()
+        entries = archive.entries
+        compile_sources = python_version is not None and bytecode.compatible(python_version)
+        sources = [compile_sources and bytecode.compiles(e.name) and e.name in manifest.entries
+                   for e in entries]
+        dirs = _make_parents(tmp, [e.name for e in entries])
+        costs = [_COST_PER_FILE + e.size * (_COST_PER_SOURCE_BYTE if source else 1)
+                 for e, source in zip(entries, sources, strict=True)]
+        workers = _worker_count(sum(costs))
+        size = sum(e.size for e in entries)
+        count = sum(sources)
+        progress(f"installing {manifest.app_name} {manifest.app_version}: {len(entries)} "
+                 f"files, {size / 1e6:.1f} MB" + (f", compiling {count} modules" if count
+                                                   else "")
+                 + (f" on {workers} CPUs" if workers > 1 else ""))
+        status = mmap.mmap(-1, max(len(entries), 1))  # MAP_SHARED: the helpers report here
+        try:
+            writer = _TreeWriter(archive, manifest, tmp, final, sources, status)
+            order = sorted(range(len(entries)), key=costs.__getitem__, reverse=True)
+            _run_jobs(writer.write, order, workers, final)
+            done = status[:len(entries)]
+        finally:
+            status.close()
+        unwritten = [entries[i].name for i, state in enumerate(done) if state == _PENDING]
+        if unwritten:
+            raise StoreError(f"installing into {final} failed: {len(unwritten)} entries were "
+                             f"not written (first: {unwritten[0]})",
+                             "launch again; report a bug if it happens again")
+        compiled = [entries[i].name for i, state in enumerate(done) if state == _COMPILED]
+        dirs.update(bytecode.pycache_dirs(bytecode.pyc_name(name) for name in compiled))
         for directory in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
             os.chmod(directory, TREE_DIR_MODE, dir_fd=tmp)
+        progress(f"installed {manifest.app_name} {manifest.app_version} in "
+                 f"{time.monotonic() - started:.1f} s: {len(entries)} files"
+                 + (f", {len(compiled)} modules compiled" if count else ""))
 
     # ------------------------------------------------------------ checking a tree
 
@@ -610,6 +630,217 @@ class Store:
             st = os.stat(app, dir_fd=state, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise
+
+
+def _no_progress(_: str) -> None:
+    pass
+
+
+_PENDING, _WRITTEN, _COMPILED = 0, 1, 2  # an entry's state in the shared status map
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Relative costs of writing an entry (about 8 ns per byte written, 100 us per file) and of
+# compiling a source (about 250 ns per byte), for the order and the number of processes.
+_COST_PER_FILE = 12_000
+_COST_PER_SOURCE_BYTE = 32
+_PARALLEL_COST = 12_000_000  # about 100 ms alone: below, forking helpers costs more
+_MAX_WORKERS = 8
+_MAX_RECORDS = 16_000  # job records in one pipe (4 bytes each: within its 64 KiB)
+
+
+def _make_parents(tmp: int, names: list[str]) -> set[str]:
+    """Create (0700) every parent directory of `names` under the temp dir; return them."""
+    dirs: set[str] = set()
+    for name in names:
+        parent = name.rpartition("/")[0]
+        if not parent or parent in dirs:
+            continue
+        prefix = ""
+        for part in parent.split("/"):
+            prefix = f"{prefix}/{part}" if prefix else part
+            if prefix not in dirs:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(prefix, 0o700, dir_fd=tmp)
+                dirs.add(prefix)
+    return dirs
+
+
+def _worker_count(cost: int) -> int:
+    if cost < _PARALLEL_COST:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_WORKERS, cost // (_PARALLEL_COST // 2)))
+
+
+class _TreeWriter:
+    """Writes one entry (and its bytecode) into the temp dir; used by every process of
+    an install, which all inherit the archive, the temp dir's fd and the status map."""
+
+    def __init__(self, archive: StrictArchive, manifest: Manifest, tmp: int, final: Path,
+                 sources: list[bool], status: mmap.mmap) -> None:
+        self.archive = archive
+        self.manifest = manifest
+        self.tmp = tmp
+        self.final = final
+        self.sources = sources
+        self.status = status
+
+    def write(self, index: int) -> None:
+        entry = self.archive.entries[index]
+        data = self.archive.read(entry)
+        record = self.manifest.entries.get(entry.name)
+        mode = 0o555 if record is not None and record.mode & 0o111 else 0o444
+        st = self._write_file(entry.name, data, mode)
+        self.status[index] = _WRITTEN
+        if not self.sources[index]:
+            return
+        pyc = bytecode.pyc_data(data, st.st_mtime, st.st_size, str(self.final / entry.name))
+        if pyc is None:
+            return
+        name = bytecode.pyc_name(entry.name)
+        with contextlib.suppress(FileExistsError):  # another process made it
+            os.mkdir(name.rpartition("/")[0], 0o700, dir_fd=self.tmp)
+        self._write_file(name, pyc, 0o444)
+        self.status[index] = _COMPILED
+
+    def _write_file(self, name: str, data: bytes, mode: int) -> os.stat_result:
+        try:
+            fd = os.open(name, _CREATE, 0o600, dir_fd=self.tmp)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, mode)
+                return os.fstat(fd)  # the source's mtime and size go into its .pyc
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.final / name}: {exc.strerror}",
+                             "check the free space and inodes of the store's file system "
+                             f"(df -h {self.final.parent}; df -i {self.final.parent})") from None
+
+
+def _run_jobs(work: Callable[[int], None], jobs: list[int], workers: int, final: Path) -> None:
+    """work(job) for every job, on `workers` processes: this one and workers - 1 forked
+    helpers, each taking the next job from one pipe when it is free. A helper that fails
+    or dies fails the install; when this process fails, the helpers are killed (and
+    reaped) before the caller removes the temp dir, and they die with it (SIGKILL)."""
+    if workers < 2:
+        for job in jobs:
+            work(job)
+        return
+    batch = max(1, -(-len(jobs) // _MAX_RECORDS))
+    records = array.array("I", range(0, len(jobs), batch)).tobytes()
+    job_r, job_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    helpers: list[int] = []
+    failures: list[str] = []
+    messages = b""
+    try:
+        view = memoryview(records)
+        while view:  # fits in the pipe: written before any helper reads
+            view = view[os.write(job_w, view):]
+        os.close(job_w)
+        job_w = -1
+        parent = os.getpid()
+        for _ in range(workers - 1):
+            pid = os.fork()
+            if pid == 0:
+                _helper(parent, job_r, err_r, err_w, jobs, batch, work)
+            helpers.append(pid)
+        os.close(err_w)
+        err_w = -1
+        _take_jobs(job_r, jobs, batch, work)
+    except BaseException:
+        for pid in helpers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        for fd in (job_w, err_w):
+            if fd >= 0:
+                os.close(fd)
+        for pid in helpers:
+            _, wait_status = os.waitpid(pid, 0)
+            if wait_status:
+                failures.append(_describe_exit(wait_status))
+        with contextlib.suppress(OSError):
+            messages = _read_all(err_r)  # every write end is closed: the helpers are gone
+        os.close(err_r)
+        os.close(job_r)
+    if failures:
+        text = messages.decode("utf-8", "replace").strip("\0\n")
+        first = text.split("\0\n")[0] if text else f"a helper process {failures[0]}"
+        message, _, hint = first.partition("\0")
+        raise StoreError(f"installing into {final} failed: {message}",
+                         hint or "launch again; the next launch starts the install afresh")
+
+
+def _take_jobs(job_r: int, jobs: list[int], batch: int, work: Callable[[int], None]) -> None:
+    while True:
+        record = os.read(job_r, 4)  # one record per read: pipe reads are atomic
+        if not record:
+            return
+        start = int.from_bytes(record, sys.byteorder)
+        for job in jobs[start:start + batch]:
+            work(job)
+
+
+def _helper(parent: int, job_r: int, err_r: int, err_w: int, jobs: list[int], batch: int,
+            work: Callable[[int], None]) -> NoReturn:
+    """A forked helper: takes jobs until the pipe is empty; reports a failure on err_w
+    as `message NUL hint NUL LF`; never returns into the caller's code."""
+    code = 1
+    try:
+        os.close(err_r)
+        _die_with_parent(parent)
+        _take_jobs(job_r, jobs, batch, work)
+        code = 0
+    except BaseException as exc:  # reported to the parent, which fails the install
+        if isinstance(exc, StoreError):
+            text = f"{exc.message}\0{exc.hint}"
+        else:
+            text = f"{type(exc).__name__}: {exc}\0"
+        with contextlib.suppress(BaseException):
+            os.write(err_w, (text[:3000] + "\0\n").encode("utf-8", "replace"))
+    finally:
+        os._exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this helper when the installing process dies (it must not outlive it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _describe_exit(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        return f"was killed by signal {os.WTERMSIG(wait_status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(wait_status)}"
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _sync_file_system(fd: int, final: Path) -> None:
+    """Flush everything written to the store's file system, once (syncfs(2)), before the
+    tree is renamed into place: a crash then leaves either no tree or a whole one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise StoreError(f"cannot flush {final} to disk: {os.strerror(err)}",
+                         "check the store's file system (dmesg), then launch again")
 
 
 def _fd_path(fd: int) -> Path:

@@ -11,7 +11,7 @@ from wheelcraft import hello_wheelhouse, make_wheel
 
 from sandrun.build.builder import BundleRequest, _target, build_bundle
 from sandrun.build.lockfile import marker_environment, requirements_from_manifest, select_wheels
-from sandrun.bundle.manifest import Target
+from sandrun.bundle.manifest import SBOM_NAME, Target
 from sandrun.bundle.verify import verify_bundle
 from sandrun.errors import LockFileError, UsageError
 
@@ -96,7 +96,18 @@ def test_bundle_from_lock_equals_the_resolved_bundle(wheelhouse: Path, reference
     result = build_bundle(BundleRequest(output=out, lock=lock, console_script="hello"),
                           progress=messages.append)
     assert [d.name for d in result.manifest.dependencies] == ["hellopkg", "helperlib"]
-    assert out.read_bytes() == reference.read_bytes()
+    # The same wheels and files; only the recorded origins differ (a lock, not pip).
+    ref = verify_bundle(reference).manifest
+    assert ref is not None
+    assert [(d.name, d.version, d.wheel, d.sha256) for d in result.manifest.dependencies] == \
+        [(d.name, d.version, d.wheel, d.sha256) for d in ref.dependencies]
+    assert {n: e for n, e in result.manifest.entries.items() if n != SBOM_NAME} == \
+        {n: e for n, e in ref.entries.items() if n != SBOM_NAME}
+    res = result.manifest.resolution
+    assert res is not None and res.resolver == "pylock" and res.lock_sha256 == sha256(lock)
+    assert [d.origin for d in result.manifest.dependencies] == [
+        (lock.parent / "wheels" / next(wheelhouse.glob("hellopkg-*")).name).as_uri(),
+        next(wheelhouse.glob("helperlib-*")).as_uri()]
     assert any("fetching helperlib-0.3-py3-none-any.whl" in m for m in messages)
 
 
@@ -228,7 +239,9 @@ def test_marker_environment_of_another_target() -> None:
 @pytest.mark.parametrize(("kw", "words"), [
     ({"requirements": ("hellopkg",)}, "--lock cannot be combined with requirements or -r"),
     ({"requirement_files": (Path("r.txt"),)}, "--lock cannot be combined"),
-    ({"find_links": ("wheels",)}, "--find-links and --index-url have no effect with --lock"),
+    ({"find_links": ("wheels",)}, "--find-links, --index-url and --use-pip-config have no "
+                                  "effect with --lock"),
+    ({"use_pip_config": True}, "--use-pip-config have no effect with --lock"),
 ])
 def test_lock_is_exclusive_with_requirements(tmp_path: Path, kw: dict, words: str) -> None:
     lock = tmp_path / "pylock.toml"
@@ -242,3 +255,86 @@ def test_unreadable_lock_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=f"cannot read lock file {tmp_path}/nope.toml"):
         build_bundle(BundleRequest(output=tmp_path / "x.pyz", lock=tmp_path / "nope.toml",
                                    console_script="x"))
+
+
+# ---------------------------------------------------------------------------------------
+# `sandrun lock --format pylock`: a PEP 751 lock file that `bundle --lock` takes back
+
+
+def test_pylock_round_trip(wheelhouse: Path, reference: Path, tmp_path: Path) -> None:
+    from helpers import run_sandrun
+
+    lock = tmp_path / "pylock.toml"
+    proc = run_sandrun("lock", "--format", "pylock", "-o", str(lock), str(reference))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 package(s) in a PEP 751 lock file" in proc.stderr and proc.stdout == ""
+    text = lock.read_text()
+    assert 'lock-version = "1.0"' in text and 'created-by = "sandrun"' in text
+    assert "sandrun bundle --lock THIS_FILE -c hello --name hello" in text
+    import tomllib
+
+    from packaging.pylock import Pylock
+    parsed = Pylock.from_dict(tomllib.loads(text))
+    assert [p.name for p in parsed.packages] == ["hellopkg", "helperlib"]
+    wheel = parsed.packages[0].wheels[0]  # type: ignore[index]
+    assert wheel.path == str(next(wheelhouse.glob("hellopkg-*")))  # absolute: not below
+    assert wheel.hashes["sha256"] == sha256(next(wheelhouse.glob("hellopkg-*")))
+    out = tmp_path / "from-lock.pyz"
+    proc = run_sandrun("bundle", "--lock", str(lock), "-c", "hello", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = verify_bundle(out).manifest
+    original = verify_bundle(reference).manifest
+    assert rebuilt is not None and original is not None
+    assert [(d.name, d.wheel, d.sha256, d.origin) for d in rebuilt.dependencies] == \
+        [(d.name, d.wheel, d.sha256, d.origin) for d in original.dependencies]
+    assert rebuilt.resolution is not None and rebuilt.resolution.resolver == "pylock"
+
+
+def test_pylock_paths_below_the_lock_are_relative(wheelhouse: Path, tmp_path: Path) -> None:
+    from helpers import run_sandrun
+
+    local = tmp_path / "wheels"
+    local.mkdir()
+    for wheel in wheelhouse.glob("*.whl"):
+        (local / wheel.name).write_bytes(wheel.read_bytes())
+    bundle = tmp_path / "hello.pyz"
+    assert run_sandrun("bundle", "hellopkg", "--no-index", "--find-links", str(local), "-c",
+                       "hello", "-o", str(bundle)).returncode == 0
+    lock = tmp_path / "deps.toml"  # a .toml name without --format: pylock
+    proc = run_sandrun("lock", "-o", str(lock), str(bundle), "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    assert json.loads(proc.stdout)["format"] == "pylock"
+    assert 'path = "wheels/hellopkg-1.2.0-py3-none-any.whl"' in lock.read_text()
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    proc = run_sandrun("bundle", "--lock", str(lock), "-c", "hello", "-o",
+                       str(moved / "x.pyz"), cwd=moved)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_toml_output_is_never_requirements(reference: Path, tmp_path: Path) -> None:
+    from helpers import run_sandrun
+
+    out = tmp_path / "pins.toml"
+    proc = run_sandrun("lock", "--format", "requirements", "-o", str(out), str(reference))
+    assert proc.returncode == 2 and "is a .toml name" in proc.stderr
+    assert not out.exists()
+    text = run_sandrun("lock", str(reference)).stdout  # stdout: requirements, as before
+    assert "hellopkg==1.2.0 --hash=sha256:" in text
+    quiet = run_sandrun("lock", "-q", str(reference))
+    assert quiet.returncode == 2 and "-q without -o" in quiet.stderr
+
+
+def test_pylock_needs_recorded_origins(tmp_path: Path) -> None:
+    """A format 1 bundle (an older sandrun) records no origins: no lock is invented."""
+    from bundlecraft import bundle_bytes
+    from helpers import run_sandrun
+
+    old = tmp_path / "old.pyz"
+    old.write_bytes(bundle_bytes())
+    assert run_sandrun("verify", str(old)).returncode == 0  # still verifies
+    proc = run_sandrun("lock", "--format", "pylock", str(old))
+    assert proc.returncode == 125
+    assert "manifest format 1 records no origins" in proc.stderr

@@ -32,6 +32,7 @@ from bundlecraft import (
     write,
 )
 
+from sandrun.bundle import archive as archive_module
 from sandrun.bundle.archive import (
     ARCHIVE,
     DEFLATED,
@@ -494,6 +495,54 @@ def test_stored_entries_are_read() -> None:
     entry = find_entry(archive, CORE)
     assert entry.method == STORED and archive.read(entry) == default_files()[CORE][0]
     assert find_entry(archive, MAIN).method == DEFLATED
+
+
+def test_hashed_data_is_read_without_inflating_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification hashes every entry; the extraction that follows reads the same
+    bytes back from memory, and once they are dropped reads (and checks) them again."""
+    archive = parse_archive(bundle_bytes())
+    digests = {e.name: archive.sha256(e) for e in archive.entries}
+    inflated: list[str] = []
+    real = archive_module._inflate
+
+    def counting(raw: memoryview, entry: ZipEntry, where: str) -> object:
+        inflated.append(entry.name)
+        return real(raw, entry, where)
+
+    monkeypatch.setattr(archive_module, "_inflate", counting)
+    for entry in archive.entries:
+        data = archive.read(entry)
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == digests[entry.name]
+        assert archive.sha256(entry) == digests[entry.name]
+    assert inflated == []
+    archive.drop_contents()
+    assert archive.read(find_entry(archive, CORE)) == default_files()[CORE][0]
+    assert inflated == [CORE]
+
+
+def test_kept_data_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    core_size = len(default_files()[CORE][0])
+    monkeypatch.setattr(archive_module, "CONTENTS_LIMIT", core_size)
+    archive = parse_archive(bundle_bytes())
+    core = find_entry(archive, CORE)
+    archive.sha256(core)  # exactly the limit: kept
+    for entry in archive.entries:
+        archive.sha256(entry)
+    kept = archive._contents
+    assert core in kept and sum(len(v) for v in kept.values()) <= core_size
+    assert archive.read(find_entry(archive, MAIN)) == default_files()[MAIN][0]
+
+
+def test_a_corrupt_entry_is_never_kept() -> None:
+    entries = raw_entries()
+    find(entries, CORE).crc ^= 1
+    archive = parse_archive(build_raw(entries))
+    entry = find_entry(archive, CORE)
+    for _ in range(2):  # the second read fails as the first: nothing was kept
+        with pytest.raises(ArchiveError, match="CRC-32 mismatch"):
+            archive.sha256(entry)
+        with pytest.raises(ArchiveError, match="CRC-32 mismatch"):
+            archive.read(entry)
 
 
 # --- names and modes -------------------------------------------------------------------

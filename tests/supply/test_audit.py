@@ -326,3 +326,73 @@ def _report(findings: list[Finding]) -> AuditReport:
     return AuditReport(database="db", advisories=1,
                        dependencies=tuple((f.name, f.version) for f in findings),
                        findings=tuple(findings))
+
+
+# ---------------------------------------------------------------------------------------
+# The index (`sandrun audit --index DB -o FILE`)
+
+
+def test_index_gives_the_same_findings(db: OsvDatabase, tmp_path: Path) -> None:
+    from sandrun.supply.audit import parse_osv_index, write_osv_index
+
+    index = tmp_path / "osv.idx"
+    header = write_osv_index(db, index)
+    assert header["advisories"] == 8 and header["names"] == 5 and header["withdrawn"] == 1
+    assert len(header["database_sha256"]) == 64
+    assert index.stat().st_mode & 0o777 == 0o644
+    loaded = load_osv_database(index)  # detected by its header, wherever a db is taken
+    assert loaded.index == str(index) and loaded.digest == db.digest
+    assert f"(index {index})" in loaded.source
+    deps = [("helperlib", "0.3"), ("Weird_Pkg.Name", "1.5"), ("listed", "2.0"),
+            ("limited", "1.0"), ("oddver", "1.0"), ("absent", "1.0")]
+    assert audit_dependencies(deps, loaded) == audit_dependencies(deps, db)
+    assert set(loaded.by_name) == set(db.by_name)
+    # The digest names the database's contents: another database, another digest.
+    other = tmp_path / "other"
+    shutil.copytree(DB, other)
+    next(other.rglob("*.json")).write_text(json.dumps({"id": "X-1", "affected": []}))
+    assert load_osv_database(other).digest != db.digest
+    with index.open("rb") as f:
+        assert parse_osv_index(f, "x").digest == db.digest
+
+
+def test_zip_and_directory_digests_agree(db: OsvDatabase, tmp_path: Path) -> None:
+    archive = tmp_path / "all.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(DB.rglob("*.json")):
+            zf.write(path, path.relative_to(DB).as_posix())
+    assert load_osv_database(archive).digest == db.digest
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda b: b.replace(b'"names": 5', b'"names": 6'), "not 6 lines"),
+    (lambda b: b.replace(b'[{"affected"', b'{{"affected"', 1), "corrupt at 'helperlib'"),
+    (lambda b: b.split(b"\n", 1)[0] + b"\nnot json\n", "is corrupt"),
+    (lambda b: b[:-40], "truncated"),
+    (lambda b: b"not an index", "neither a directory"),
+])
+def test_corrupt_index_fails_closed(db: OsvDatabase, tmp_path: Path, edit, words: str  # type: ignore[no-untyped-def]
+                                    ) -> None:
+    from sandrun.supply.audit import write_osv_index
+
+    index = tmp_path / "osv.idx"
+    write_osv_index(db, index)
+    index.write_bytes(edit(index.read_bytes()))
+    with pytest.raises(AuditError, match=words):
+        loaded = load_osv_database(index)
+        audit_dependencies([("helperlib", "0.3"), ("oddver", "1.0")], loaded)
+
+
+def test_index_cli(tmp_path: Path) -> None:
+    from helpers import run_sandrun
+
+    index = tmp_path / "osv.idx"
+    proc = run_sandrun("audit", "--index", str(DB), "-o", str(index), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["index"] == str(index) and info["names"] == 5
+    quiet = run_sandrun("audit", "--index", str(DB), "-o", str(index), "-q")
+    assert quiet.returncode == 0 and quiet.stdout == ""
+    assert run_sandrun("audit", "--index", str(DB)).returncode == 2  # no -o
+    broken = run_sandrun("audit", "--index", str(INVALID), "-o", str(tmp_path / "b.idx"))
+    assert broken.returncode == 125 and not (tmp_path / "b.idx").exists()

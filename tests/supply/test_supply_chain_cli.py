@@ -1,18 +1,22 @@
 """The supply-chain commands through the real CLI: `audit` (exit 0/1, --json), `exec
---audit-db` (refusal 125 at or above the severity, unknown severity fails closed),
-`inspect --sbom`, and `lock` feeding a byte-identical rebuild."""
+--audit-db` with a database or its index (refusal 125 at or above the severity, unknown
+severity fails closed, an index others could change is refused), `inspect --sbom`, `lock`
+feeding a byte-identical rebuild, and a trust policy that requires PEP 740 provenance
+(`verify --trust` and `exec` refuse a bundle without valid provenance from the pinned
+publisher; nothing is created)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TESTS, run_sandrun
-from wheelcraft import hello_wheelhouse
+from helpers import NOBODY, TESTS, run_sandrun, user_exists, users_removed_after
+from wheelcraft import hello_wheelhouse, make_wheel
 
 OSV_DB = TESTS / "osv" / "db"
 
@@ -85,3 +89,124 @@ def test_lock_pins_a_byte_identical_rebuild(lab: dict[str, Path]) -> None:
                        "-c", "hello", "-o", str(again))
     assert proc.returncode == 0, proc.stderr
     assert again.read_bytes() == lab["bundle"].read_bytes()
+
+
+def test_exec_with_an_audit_index(lab: dict[str, Path], require_root: None,
+                                  require_landlock: int, require_seccomp: None) -> None:
+    index = lab["base"] / "osv.idx"
+    built = run_sandrun("audit", "--index", str(OSV_DB), "-o", str(index))
+    assert built.returncode == 0, built.stderr
+    store = lab["base"] / "store-index"
+    proc = run_sandrun("exec", "--store", str(store), "--audit-db", str(index),
+                       str(lab["bundle"]))
+    assert proc.returncode == 125, proc.stdout
+    assert "helperlib 0.3: GHSA-h3lp-0001-aaaa" in proc.stderr
+    assert not (store / "apps").exists() or not any((store / "apps").iterdir())
+    ok = run_sandrun("exec", "--store", str(store), "--audit-db", str(index),
+                     "--audit-severity", "critical", "--dry-run", str(lab["bundle"]))
+    assert ok.returncode == 0, ok.stderr
+    assert "no known vulnerability at or above critical (1 below it" in ok.stdout
+    assert "raw database" not in ok.stdout
+    raw = run_sandrun("exec", "--store", str(store), "--audit-db", str(OSV_DB),
+                      "--audit-severity", "critical", "--dry-run", str(lab["bundle"]))
+    assert "`sandrun audit --index` builds an index" in raw.stdout
+
+
+@pytest.mark.parametrize("unsafe", ["owned by nobody", "group writable", "in a 0777 dir"])
+def test_exec_refuses_an_index_others_could_change(lab: dict[str, Path], unsafe: str,
+                                                   require_root: None, tmp_path: Path) -> None:
+    directory = lab["base"] / f"idx-{unsafe.replace(' ', '-')}"
+    directory.mkdir()
+    index = directory / "osv.idx"
+    assert run_sandrun("audit", "--index", str(OSV_DB), "-o", str(index)).returncode == 0
+    if unsafe == "owned by nobody":
+        os.chown(index, NOBODY, NOBODY)
+    elif unsafe == "group writable":
+        index.chmod(0o664)
+    else:
+        directory.chmod(0o777)
+    store = lab["base"] / "store-unsafe"
+    proc = run_sandrun("exec", "--store", str(store), "--audit-db", str(index),
+                       "--audit-severity", "critical", "--dry-run", str(lab["bundle"]))
+    assert proc.returncode == 125, proc.stdout
+    assert proc.stdout.startswith("would refuse")  # --dry-run lists the reasons
+    assert "audit index" in proc.stdout and "sandrun audit --index" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# A trust policy that requires provenance
+
+
+PROVENANCE = TESTS / "provenance"
+ABI3INFO = "abi3info-2024.10.8-py3-none-any.whl"
+
+
+@pytest.fixture(scope="module")
+def signed_provapp(lab: dict[str, Path]) -> dict[str, Path]:
+    base = lab["base"] / "prov"
+    wheels = base / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / ABI3INFO).write_bytes((PROVENANCE / ABI3INFO).read_bytes())
+    make_wheel(wheels, "provapp", "1.0", {"provapp.py": (
+        "import abi3info\n\ndef main():\n    print('provapp ran', bool(abi3info.FUNCTIONS))\n")},
+        requires=["abi3info"])
+    provenance = base / "provenance"
+    provenance.mkdir()
+    (provenance / f"{ABI3INFO}.provenance").write_bytes(
+        (PROVENANCE / f"{ABI3INFO}.provenance").read_bytes())
+    key = base / "key"
+    assert run_sandrun("keygen", "-o", str(key), "--identity", "test").returncode == 0
+    with_prov = base / "provapp.pyz"
+    without = base / "provapp-bare.pyz"
+    for out, extra in ((with_prov, ("--provenance", str(provenance))), (without, ())):
+        proc = run_sandrun("bundle", "provapp", "--no-index", "--find-links", str(wheels),
+                           "-e", "provapp:main", "--sign-key", str(key), "-o", str(out),
+                           *extra)
+        assert proc.returncode == 0, proc.stderr
+    return {"base": base, "key": key, "bundle": with_prov, "bare": without}
+
+
+def provenance_policy(lab: dict[str, Path], signed: dict[str, Path], repository: str) -> Path:
+    policy = signed["base"] / f"trust-{repository.replace('/', '-')}.toml"
+    policy.write_text(f"""\
+[[signer]]
+name = "test"
+public_key_file = "{signed['key']}.pub"
+apps = ["provapp"]
+
+[provenance]
+require = ["abi3info"]
+[provenance.publishers]
+abi3info = {{ kind = "GitHub", repository = "{repository}", workflow = "release.yml" }}
+""")
+    return policy
+
+
+def test_policy_requiring_provenance(lab: dict[str, Path], signed_provapp: dict[str, Path],
+                                     require_root: None, require_landlock: int,
+                                     require_seccomp: None) -> None:
+    good = provenance_policy(lab, signed_provapp, "woodruffw/abi3info")
+    wrong = provenance_policy(lab, signed_provapp, "woodruffw/not-abi3info")
+    bundle, bare = str(signed_provapp["bundle"]), str(signed_provapp["bare"])
+    assert run_sandrun("verify", "--trust", str(good), bundle).returncode == 0
+    for policy, target, words in ((wrong, bundle, "does not verify against GitHub "
+                                                  "woodruffw/not-abi3info (release.yml)"),
+                                  (good, bare, "has no provenance, and the trust policy")):
+        proc = run_sandrun("verify", "--trust", str(policy), target)
+        assert proc.returncode == 1 and words in proc.stdout, proc.stdout
+        store = signed_provapp["base"] / "store"
+        proc = run_sandrun("exec", "--store", str(store), "--trust", str(policy), target)
+        assert proc.returncode == 125, proc.stdout
+        assert "required provenance" in proc.stderr and words in proc.stderr
+        assert not (store / "apps").exists() or not any((store / "apps").iterdir())
+        assert not (store / "state" / "provapp").exists()
+        assert not user_exists("sandrun-provapp")
+    with users_removed_after("sandrun-provapp"):
+        store = signed_provapp["base"] / "store"
+        proc = run_sandrun("exec", "--store", str(store), "--trust", str(good), bundle)
+        assert proc.returncode == 0, proc.stderr
+        assert "provapp ran True" in proc.stdout
+        plan = run_sandrun("exec", "--store", str(store), "--trust", str(good), "--dry-run",
+                           bundle)
+        assert "provenance   abi3info from GitHub woodruffw/abi3info (release.yml)" in \
+            plan.stdout
