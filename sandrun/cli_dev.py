@@ -46,7 +46,7 @@ def _click_option(option: Option) -> click.Option:
 
 # `dev` takes exec's options (the same table) but those that mean nothing there.
 _DEV_SKIPPED: tuple[str, ...] = ()
-_TEST_SKIPPED = ("as_json", "dry_run", "explain", "workdir")
+_TEST_SKIPPED = ("as_json", "dry_run", "explain", "workdir", "quiet")  # test has its own -q
 
 
 def _exec_options(skipped: tuple[str, ...]) -> Callable[[click.Command], click.Command]:
@@ -107,7 +107,8 @@ def dev(ctx: click.Context, /, words: tuple[str, ...], watch: bool, script: str 
     app follow PROJECT or `--` (`sandrun dev -- ARGS` for the current directory)."""
     from sandrun.dev import quick  # cheap: the rest only when the quick path declines
 
-    plain = not (watch or rebuild or values["dry_run"] or values["explain"])
+    plain = not (watch or rebuild or values["dry_run"] or values["explain"]
+                 or values.get("quiet") or values["as_json"])
     if plain:  # the launch decided last time, if nothing it was decided from changed
         code = quick.try_quick_dev([*ctx.meta[WORDS_KEY], "--", *ctx.meta[DASHES_KEY]])
         if code is not None:
@@ -117,8 +118,12 @@ def dev(ctx: click.Context, /, words: tuple[str, ...], watch: bool, script: str 
     project, args = _positionals(ctx, words)
     dry_run, as_json, explain = values.pop("dry_run"), values.pop("as_json"), \
         values.pop("explain")
-    if as_json and not dry_run:
-        raise click.UsageError("--json goes with --dry-run (a run prints what the app prints)")
+    quiet = values.pop("quiet", False)
+    if (as_json or quiet) and not dry_run:
+        raise click.UsageError("--json and -q go with --dry-run (a run prints what the app "
+                               "prints)")
+    if as_json and quiet:
+        raise click.UsageError("-q prints nothing and --json prints JSON: choose one")
     if watch and (dry_run or explain):
         raise click.UsageError("--watch runs the app: not with --dry-run or --explain")
     fields = exec_option_fields({**values, "dry_run": dry_run})
@@ -134,8 +139,9 @@ def dev(ctx: click.Context, /, words: tuple[str, ...], watch: bool, script: str 
         plan = decide(session.options)
         plan.notes.append(f"dev source   {session.project.source_dir} first on sys.path "
                           "(granted read-only with the project; -B: nothing compiled there)")
-        click.echo(json.dumps(plan_to_json(plan), indent=2, sort_keys=True) if as_json
-                   else render_plan(plan))
+        if not quiet:
+            click.echo(json.dumps(plan_to_json(plan), indent=2, sort_keys=True) if as_json
+                       else render_plan(plan))
         return 125 if plan.refusals else 0
     if watch:
         return devloop.watch(request, progress=progress, warn=warn, notice=_notice,
@@ -146,7 +152,8 @@ def dev(ctx: click.Context, /, words: tuple[str, ...], watch: bool, script: str 
 
         quick.save(ctx.meta[WORDS_KEY], str(session.project.root),
                    ExecArgs.for_options(session.options), tuple(words[1:]),
-                   session.options.store or default_store_root())
+                   session.options.store or default_store_root(),
+                   devloop.input_names(session.project))
     outcome = launching.launch(session.options, explain=explain, notice=_notice)
     for line in launching.for_command(outcome.explanation, "dev"):
         _notice(line)

@@ -13,6 +13,13 @@ and the warm launch record of `sandrun exec` stays valid across edits.
 
 Cache: <store>/dev/ (0700, the store owner's), one `<project key>-<inputs key>.pyz` per
 project and kind; a rebuild removes the older bundle of the same project and kind.
+
+What the developer wrote reaches pip and uv only checked: the stub's METADATA and
+entry_points.txt are made of validated fields (no control character anywhere), then
+parsed back and compared with what was meant, and no requirement in them may be a
+direct reference (pip would fetch and build it, running its build backend as root).
+A project's own pylock.toml may name only https URLs and files under an operator's
+--find-links directory: root fetches what a lock names and reports its digest.
 """
 
 from __future__ import annotations
@@ -30,11 +37,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandrun import __version__
-from sandrun.dev.project import Entry, Project
-from sandrun.errors import BundleError, StoreError
+from sandrun.dev.project import (
+    CONTROL_RE,
+    LOCK_NAME,
+    Entry,
+    Project,
+    ProjectError,
+    RequestedProfile,
+    extra_name_problem,
+    normalise_extra,
+    requirement_problem,
+    requires_python_problem,
+    shown_key,
+)
+from sandrun.errors import BundleError, LockFileError, Problem, StoreError
 
 CACHE_DIR = "dev"
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: the project profile embedded; project locks checked
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 Progress = Callable[[str], None]
@@ -56,8 +75,13 @@ class DevBundleSpec:
     find_links: tuple[str, ...] = ()
     no_index: bool = False
     index_url: str | None = None
-    lock: Path | None = None  # a pylock.toml: exactly its wheels (the stub is added)
-    lock_has_stub: bool = False  # the lock already names the stub (a matrix cell's)
+    # A lock sandrun made (a matrix cell's, in a root-private directory): exactly its
+    # wheels; it names the stub already.
+    lock: Path | None = None
+    # The project's own pylock.toml as read: its wheels (checked: https URLs and files
+    # under --find-links only) and the stub.
+    project_lock: bytes | None = None
+    profile: RequestedProfile | None = None  # the project's, embedded as a request
     python_version: str | None = None
     notes: list[str] = field(default_factory=list, compare=False)
 
@@ -70,6 +94,11 @@ class DevBundleSpec:
             except OSError as exc:
                 raise BundleError(f"cannot read the lock file {self.lock}: {exc.strerror}",
                                   "check the path and its permissions") from None
+        elif self.project_lock is not None:
+            lock_digest = hashlib.sha256(self.project_lock).hexdigest()
+        profile = None
+        if self.profile is not None:
+            profile = [self.profile.source, self.profile.shipped, self.profile.text]
         return {
             "format": KEY_FORMAT, "sandrun": __version__, "root": str(p.root),
             "source": str(p.source_dir), "name": p.name, "version": p.version,
@@ -78,7 +107,7 @@ class DevBundleSpec:
             "requires_python": p.requires_python, "scripts": dict(sorted(p.scripts.items())),
             "entry": [self.entry.entry_point, self.entry.script], "app": self.app,
             "kind": self.kind, "extra": list(self.extra_requirements),
-            "lock": lock_digest, "lock_has_stub": self.lock_has_stub,
+            "lock": lock_digest, "sandrun_lock": self.lock is not None, "profile": profile,
             "find_links": [os.path.abspath(f) for f in self.find_links],
             "no_index": self.no_index, "index_url": self.index_url,
             "python": self.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}",
@@ -144,11 +173,19 @@ def build_bundle(spec: DevBundleSpec, output: Path, *, progress: Progress = _qui
     with tempfile.TemporaryDirectory(prefix="sandrun-dev-") as tmp:
         work = Path(tmp)
         stub = stub_wheel(spec.project, work)
-        lock = spec.lock
-        if lock is not None and not spec.lock_has_stub:
-            lock = lock_with_stub(lock, stub, work)
-        entry_point = None if spec.entry.script else spec.entry.entry_point
         find_links = tuple(os.path.abspath(f) for f in spec.find_links)
+        lock = spec.lock
+        if lock is None and spec.project_lock is not None:
+            lock = lock_with_stub(spec.project_lock, stub, work, find_links=find_links,
+                                  label=str(spec.project.root / LOCK_NAME))
+        profile = "default"
+        if spec.profile is not None:
+            profile = spec.profile.shipped or str(work / "profile" /
+                                                  f"{spec.profile.name}.toml")
+            if spec.profile.text is not None:
+                (work / "profile").mkdir(mode=0o700)
+                Path(profile).write_text(spec.profile.text, "utf-8")
+        entry_point = None if spec.entry.script else spec.entry.entry_point
         request = BundleRequest(
             output=output,
             requirements=() if lock is not None else (str(stub), *spec.extra_requirements),
@@ -156,7 +193,7 @@ def build_bundle(spec: DevBundleSpec, output: Path, *, progress: Progress = _qui
             find_links=() if lock is not None else find_links,
             no_index=spec.no_index, index_url=None if lock is not None else spec.index_url,
             name=spec.app, python_version=spec.python_version, lock=lock,
-            dev_source=str(spec.project.source_dir))
+            dev_source=str(spec.project.source_dir), profile=profile)
         try:
             # From our own empty directory: `python -m pip` imports from its working
             # directory, and a requirement must never be taken for a local project dir.
@@ -199,26 +236,109 @@ def _version(project: Project) -> str:
         return "0"
 
 
-def stub_metadata(project: Project) -> str:
-    """METADATA of the stub: name, version, requires-python and every requirement."""
+def _stub_fields(project: Project) -> list[tuple[str, str]]:
+    """The METADATA fields of the stub, every value checked (BundleError): the name a
+    valid distribution name, requires-python a specifier set, extras valid names
+    (written normalised, PEP 685), requirements parsed (no direct reference) and
+    written as packaging renders them; no control character in any value."""
     from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import InvalidName, canonicalize_name
 
-    lines = ["Metadata-Version: 2.1", f"Name: {project.name}", f"Version: {_version(project)}",
-             f"Summary: sandrun development stub of {project.root} (its code is not in this "
-             "wheel: the bootstrap puts the source directory on sys.path)"]
+    problems: list[Problem] = []
+    try:
+        canonicalize_name(project.name, validate=True)
+    except InvalidName:
+        problems.append(Problem("project.name", f"{project.name!r} is not a valid "
+                                "distribution name"))
+    fields = [("Metadata-Version", "2.1"), ("Name", project.name),
+              ("Version", _version(project)),
+              ("Summary", f"sandrun development stub of {project.root} (its code is not in "
+                          "this wheel: the bootstrap puts the source directory on sys.path)")]
     if project.requires_python:
-        lines.append(f"Requires-Python: {project.requires_python}")
-    lines += [f"Requires-Dist: {req}" for req in project.dependencies]
+        problem = requires_python_problem(project.requires_python)
+        if problem:
+            problems.append(Problem("project.requires-python", problem))
+        else:
+            fields.append(("Requires-Python", str(SpecifierSet(project.requires_python))))
+
+    def requirement(text: str, where: str) -> Requirement | None:
+        problem = requirement_problem(text)
+        if problem:
+            problems.append(Problem(where, problem))
+            return None
+        return Requirement(text)
+
+    for index, text in enumerate(project.dependencies):
+        req = requirement(text, f"project.dependencies[{index}]")
+        if req is not None:
+            fields.append(("Requires-Dist", str(req)))
     for extra, reqs in sorted(project.optional_dependencies.items()):
-        lines.append(f"Provides-Extra: {extra}")
-        for text in reqs:
-            req = Requirement(text)
-            marker = f'extra == "{extra}"'
+        problem = extra_name_problem(extra)
+        if problem:
+            problems.append(Problem(f"project.optional-dependencies.{shown_key(extra)}", problem))
+            continue
+        name = normalise_extra(extra)
+        fields.append(("Provides-Extra", name))
+        for index, text in enumerate(reqs):
+            req = requirement(text, f"project.optional-dependencies.{shown_key(extra)}[{index}]")
+            if req is None:
+                continue
+            marker = f'extra == "{name}"'
             if req.marker is not None:
                 marker = f"({req.marker}) and {marker}"
             req.marker = None
-            lines.append(f"Requires-Dist: {req}; {marker}")
-    return "\n".join(lines) + "\n"
+            fields.append(("Requires-Dist", f"{req}; {marker}"))
+    for key, value in fields:
+        if CONTROL_RE.search(value):
+            problems.append(Problem(key, f"{value!r} contains a control character"))
+    if problems:
+        raise ProjectError(f"{project.pyproject}: the project's metadata cannot be "
+                           "written into its stub wheel", problems)
+    return fields
+
+
+def stub_metadata(project: Project) -> str:
+    """METADATA of the stub: name, version, requires-python and every requirement;
+    parsed back and compared field by field with what was meant (check_metadata)."""
+    fields = _stub_fields(project)
+    text = "".join(f"{key}: {value}\n" for key, value in fields)
+    check_metadata(text, fields)
+    return text
+
+
+def check_metadata(text: str, expected: list[tuple[str, str]]) -> None:
+    """Refuse (BundleError) METADATA whose parsed fields are not exactly `expected`, or
+    that names any direct reference: what pip reads must be what sandrun meant."""
+    from email.parser import HeaderParser
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    message = HeaderParser().parsestr(text)
+    found = [(key, str(value)) for key, value in message.items()]
+    if found != expected or message.get_payload():
+        raise BundleError("the stub wheel's METADATA does not say what sandrun wrote into "
+                          "it (a field of pyproject.toml ends a line or starts another)",
+                          "remove control characters from pyproject.toml")
+    for key, value in found:
+        if key.lower() != "requires-dist":
+            continue
+        try:
+            url = Requirement(value).url
+        except InvalidRequirement as exc:
+            raise BundleError(f"the stub wheel would require {value!r}: {exc}",
+                              "fix the requirement in pyproject.toml") from None
+        if url:
+            raise BundleError(f"the stub wheel would require {value!r}, a direct reference",
+                              "sandrun never lets pip fetch and build what a project names")
+
+
+def check_stub(project: Project) -> None:
+    """Refuse, before anything is made, a project whose stub wheel cannot be written
+    safely (ProjectError/BundleError): what stub_wheel checks."""
+    stub_metadata(project)
+    if project.scripts:
+        entry_points_text(project)
 
 
 def stub_wheel(project: Project, directory: Path) -> Path:
@@ -232,8 +352,7 @@ def stub_wheel(project: Project, directory: Path) -> Path:
              f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: sandrun-dev\n"
                                    b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
     if project.scripts:
-        files[f"{dist_info}/entry_points.txt"] = ("[console_scripts]\n" + "".join(
-            f"{name} = {value}\n" for name, value in sorted(project.scripts.items()))).encode()
+        files[f"{dist_info}/entry_points.txt"] = entry_points_text(project).encode()
     record = "".join(f"{name},sha256={_b64(hashlib.sha256(data).digest())},{len(data)}\n"
                      for name, data in sorted(files.items()))
     files[f"{dist_info}/RECORD"] = (record + f"{dist_info}/RECORD,,\n").encode()
@@ -249,48 +368,155 @@ def stub_wheel(project: Project, directory: Path) -> Path:
     return path
 
 
+def entry_points_text(project: Project) -> str:
+    """entry_points.txt of the stub: every script name and object reference checked,
+    the result parsed back and compared (BundleError)."""
+    import configparser
+
+    from sandrun.bundle.manifest import console_script_problem, entry_point_problem
+
+    for name, value in project.scripts.items():
+        problem = console_script_problem(name) or entry_point_problem(value)
+        if problem:
+            raise BundleError(f"{project.pyproject}: script {name!r} cannot be written into "
+                              f"the stub wheel: {problem}", "use NAME = \"MODULE:FUNCTION\"")
+    text = "[console_scripts]\n" + "".join(f"{name} = {value}\n" for name, value in
+                                           sorted(project.scripts.items()))
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    if parser.sections() != ["console_scripts"] or \
+            dict(parser["console_scripts"]) != dict(project.scripts):
+        raise BundleError("the stub wheel's entry_points.txt does not say what sandrun "
+                          "wrote into it", "check [project.scripts]")
+    return text
+
+
 def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def lock_with_stub(lock: Path, stub: Path, directory: Path) -> Path:
-    """A copy of a project's pylock.toml with the stub wheel added as one more package
-    (its code stays out; the lock's own entry for the project, if any, is refused: a
-    directory source would be built)."""
+def check_project_lock(lock: bytes, name: str, find_links: tuple[str, ...],
+                       label: str = LOCK_NAME) -> tuple[str, dict[str, object]]:
+    """A project's pylock.toml (its bytes as read), checked before anything is made or
+    read for it: valid TOML, not locking the project `name` itself (a directory source
+    would be built), and naming only https URLs and files under a `find_links`
+    directory (check_lock_sources). Returns its text and data."""
     import tomllib
 
     from packaging.utils import canonicalize_name
 
-    text = lock.read_text("utf-8")
-    data = tomllib.loads(text)
-    name = canonicalize_name(stub.name.split("-")[0])
-    for package in data.get("packages", []):
-        if isinstance(package, dict) and canonicalize_name(str(package.get("name", ""))) == name:
-            raise BundleError(f"{lock} locks the project {name} itself",
+    try:
+        text = lock.decode("utf-8")
+        data = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LockFileError(f"{label} is not valid TOML", [Problem(label, str(exc))]) from None
+    own = canonicalize_name(name)
+    packages = data.get("packages", [])
+    for package in packages if isinstance(packages, list) else []:
+        if isinstance(package, dict) and canonicalize_name(str(package.get("name", ""))) == own:
+            raise BundleError(f"{label} locks the project {own} itself",
                               "lock only its dependencies (e.g. `uv export --format "
                               "pylock.toml --no-emit-project`): sandrun dev runs the project "
                               "from its source directory")
+    check_lock_sources(data, find_links, label)
+    return text, data
+
+
+def lock_with_stub(lock: bytes, stub: Path, directory: Path, *,
+                   find_links: tuple[str, ...] = (), label: str = LOCK_NAME) -> Path:
+    """A copy of a project's pylock.toml (its bytes as read) with the stub wheel added
+    as one more package, in `directory` (the build's private one); the lock is checked
+    first (check_project_lock)."""
+    import tomllib
+
+    from packaging.utils import canonicalize_name
+
+    name = canonicalize_name(stub.name.split("-")[0])
+    text, data = check_project_lock(lock, name, find_links, label)
     digest = hashlib.sha256(stub.read_bytes()).hexdigest()
     version = stub.name.split("-")[1]
     addition = (f"\n[[packages]]\nname = {json.dumps(name)}\nversion = {json.dumps(version)}\n"
                 f"archive = {{ path = {json.dumps(str(stub))}, hashes = {{ sha256 = "
                 f"\"{digest}\" }} }}\n")
-    if _relative_paths(data):  # relative to the lock's directory: not to the copy's
-        raise BundleError(f"{lock} names wheels by relative path",
-                          "give the wheels as URLs or absolute paths in the lock")
+    combined = text.rstrip("\n") + "\n" + addition
+    # What the builder will read: the project's packages unchanged, then the stub.
+    parsed = tomllib.loads(combined)
+    packages = parsed.get("packages")
+    if not isinstance(packages, list) or packages[:-1] != data.get("packages", []) \
+            or packages[-1].get("name") != name:
+        raise LockFileError(f"{label}: the stub cannot be added to it", [Problem(
+            label, "its [[packages]] are not an array of tables at the end of the file")])
     copy = directory / "pylock.toml"
-    copy.write_text(text.rstrip("\n") + "\n" + addition, "utf-8")
+    copy.write_text(combined, "utf-8")
     return copy
 
 
-def _relative_paths(data: dict[str, object]) -> bool:
+LOCK_SOURCE_HINT = ("name each wheel by an https URL, or by an absolute path in a directory "
+                    "the operator gives with --find-links")
+
+
+def check_lock_sources(data: dict[str, object], find_links: tuple[str, ...],
+                       label: str) -> None:
+    """Refuse (LockFileError, every problem listed) a project lock that would make root
+    read or fetch anything but an https URL or a file under a --find-links directory:
+    root reads what a lock names and reports its digest, so a lock of another user must
+    not name root's files (a hash oracle), file: or http: URLs, or a directory or VCS
+    source (built). Runs before the lock reaches the builder."""
+    import urllib.parse
+
+    roots = [os.path.normpath(os.path.abspath(f)) for f in find_links]
+    problems: list[Problem] = []
     packages = data.get("packages", [])
-    for package in packages if isinstance(packages, list) else []:
+    if not isinstance(packages, list):
+        raise LockFileError(f"{label}: packages is not an array", [])
+    for index, package in enumerate(packages):
+        where = f"packages[{index}]"
         if not isinstance(package, dict):
+            problems.append(Problem(where, "not a table"))
             continue
-        files = [*(package.get("wheels") or []), package.get("archive") or {}]
-        for item in files:
-            path = item.get("path") if isinstance(item, dict) else None
-            if isinstance(path, str) and not path.startswith("/"):
-                return True
-    return False
+        for key in ("directory", "vcs"):
+            if key in package:
+                problems.append(Problem(f"{where}.{key}", f"a {key} source: sandrun installs "
+                                        "wheels only", LOCK_SOURCE_HINT))
+        sources: list[tuple[str, object]] = []
+        wheels = package.get("wheels", [])
+        if isinstance(wheels, list):
+            sources += [(f"{where}.wheels[{j}]", w) for j, w in enumerate(wheels)]
+        elif wheels is not None:
+            problems.append(Problem(f"{where}.wheels", "not an array"))
+        for key in ("archive", "sdist"):
+            if key in package:
+                sources.append((f"{where}.{key}", package[key]))
+        for swhere, source in sources:
+            if not isinstance(source, dict):
+                problems.append(Problem(swhere, "not a table"))
+                continue
+            url, path = source.get("url"), source.get("path")
+            if url is not None:
+                parts = urllib.parse.urlsplit(str(url)) if isinstance(url, str) else None
+                if parts is None or parts.scheme != "https" or not parts.hostname:
+                    problems.append(Problem(f"{swhere}.url", f"{url!r} is not an https URL",
+                                            LOCK_SOURCE_HINT))
+            if path is not None and not _under(path, roots):
+                problems.append(Problem(f"{swhere}.path", f"{path!r} is not a file under a "
+                                        "--find-links directory" + (
+                                            f" ({', '.join(roots)})" if roots else
+                                            " (none given)"), LOCK_SOURCE_HINT))
+            if url is None and path is None:
+                problems.append(Problem(swhere, "names neither a url nor a path"))
+    if problems:
+        raise LockFileError(f"{label} names sources sandrun does not read for a project "
+                            f"({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+                            problems)
+
+
+def _under(path: object, roots: list[str]) -> bool:
+    """`path` is absolute, without '..' or control characters, and inside one of the
+    `roots` (absolute, normalised)."""
+    if not isinstance(path, str) or not path.startswith("/") or CONTROL_RE.search(path):
+        return False
+    if ".." in path.split("/"):
+        return False
+    normal = os.path.normpath(path)
+    return any(normal.startswith(root.rstrip("/") + "/") for root in roots)

@@ -6,6 +6,10 @@ put first on sys.path by the bootstrap; the interpreter runs with -B, so nothing
 compiled into the tree. Everything else is `sandrun exec`: the dedicated user, Landlock,
 seccomp, MDWE, namespaces and the app's profile. An edit changes no input of the launch
 record, so every run after the first is a warm start; `--watch` re-runs on each change.
+
+The project's `[tool.sandrun] profile` is a request: it is embedded in the bundle, and
+the launcher applies its consent rules to it as to any bundle's profile. Only `-p` on
+the command line is the operator's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandrun.dev import launching
-from sandrun.dev.bundles import DevBundleSpec, ensure_bundle
+from sandrun.dev.bundles import DevBundleSpec, check_project_lock, check_stub, ensure_bundle
 from sandrun.dev.project import (
     Project,
     app_name,
@@ -29,7 +33,8 @@ from sandrun.dev.project import (
     choose_entry,
     find_project,
     load_project,
-    profile_of,
+    profile_is_file,
+    requested_profile,
 )
 from sandrun.errors import SandrunError
 
@@ -78,12 +83,22 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def metadata_inputs(root: Path) -> dict[str, tuple[int, int, int, int] | None]:
-    """What the development bundle depends on, by identity: a change means the project
-    must be read again (and the bundle perhaps rebuilt)."""
+def input_names(project: Project | None) -> tuple[str, ...]:
+    """The files (relative to the project) the development bundle is made from."""
     from sandrun.dev.project import LOCK_NAME, PYPROJECT
 
-    return {name: _identity(root / name) for name in (PYPROJECT, LOCK_NAME, "src")}
+    names: tuple[str, ...] = (PYPROJECT, LOCK_NAME, "src")
+    chosen = project.tool.get("profile") if project is not None else None
+    if chosen is not None and profile_is_file(chosen):
+        names += (chosen,)
+    return names
+
+
+def metadata_inputs(root: Path, project: Project | None = None
+                    ) -> dict[str, tuple[int, int, int, int] | None]:
+    """What the development bundle depends on, by identity: a change means the project
+    must be read again (and the bundle perhaps rebuilt)."""
+    return {name: _identity(root / name) for name in input_names(project)}
 
 
 def prepare(request: DevRequest, *, progress: Report = _quiet, warn: Report = _quiet
@@ -95,20 +110,28 @@ def prepare(request: DevRequest, *, progress: Report = _quiet, warn: Report = _q
     from sandrun.launch.warm_exec import default_store_root
 
     root = find_project(request.project)
-    inputs = metadata_inputs(root)
+    before = metadata_inputs(root)  # taken before reading: a change while read shows
     project = load_project(root)
+    inputs = {**metadata_inputs(root, project), **before}
     check_project_names(project)
+    check_stub(project)
+    if project.lock_data is not None:  # what root would read or fetch for it: checked now
+        check_project_lock(project.lock_data, project.name,
+                           tuple(os.path.abspath(f) for f in request.find_links),
+                           str(project.lock))
     entry = choose_entry(project, request.script, request.entry_point)
     app = app_name(project, entry, request.name)
     fields = dict(request.exec_fields)
     launching.check_tree_access(root, [project.source_dir], fields.get("user"), app)
     store_root = fields.get("store") or default_store_root()
+    # The project's profile is embedded in the bundle as a request (consent applies);
+    # fields["profile"] stays the operator's -p.
     spec = DevBundleSpec(project=project, entry=entry, app=app, kind="dev",
                          find_links=request.find_links, no_index=request.no_index,
-                         index_url=request.index_url, lock=project.lock)
+                         index_url=request.index_url, project_lock=project.lock_data,
+                         profile=requested_profile(project))
     bundle, built = ensure_bundle(spec, store_root, rebuild=request.rebuild,
                                   progress=progress, warn=warn)
-    fields["profile"] = profile_of(project, fields.get("profile"))
     fields["read"] = (str(root), *fields.get("read", ()))
     fields["workdir"] = fields.get("workdir") or str(root)
     options = ExecOptions(bundle=str(bundle), args=tuple(request.args), **fields)
@@ -201,7 +224,8 @@ def _refresh(session: DevSession | None, request: DevRequest, progress: Report,
              warn: Report) -> DevSession | None:
     """The session to run after a change: the same unless the project's metadata
     changed; None (wait for the next change) when it cannot be prepared now."""
-    if session is not None and metadata_inputs(session.project.root) == session.inputs:
+    if session is not None and metadata_inputs(session.project.root,
+                                               session.project) == session.inputs:
         return session
     try:
         return prepare(request, progress=progress, warn=warn)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandrun.errors import EnforcementError
+from sandrun.errors import ConsentError, EnforcementError
 
 if TYPE_CHECKING:
     from sandrun.launch.launcher import ExecOptions, LaunchPlan
@@ -58,9 +58,10 @@ def warm_possible(options: ExecOptions) -> bool:
 
 
 def launch(options: ExecOptions, *, explain: bool = False, notice: Notice = _quiet,
-           try_warm: bool = True) -> Outcome:
+           try_warm: bool = True, command: str = "dev") -> Outcome:
     """Launch the bundle of `options`: warm when a valid record exists, else cold (which
-    leaves the record for the next launch). Refusals raise (SandrunError)."""
+    leaves the record for the next launch). Refusals raise (SandrunError); a refused
+    profile's hint names `sandrun COMMAND -p` for the operator's own profile."""
     started = time.monotonic()
     if try_warm and not explain and warm_possible(options):
         from sandrun.launch.warm_exec import ExecArgs, try_warm_exec
@@ -72,7 +73,11 @@ def launch(options: ExecOptions, *, explain: bool = False, notice: Notice = _qui
     from sandrun.launch.launcher import decide, materialise, run_spec, save_record
 
     plan = decide(options)
-    plan.raise_for_refusals()
+    try:
+        plan.raise_for_refusals()
+    except ConsentError as exc:
+        exc.hint = consent_hint(exc.hint, command)
+        raise
     materialise(plan, options)
     for line in plan.notices:
         notice(line)
@@ -97,6 +102,16 @@ def launch(options: ExecOptions, *, explain: bool = False, notice: Notice = _qui
 
         outcome.explanation = explanation(plan, code, session, began)
     return outcome
+
+
+def consent_hint(hint: str, command: str) -> str:
+    """The launcher's consent hint for a project: the profile is the project's request
+    ([tool.sandrun] profile), the operator's own is `sandrun COMMAND -p PROFILE`."""
+    import re
+
+    hint = re.sub(r"`sandrun exec -p PROFILE[^`]*`", f"`sandrun {command} -p PROFILE`", hint)
+    return ("the profile is the project's request ([tool.sandrun] profile), embedded in "
+            f"its {command} bundle: {hint}")
 
 
 # ---------------------------------------------------------------- the source tree
@@ -147,22 +162,34 @@ def check_tree_access(root: Path, dirs: list[Path], user: str | None, app: str) 
             raise EnforcementError(f"the app user cannot read the project: {problem}", fix)
     unreadable: list[str] = []
     checked = 0
-    for top in dict.fromkeys(dirs or [root]):
-        for current, subdirs, files in os.walk(top):
-            subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS
-                                and not d.endswith(".egg-info"))
-            here = Path(current)
-            for entry in [*subdirs, *(f for f in sorted(files) if f.endswith(".py"))]:
-                checked += 1
-                if checked > MAX_CHECKED_FILES:
-                    break
-                try:
-                    st = os.lstat(here / entry)
-                except OSError:
-                    continue
-                need = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
-                if not stat.S_ISLNK(st.st_mode) and not _may(st, uid, gids, need):
-                    unreadable.append(str(here / entry))
+    from sandrun.dev.project_files import open_beneath, project_dir
+
+    # The developer's tree: walked from the project's fd, never through a link.
+    with project_dir(root) as root_fd:
+        for top in dict.fromkeys(dirs or [root]):
+            top_fd = open_beneath(root_fd, os.path.relpath(top, root), str(top))
+            if top_fd is None:
+                continue
+            try:
+                for current, subdirs, files, dir_fd in os.fwalk(
+                        ".", dir_fd=top_fd, follow_symlinks=False):
+                    subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS
+                                        and not d.endswith(".egg-info"))
+                    here = Path(os.path.normpath(os.path.join(top, current)))
+                    for entry in [*subdirs,
+                                  *(f for f in sorted(files) if f.endswith(".py"))]:
+                        checked += 1
+                        if checked > MAX_CHECKED_FILES:
+                            break
+                        try:
+                            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+                        except OSError:
+                            continue
+                        need = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+                        if not stat.S_ISLNK(st.st_mode) and not _may(st, uid, gids, need):
+                            unreadable.append(str(here / entry))
+            finally:
+                os.close(top_fd)
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more"
                                              if len(unreadable) > 5 else "")

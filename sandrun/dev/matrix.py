@@ -9,7 +9,9 @@ run in parallel, up to one per core, each in its own process (a launch owns its
 process's signals and namespaces), with its output in its results directory.
 
 Results: DIR/<strategy>/{pylock.toml, junit.xml, summary.json, output.txt} and
-DIR/matrix.json.
+DIR/matrix.json, each made relative to its directory's fd (results.py). uv writes its
+lock into a root-private temporary directory, which the cell's bundle is built from;
+the results get a copy.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -28,12 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from sandrun.dev import launching
-from sandrun.dev.bundles import cache_dir, stub_wheel
-from sandrun.dev.project import Project, check_project_names, find_project, load_project
+from sandrun.dev.bundles import cache_dir, check_stub, stub_wheel
+from sandrun.dev.project import (
+    Project,
+    check_project_names,
+    find_project,
+    load_project,
+    requested_profile,
+)
+from sandrun.dev.results import ResultsDir
 from sandrun.dev.testing import (
     TestRequest,
     TestResult,
     make_results_dir,
+    pytest_config,
     run_tests,
     test_app_name,
     write_summary,
@@ -139,13 +150,18 @@ def uv_command(strategy: str, requirements: Path, output: Path, python: str,
 def resolve(project: Project, strategy: str, stub: Path, work: Path, output: Path,
             request: TestRequest, exclude_newer: str | None) -> None:
     """uv pip compile: the project's direct requirements and its stub (by path, so that
-    the lock names it with its sha256) into `output`; SandrunError with uv's words."""
+    the lock names it with its sha256) into `output`; SandrunError with uv's words.
+    `work` is a root-private directory. The requirements are written as packaging
+    renders them (checked when the project was read: no control character, no option,
+    no direct reference); the only direct reference is sandrun's own stub."""
+    from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     requirements = work / f"{strategy}.in"
-    lines = [*project.dependencies, *project.test_requirements(),
-             f"{canonicalize_name(project.name)} @ {stub.as_uri()}"]
+    lines = [str(Requirement(r)) for r in (*project.dependencies,
+                                           *project.test_requirements())]
+    lines.append(f"{canonicalize_name(project.name)} @ {stub.as_uri()}")
     requirements.write_text("\n".join(lines) + "\n")
     try:
         proc = subprocess.run(uv_command(strategy, requirements, output, python, request,
@@ -199,6 +215,20 @@ def run_matrix(request: TestRequest, strategies: list[str], *,
         launching.check_tree_access(root, [project.source_dir],
                                     request.exec_fields.get("user"), app)
     uv_binary()
+    check_stub(project)  # what uv reads of the project: checked before anything is made
+    requested_profile(project)  # a broken profile: refused before anything is made
+    pytest_config(root)  # a configuration file root may not read: refused now
+    results = make_results_dir(request.results, f"{base}-matrix")
+    try:
+        return _run_matrix(request, strategies, project, root, apps, results,
+                           exclude_newer, started, notice)
+    finally:
+        results.close()
+
+
+def _run_matrix(request: TestRequest, strategies: list[str], project: Project, root: Path,
+                apps: dict[str, str], results: ResultsDir, exclude_newer: str | None,
+                started: float, notice: Report) -> MatrixOutcome:
     store_root = request.exec_fields.get("store")
     if not store_root:
         from sandrun.launch.warm_exec import default_store_root
@@ -209,13 +239,16 @@ def run_matrix(request: TestRequest, strategies: list[str], *,
     stubs = cache_dir(store_root) / "stubs"
     stubs.mkdir(mode=0o700, exist_ok=True)
     stub = stub_wheel(project, stubs)
-    results = make_results_dir(request.results, f"{base}-matrix")
-    cells = [Cell(s, results_dir=str(results / s)) for s in strategies]
-    for cell in cells:
-        Path(cell.results_dir).mkdir(exist_ok=True)
-    run_parallel(cells, lambda cell: _run_cell(cell, project, stub, request, apps[cell.strategy],
-                                               exclude_newer),
-                 notice)
+    dirs = {s: results.subdir(s) for s in strategies}
+    try:
+        cells = [Cell(s, results_dir=dirs[s].path) for s in strategies]
+        run_parallel(cells, lambda cell: _run_cell(cell, dirs[cell.strategy], project, stub,
+                                                   request, apps[cell.strategy],
+                                                   exclude_newer),
+                     notice, lambda cell: dirs[cell.strategy].create("output.txt"))
+    finally:
+        for directory in dirs.values():
+            directory.close()
     baseline = "highest" if "highest" in strategies else strategies[0]
     versions = next(c for c in cells if c.strategy == baseline).versions
     for cell in cells:
@@ -223,24 +256,33 @@ def run_matrix(request: TestRequest, strategies: list[str], *,
             cell.differs = {name: (cell.versions.get(name), versions.get(name))
                             for name in sorted(set(cell.versions) | set(versions))
                             if cell.versions.get(name) != versions.get(name)}
-    outcome = MatrixOutcome(str(root), str(results), cells, baseline,
+    outcome = MatrixOutcome(str(root), results.path, cells, baseline,
                             time.monotonic() - started, direct_names(project))
-    (results / "matrix.json").write_text(json.dumps(outcome.to_json(), indent=2,
-                                                    sort_keys=True) + "\n")
+    results.write("matrix.json", (json.dumps(outcome.to_json(), indent=2, sort_keys=True)
+                                  + "\n").encode())
     return outcome
 
 
-def _run_cell(cell: Cell, project: Project, stub: Path, request: TestRequest, app: str,
-              exclude_newer: str | None) -> dict[str, Any]:
-    """In the cell's process: resolve, bundle (cached by lock), test. Returns the cell."""
+def _run_cell(cell: Cell, results: ResultsDir, project: Project, stub: Path,
+              request: TestRequest, app: str, exclude_newer: str | None) -> dict[str, Any]:
+    """In the cell's process: resolve (uv writes into a root-private directory; the
+    results get a copy), bundle (cached by lock), test. Returns the cell."""
+    with tempfile.TemporaryDirectory(prefix="sandrun-matrix-") as private:
+        return _run_cell_in(cell, results, Path(private), project, stub, request, app,
+                            exclude_newer)
+
+
+def _run_cell_in(cell: Cell, results: ResultsDir, private: Path, project: Project,
+                 stub: Path, request: TestRequest, app: str,
+                 exclude_newer: str | None) -> dict[str, Any]:
     started = time.monotonic()
-    results = Path(cell.results_dir)
-    lock = results / "pylock.toml"
+    lock = private / "pylock.toml"
     try:
-        resolve(project, cell.strategy, stub, results, lock, request, exclude_newer)
+        resolve(project, cell.strategy, stub, private, lock, request, exclude_newer)
+        results.write("pylock.toml", lock.read_bytes())
         cell.versions = locked_versions(lock, project)
         cell_request = replace(request, target=str(project.root), capture=True,
-                               results=str(results))
+                               results=results.path)
         result = run_tests(cell_request, results_dir=results,
                            kind=f"test-{ABBREVIATIONS[cell.strategy]}", app=app, lock=lock)
         cell.result = result.to_json()
@@ -252,15 +294,15 @@ def _run_cell(cell: Cell, project: Project, stub: Path, request: TestRequest, ap
         cell.status, cell.exit_code, cell.error = "error", exc.exit_code, exc.diagnostics()
     cell.seconds = time.monotonic() - started
     if cell.status in ("unresolvable", "error"):
-        failed = TestResult(exit_code=cell.exit_code, results_dir=str(results),
+        failed = TestResult(exit_code=cell.exit_code, results_dir=results.path,
                             error=cell.error, seconds=cell.seconds)
-        write_summary(failed)
+        write_summary(failed, results)
     return {"status": cell.status, "exit_code": cell.exit_code, "versions": cell.versions,
             "result": cell.result, "seconds": cell.seconds, "error": cell.error}
 
 
 def run_parallel(cells: list[Cell], body: Callable[[Cell], dict[str, Any]],
-                 notice: Report) -> None:
+                 notice: Report, open_output: Callable[[Cell], int]) -> None:
     """Each cell in a forked process (its stdout and stderr to the cell's output.txt),
     at most one per core at a time; the parent collects what each reports (JSON on a
     pipe). A cell that dies without reporting is an error."""
@@ -270,7 +312,7 @@ def run_parallel(cells: list[Cell], body: Callable[[Cell], dict[str, Any]],
     while waiting or running:
         while waiting and len(running) < limit:
             cell = waiting.pop(0)
-            read_fd, pid = _fork_cell(cell, body)
+            read_fd, pid = _fork_cell(cell, body, open_output)
             running[read_fd] = (cell, pid, read_fd, bytearray())
         ready = select.select(list(running), [], [])[0]
         for fd in ready:
@@ -295,7 +337,8 @@ def run_parallel(cells: list[Cell], body: Callable[[Cell], dict[str, Any]],
             notice(f"test: {cell.strategy}: {_cell_line(cell)}")
 
 
-def _fork_cell(cell: Cell, body: Callable[[Cell], dict[str, Any]]) -> tuple[int, int]:
+def _fork_cell(cell: Cell, body: Callable[[Cell], dict[str, Any]],
+               open_output: Callable[[Cell], int]) -> tuple[int, int]:
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -306,9 +349,7 @@ def _fork_cell(cell: Cell, body: Callable[[Cell], dict[str, Any]]) -> tuple[int,
     code = EXIT_REFUSED
     try:
         os.close(read_fd)
-        output = os.open(Path(cell.results_dir) / "output.txt",
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
-                         0o644)
+        output = open_output(cell)  # made anew, relative to the cell's directory fd
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(output)

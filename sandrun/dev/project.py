@@ -8,28 +8,50 @@ profile, its entry point and its source directory:
 
     [tool.sandrun]
     name = "hello"                 # app name (user sandrun-<name>, state dir)
-    profile = "sandrun.toml"       # a shipped profile name or a file relative to here
+    profile = "sandrun.toml"       # requested: a shipped name or a file relative to here
     script = "hello"               # one of [project.scripts]; or:
     entry-point = "hello.cli:main"
     source = "src"                 # the directory put on sys.path (default: src/ or .)
+
+The project's profile is a request, like the profile embedded in a bundle: it is
+embedded in the development bundle and the launcher's consent rules apply to it (beyond
+`default` it needs the operator's `-p`, `sandrun approve` or /etc/sandrun/apps/). Only
+`-p` on the command line is the operator's.
+
+Root reads the tree of another user: every file is read through the project
+directory's fd, without following links, capped (project_files.py). Everything written
+into generated metadata is checked strictly (no control character, no direct
+reference): pip and uv act on what the stub wheel and the requirements say.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sandrun.bundle.manifest import app_name_problem, entry_point_problem
+from sandrun.bundle.manifest import (
+    app_name_problem,
+    console_script_problem,
+    entry_point_problem,
+)
+from sandrun.dev import project_files
 from sandrun.errors import Problem, ProblemsError, UsageError
 
 PYPROJECT = "pyproject.toml"
 LOCK_NAME = "pylock.toml"  # a project's PEP 751 lock: dev bundles take exactly its wheels
 TEST_GROUP = "test"
 TOOL_KEYS = ("name", "profile", "script", "entry-point", "source")
-MAX_PYPROJECT_SIZE = 1 << 20
+MAX_PYPROJECT_SIZE = project_files.MAX_PYPROJECT_SIZE
+# Control characters (C0, DEL, C1; and the line separators str.splitlines knows): a
+# newline in a metadata field or a requirements file line would start another one.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+EXTRA_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")  # a normalised extra name (PEP 685)
+DIRECT_HINT = ("give a name and version range; provide the wheel with --find-links DIR")
 DYNAMIC_HINT = ("list them statically in [project] dependencies (sandrun never runs a "
                 "project's build backend to learn them)")
 
@@ -53,6 +75,9 @@ class Project:
     requires_python: str | None
     dynamic: tuple[str, ...]
     tool: dict[str, str] = field(default_factory=dict)  # [tool.sandrun]
+    source_rel: str = "."  # the source directory, relative (decided without links)
+    lock_data: bytes | None = None  # pylock.toml as read (through the project's fd)
+    profile_data: bytes | None = None  # [tool.sandrun] profile's file as read
 
     @property
     def pyproject(self) -> Path:
@@ -60,18 +85,14 @@ class Project:
 
     @property
     def lock(self) -> Path | None:
-        """The project's pylock.toml, if it has one."""
-        path = self.root / LOCK_NAME
-        return path if path.is_file() else None
+        """The project's pylock.toml, if it had one when it was read (lock_data)."""
+        return self.root / LOCK_NAME if self.lock_data is not None else None
 
     @property
     def source_dir(self) -> Path:
         """What the bootstrap puts first on sys.path: [tool.sandrun] source, else src/
         (the src layout) when it exists, else the project root (the flat layout)."""
-        if "source" in self.tool:
-            return self.root / self.tool["source"]
-        src = self.root / "src"
-        return src if src.is_dir() else self.root
+        return self.root / self.source_rel
 
     def test_requirements(self) -> tuple[str, ...]:
         """The `test` dependency group (PEP 735), else the `test` extra: with the project's
@@ -97,12 +118,15 @@ def find_project(path: str | None) -> Path:
     """The project directory: PROJECT as given (made absolute, not resolved), or the
     current directory."""
     root = Path(os.path.abspath(path or "."))
-    if not root.is_dir():
+    try:
+        with project_files.project_dir(root) as fd:
+            found = project_files.exists_beneath(fd, PYPROJECT)
+    except UsageError:
         raise UsageError(f"{path} is not a directory",
                          "give the project directory (the one with pyproject.toml); to pass "
                          "arguments to the app of the current directory's project, put them "
-                         "after --")
-    if not (root / PYPROJECT).is_file():
+                         "after --") from None
+    if not found:
         raise UsageError(f"{root} has no {PYPROJECT}",
                          "give the project directory (the one with pyproject.toml); to pass "
                          "arguments to the app of the current directory's project, put them "
@@ -111,26 +135,64 @@ def find_project(path: str | None) -> Path:
 
 
 def load_project(root: Path) -> Project:
-    """Parse and check root/pyproject.toml; ProjectError lists every problem."""
+    """Parse and check root/pyproject.toml; ProjectError lists every problem.
+
+    Everything is read through one fd of the project directory, never through a link,
+    each file capped: pyproject.toml, pylock.toml (kept as lock_data) and the file of
+    [tool.sandrun] profile (kept as profile_data)."""
     path = root / PYPROJECT
     label = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PYPROJECT_SIZE + 1)
-    except OSError as exc:
-        raise ProjectError(f"cannot read {label}", [Problem(label, exc.strerror or str(exc),
-                                                            "check the path")]) from None
-    if len(raw) > MAX_PYPROJECT_SIZE:
-        raise ProjectError(f"{label} is larger than {MAX_PYPROJECT_SIZE} bytes", [])
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ProjectError(f"{label} is not valid TOML", [Problem(label, str(exc))]) from None
-    return parse_project(data, root, label)
+    with project_files.project_dir(root) as fd:
+        raw = project_files.read_beneath(fd, PYPROJECT, MAX_PYPROJECT_SIZE, label)
+        if raw is None:
+            raise ProjectError(f"cannot read {label}", [Problem(
+                label, "no such file", "give the project directory (with pyproject.toml)")])
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ProjectError(f"{label} is not valid TOML",
+                               [Problem(label, str(exc))]) from None
+
+        def is_dir(rel: str) -> bool:
+            return project_files.is_dir_beneath(fd, rel, str(root / rel))
+
+        project = parse_project(data, root, label, is_dir=is_dir)
+        lock = project_files.read_beneath(fd, LOCK_NAME, project_files.MAX_LOCK_SIZE,
+                                          str(root / LOCK_NAME))
+        profile = None
+        chosen = project.tool.get("profile")
+        if chosen is not None and profile_is_file(chosen):
+            profile = project_files.read_beneath(fd, chosen, project_files.MAX_CONFIG_SIZE,
+                                                 f"[tool.sandrun] profile {root / chosen}")
+            if profile is None:
+                raise ProjectError(f"{label}: [tool.sandrun] profile names no file", [
+                    Problem("tool.sandrun.profile", f"{root / chosen} does not exist",
+                            "a profile file relative to the project, or a shipped name")])
+    return replace(project, lock_data=lock, profile_data=profile)
 
 
-def parse_project(data: dict[str, Any], root: Path, label: str = PYPROJECT) -> Project:
-    """The Project of parsed pyproject.toml data (separate from reading, for tests)."""
+def _is_dir_no_links(root: Path) -> Callable[[str], bool]:
+    """is_dir for parse_project without an fd (tests): lstat, component by component."""
+    import stat
+
+    def is_dir(rel: str) -> bool:
+        path = root
+        for part in [p for p in rel.split("/") if p not in ("", ".")]:
+            path = path / part
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    return False
+            except OSError:
+                return False
+        return True
+    return is_dir
+
+
+def parse_project(data: dict[str, Any], root: Path, label: str = PYPROJECT, *,
+                  is_dir: Callable[[str], bool] | None = None) -> Project:
+    """The Project of parsed pyproject.toml data (separate from reading, for tests).
+    `is_dir(rel)`: whether a directory of the project exists (never through a link)."""
+    is_dir = is_dir or _is_dir_no_links(root)
     problems: list[Problem] = []
     project = data.get("project")
     if not isinstance(project, dict):
@@ -157,37 +219,123 @@ def parse_project(data: dict[str, Any], root: Path, label: str = PYPROJECT) -> P
     if not isinstance(table, dict):
         problems.append(Problem("project.optional-dependencies", "not a table"))
         table = {}
+    normalised: dict[str, str] = {}
     for extra, reqs in table.items():
-        optional[extra] = _requirements(reqs, f"project.optional-dependencies.{extra}",
-                                        problems)
+        where = f"project.optional-dependencies.{shown_key(extra)}"
+        problem = extra_name_problem(extra)
+        if problem:
+            problems.append(Problem(where, problem, 'e.g. "test" or "fast-io"'))
+            continue
+        key = normalise_extra(extra)
+        if key in normalised:
+            problems.append(Problem(where, f"the same extra as {normalised[key]!r} (names "
+                                    "are compared normalised)"))
+            continue
+        normalised[key] = extra
+        optional[extra] = _requirements(reqs, where, problems)
     scripts: dict[str, str] = {}
     table = project.get("scripts", {})
     if not isinstance(table, dict):
         problems.append(Problem("project.scripts", "not a table"))
         table = {}
     for script, value in table.items():
+        where = f"project.scripts.{shown_key(script)}"
         if not isinstance(value, str):
-            problems.append(Problem(f"project.scripts.{script}", "not a string",
-                                    'e.g. hello = "hello.cli:main"'))
+            problems.append(Problem(where, "not a string", 'e.g. hello = "hello.cli:main"'))
             continue
-        scripts[script] = object_reference(value)
+        problem = console_script_problem(script)
+        if problem:
+            problems.append(Problem(where, f"script name {problem}"))
+            continue
+        reference = object_reference(value)
+        problem = entry_point_problem(reference)
+        if problem or CONTROL_RE.search(value):
+            problems.append(Problem(where, problem or "contains a control character",
+                                    "use MODULE:FUNCTION"))
+            continue
+        scripts[script] = reference
     requires_python = project.get("requires-python")
-    if requires_python is not None and not isinstance(requires_python, str):
-        problems.append(Problem("project.requires-python", "not a string"))
-        requires_python = None
+    if requires_python is not None:
+        problem = requires_python_problem(requires_python)
+        if problem:
+            problems.append(Problem("project.requires-python", problem, 'e.g. ">=3.11"'))
+            requires_python = None
     groups = _dependency_groups(data.get("dependency-groups", {}), problems)
-    tool = _tool_table(data, root, scripts, problems)
+    tool = _tool_table(data, root, scripts, problems, is_dir)
     if problems:
         raise ProjectError(f"{label}: {len(problems)} problem(s)", problems)
+    source_rel = tool.get("source") or ("src" if is_dir("src") else ".")
     return Project(root=root, name=name, version=version, dependencies=deps,
                    optional_dependencies=optional, groups=groups, scripts=scripts,
-                   requires_python=requires_python, dynamic=tuple(dynamic), tool=tool)
+                   requires_python=requires_python, dynamic=tuple(dynamic), tool=tool,
+                   source_rel=source_rel)
 
 
 def object_reference(value: str) -> str:
     """`module:attr` of an entry point value, without extras and spaces."""
     module, colon, attr = value.split("[")[0].partition(":")
     return f"{module.strip()}{colon}{attr.strip()}"
+
+
+def shown_key(key: str) -> str:
+    """A TOML key of the project as shown in messages: quoted when it holds anything
+    but plain characters (a control character must not reach the operator's terminal)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_.-]+", key) else repr(key)
+
+
+def normalise_extra(name: str) -> str:
+    """PEP 685: an extra's name as written into metadata and markers."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def extra_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid extra name (PEP 685 / core metadata), or None."""
+    from packaging.utils import InvalidName, canonicalize_name
+
+    try:
+        canonicalize_name(name, validate=True)
+    except InvalidName:
+        return f"{name!r} is not a valid extra name (letters, digits, '-', '_', '.')"
+    if not EXTRA_RE.match(normalise_extra(name)):
+        return f"{name!r} does not normalise to a valid extra name"
+    return None
+
+
+def requires_python_problem(value: object) -> str | None:
+    """Why `value` is not a requires-python specifier set, or None."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    if not isinstance(value, str):
+        return "not a string"
+    if CONTROL_RE.search(value):
+        return "contains a control character"
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier as exc:
+        return f"{value!r} is not a version specifier set: {exc}"
+    return None
+
+
+def requirement_problem(text: str) -> str | None:
+    """Why `text` cannot be one of the project's requirements, or None. Direct
+    references (`name @ URL`) are refused: pip or uv would fetch and build what it
+    names. So are control characters and backslashes (a requirements file line is
+    written from it) and anything packaging cannot parse."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if CONTROL_RE.search(text) or "\\" in text:
+        return f"{text!r} contains a control character or a backslash"
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        return f"{text!r}: {exc}"
+    if req.url:
+        return f"{text!r} is a direct reference"
+    canonical = str(req)
+    if CONTROL_RE.search(canonical) or any(token.startswith(("-", "#"))
+                                           for token in canonical.split()):
+        return f"{text!r} would read as a requirements file option or comment"
+    return None
 
 
 def _string_list(table: dict[str, Any], key: str, where: str,
@@ -200,8 +348,6 @@ def _string_list(table: dict[str, Any], key: str, where: str,
 
 
 def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[str, ...]:
-    from packaging.requirements import InvalidRequirement, Requirement
-
     if not isinstance(value, list):
         problems.append(Problem(where, "not a list of requirement strings"))
         return ()
@@ -210,15 +356,10 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
         if not isinstance(item, str):
             problems.append(Problem(f"{where}[{index}]", "not a string"))
             continue
-        try:
-            req = Requirement(item)
-        except InvalidRequirement as exc:
-            problems.append(Problem(f"{where}[{index}]", f"{item!r}: {exc}"))
-            continue
-        if req.url:
-            problems.append(Problem(f"{where}[{index}]", f"{item!r} is a direct reference",
-                                    "give a name and version range; provide the wheel with "
-                                    "--find-links DIR"))
+        problem = requirement_problem(item)
+        if problem:
+            problems.append(Problem(f"{where}[{index}]", problem,
+                                    DIRECT_HINT if "direct reference" in problem else ""))
             continue
         found.append(item)
     return tuple(found)
@@ -235,11 +376,11 @@ def _dependency_groups(table: object, problems: list[Problem]) -> dict[str, tupl
     for name, items in table.items():
         key = canonicalize_name(name)
         if key in raw:
-            problems.append(Problem(f"dependency-groups.{name}", "duplicate group name "
+            problems.append(Problem(f"dependency-groups.{shown_key(name)}", "duplicate group name "
                                     "(names are compared normalised)"))
             continue
         if not isinstance(items, list):
-            problems.append(Problem(f"dependency-groups.{name}", "not a list"))
+            problems.append(Problem(f"dependency-groups.{shown_key(name)}", "not a list"))
             continue
         raw[key] = items
     expanded: dict[str, tuple[str, ...]] = {}
@@ -248,12 +389,12 @@ def _dependency_groups(table: object, problems: list[Problem]) -> dict[str, tupl
         if group in expanded:
             return expanded[group]
         if group in trail:
-            problems.append(Problem(f"dependency-groups.{group}", "include-group cycle: "
+            problems.append(Problem(f"dependency-groups.{shown_key(group)}", "include-group cycle: "
                                     + " -> ".join((*trail, group))))
             return ()
         found: list[str] = []
         for index, item in enumerate(raw[group]):
-            where = f"dependency-groups.{group}[{index}]"
+            where = f"dependency-groups.{shown_key(group)}[{index}]"
             if isinstance(item, str):
                 found += _requirements([item], where, problems)
             elif isinstance(item, dict) and set(item) == {"include-group"} \
@@ -277,7 +418,7 @@ def _dependency_groups(table: object, problems: list[Problem]) -> dict[str, tupl
 
 
 def _tool_table(data: dict[str, Any], root: Path, scripts: dict[str, str],
-                problems: list[Problem]) -> dict[str, str]:
+                problems: list[Problem], is_dir: Callable[[str], bool]) -> dict[str, str]:
     tool = data.get("tool", {})
     table = tool.get("sandrun", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
@@ -285,12 +426,15 @@ def _tool_table(data: dict[str, Any], root: Path, scripts: dict[str, str],
         return {}
     found: dict[str, str] = {}
     for key, value in table.items():
-        where = f"tool.sandrun.{key}"
+        where = f"tool.sandrun.{shown_key(key)}"
         if key not in TOOL_KEYS:
             problems.append(Problem(where, "unknown key", f"known: {', '.join(TOOL_KEYS)}"))
             continue
         if not isinstance(value, str) or not value:
             problems.append(Problem(where, "not a non-empty string"))
+            continue
+        if CONTROL_RE.search(value):
+            problems.append(Problem(where, "contains a control character"))
             continue
         found[key] = value
     if "script" in found and "entry-point" in found:
@@ -312,10 +456,17 @@ def _tool_table(data: dict[str, Any], root: Path, scripts: dict[str, str],
         if os.path.isabs(source) or source == ".." or source.startswith("../"):
             problems.append(Problem("tool.sandrun.source", f"{found['source']!r} is not inside "
                                     "the project", 'a relative directory, e.g. "src"'))
-        elif not (root / source).is_dir():
+        elif not is_dir(source):
             problems.append(Problem("tool.sandrun.source", f"{root / source} is not a "
-                                    "directory"))
+                                    "directory (links are not followed)"))
         found["source"] = source
+    if "profile" in found and profile_is_file(found["profile"]):
+        chosen = os.path.normpath(found["profile"])
+        if os.path.isabs(chosen) or chosen == ".." or chosen.startswith("../"):
+            problems.append(Problem("tool.sandrun.profile", f"{found['profile']!r} is not "
+                                    "inside the project", "a file relative to the project, "
+                                    "or a shipped profile name"))
+        found["profile"] = chosen
     return found
 
 
@@ -366,7 +517,7 @@ def _script_entry(project: Project, script: str) -> Entry:
     problem = entry_point_problem(value)
     if problem:
         raise ProjectError(f"{project.pyproject}: script {script!r} cannot be run", [Problem(
-            f"project.scripts.{script}", problem, "use MODULE:FUNCTION")])
+            f"project.scripts.{shown_key(script)}", problem, "use MODULE:FUNCTION")])
     return Entry(value, script)
 
 
@@ -382,17 +533,54 @@ def app_name(project: Project, entry: Entry, name: str | None = None) -> str:
     return chosen
 
 
-def profile_of(project: Project, profile: str | None) -> str | None:
-    """-p, else [tool.sandrun] profile (a file relative to the project, or a shipped
-    name), else None (the bundle's embedded `default`)."""
-    if profile:
-        return profile
+def profile_is_file(chosen: str) -> bool:
+    """[tool.sandrun] profile names a file (else a shipped profile), as `-p` does."""
+    return "/" in chosen or chosen.endswith(".toml")
+
+
+@dataclass(frozen=True)
+class RequestedProfile:
+    """The profile a project asks for: embedded in its development bundles, a request
+    the launcher's consent rules decide on, never the operator's `-p`."""
+
+    source: str  # shipped:NAME or the file, for messages
+    shipped: str | None  # a shipped profile's name (the builder embeds it as given)
+    text: str | None  # else the file's profile, rendered self-contained
+
+    @property
+    def name(self) -> str:
+        """The file name it is embedded from (the profile's name in messages)."""
+        if self.shipped:
+            return self.shipped
+        stem = os.path.basename(self.source).removesuffix(".toml")
+        return stem if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", stem) else "project"
+
+
+def requested_profile(project: Project) -> RequestedProfile | None:
+    """[tool.sandrun] profile, checked (ProfileError), or None (the `default`).
+
+    A file is parsed from the bytes read with the project (no link followed, capped);
+    it may extend only shipped profiles (like a profile embedded in a bundle), so root
+    reads no other file of the project for it."""
+    from sandrun.config.profile import load_profile, load_profile_text, render_toml
+
     chosen = project.tool.get("profile")
     if chosen is None:
         return None
-    if "/" in chosen or chosen.endswith(".toml"):
-        return str(project.root / chosen)
-    return chosen
+    if not profile_is_file(chosen):
+        load_profile(chosen)  # a shipped name, checked now
+        return RequestedProfile(f"shipped:{chosen}", chosen, None)
+    source = str(project.root / chosen)
+    data = project.profile_data
+    if data is None:
+        raise ProjectError(f"{project.pyproject}: the profile {source} was not read", [])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProjectError(f"{source} is not UTF-8", [Problem(
+            "tool.sandrun.profile", f"{source} is not UTF-8 text")]) from None
+    profile = load_profile_text(text, source, None)
+    return RequestedProfile(source, None, render_toml(profile))
 
 
 def check_project_names(project: Project) -> None:

@@ -4,11 +4,12 @@ A plain `sandrun dev` run (no --watch, --dry-run, --explain or --rebuild) leaves
 record in <store>/dev/quick/: the words of its command line before `--`, the launch
 options it decided (the cached bundle, the read grant of the tree, the working dir,
 the profile), and the identity (inode, size, mtime, ctime) of what those decisions were
-made from: pyproject.toml, pylock.toml, src/ and the bundle. The next run with the same
-words, from the same directory, finds the record, checks those identities by stat and
-hands the options to the warm exec path (warm_exec.try_warm_exec), which checks
-everything a launch depends on as it does for `sandrun exec`. Anything else (no
-record, any difference): None, and the full `sandrun dev` runs.
+made from: pyproject.toml, pylock.toml, src/, the project's profile file and the
+bundle. The next run with the same words, from the same directory, finds the record,
+checks those identities by stat and hands the options to the warm exec path
+(warm_exec.try_warm_exec), which checks everything a launch depends on as it does for
+`sandrun exec`. Anything else (no record, any difference): None, and the full
+`sandrun dev` runs.
 
 Source edits change none of these inputs: an edit -> result loop costs one warm exec.
 Like the warm path this module imports only what loads in microseconds.
@@ -26,7 +27,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from typing import Any
 
-QUICK_FORMAT = 1
+QUICK_FORMAT = 2  # 2: the project profile is no longer recorded as the operator's -p
 CACHE_DIR = "dev"
 QUICK_DIR = "quick"
 INPUT_NAMES = ("pyproject.toml", "pylock.toml", "src")
@@ -48,8 +49,9 @@ def _name(key: tuple[Any, ...]) -> str:
     return digest[:32]
 
 
-def inputs(root: str, bundle: str) -> list[tuple[str, Any]]:
-    paths = [os.path.join(root, name) for name in INPUT_NAMES]
+def inputs(root: str, bundle: str, names: tuple[str, ...] = INPUT_NAMES
+           ) -> list[tuple[str, Any]]:
+    paths = [os.path.join(root, name) for name in names]
     # The metadata files as read (through a link, if one is); the bundle itself.
     return [(path, warm_exec.identity(path)) for path in paths] + [
         (bundle, warm_exec.identity(bundle, follow=False))]
@@ -70,14 +72,15 @@ def split_words(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def save(words: list[str] | tuple[str, ...], root: str, exec_args: Any, args: tuple[str, ...],
-         store_root: str) -> None:
+         store_root: str, names: tuple[str, ...] = INPUT_NAMES) -> None:
     """Record a plain run (best effort: without it the next run is only slower).
     `exec_args` is the warm_exec.ExecArgs of the launch, `args` the app's arguments
-    that came before `--`."""
+    that came before `--`, `names` the project's files it was decided from."""
     fields = {slot: getattr(exec_args, slot) for slot in warm_exec.ExecArgs.__slots__
               if slot not in ("args", "verbose")}
-    record: dict[str, Any] = {"key": quick_key(words), "inputs": inputs(root, exec_args.bundle),
-              "exec": fields, "args": list(args)}
+    record: dict[str, Any] = {"key": quick_key(words),
+                              "inputs": inputs(root, exec_args.bundle, names),
+                              "exec": fields, "args": list(args)}
     store_fd = warm_exec.open_store(store_root)
     if store_fd is None:
         return

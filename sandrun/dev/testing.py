@@ -8,7 +8,10 @@ project and `-c` names its configuration file (pytest would otherwise look for o
 for conftest.py files, in every directory above), `-p no:cacheprovider` writes no cache,
 and -B no bytecode. The junit XML is written in the app's state dir and copied out by
 sandrun (never following anything the app made) into the results directory, with
-summary.json and, when the output is captured, output.txt.
+summary.json and, when the output is captured, output.txt. The results directory is
+made fresh or must be root's (the invoking user's) alone, and every file in it is made
+relative to its fd, never through a link (results.py). The project's profile is a
+request embedded in the test bundle (consent applies); only `-p` is the operator's.
 """
 
 from __future__ import annotations
@@ -19,15 +22,14 @@ import os
 import secrets
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandrun.dev import launching
-from sandrun.dev.bundles import DevBundleSpec, ensure_bundle
+from sandrun.dev import launching, project_files
+from sandrun.dev.bundles import DevBundleSpec, check_stub, ensure_bundle
 from sandrun.dev.project import (
     Entry,
     Project,
@@ -36,8 +38,9 @@ from sandrun.dev.project import (
     choose_entry,
     find_project,
     load_project,
-    profile_of,
+    requested_profile,
 )
+from sandrun.dev.results import ResultsDir, open_results_dir
 from sandrun.errors import SandrunError, StoreError, UsageError
 
 Report = Callable[[str], None]
@@ -141,33 +144,47 @@ def _entry_or_none(project: Project) -> Entry:
 
 def pytest_config(root: Path) -> str:
     """The configuration file pytest would find in `root` (and only there), else
-    /dev/null: pytest then reads none."""
+    /dev/null: pytest then reads none. The files whose sections decide are read
+    through the project directory's fd, never through a link, capped; the others
+    count by their presence (pytest reads them, in the sandbox)."""
+    with project_files.project_dir(root) as fd:
+        return _pytest_config(root, fd)
+
+
+def _pytest_config(root: Path, dir_fd: int) -> str:
     import configparser
     import tomllib
 
     for name in CONFIG_FILES:
         path = root / name
-        if not path.is_file():
+        if not project_files.exists_beneath(dir_fd, name):
             continue
         if name in ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini"):
             return str(path)
+        data = project_files.read_beneath(dir_fd, name, project_files.MAX_CONFIG_SIZE,
+                                          str(path))
+        if data is None:
+            continue
         try:
+            text = data.decode("utf-8")
             if name == "pyproject.toml":
-                tool = tomllib.loads(path.read_text("utf-8")).get("tool", {})
+                tool = tomllib.loads(text).get("tool", {})
                 if isinstance(tool, dict) and "pytest" in tool:
                     return str(path)
                 continue
             parser = configparser.ConfigParser(interpolation=None)
-            parser.read(path, encoding="utf-8")
+            parser.read_string(text, source=str(path))
             if parser.has_section("pytest" if name == "tox.ini" else "tool:pytest"):
                 return str(path)
-        except (OSError, ValueError, configparser.Error):
+        except (ValueError, configparser.Error):
             return str(path)  # pytest will report what is wrong with it
     return os.devnull
 
 
-def pytest_args(root: Path, junit: str, user_args: tuple[str, ...]) -> tuple[str, ...]:
-    return ("--rootdir", str(root), "-c", pytest_config(root), "--confcutdir", str(root),
+def pytest_args(root: Path, junit: str, user_args: tuple[str, ...],
+                config: str | None = None) -> tuple[str, ...]:
+    config = config or pytest_config(root)
+    return ("--rootdir", str(root), "-c", config, "--confcutdir", str(root),
             "-p", "no:cacheprovider", f"--junitxml={junit}", *user_args)
 
 
@@ -190,14 +207,15 @@ def prepare_bundle(request: TestRequest, project: Project, *, kind: str = "test"
     spec = DevBundleSpec(project=project, entry=PYTEST_ENTRY, app=app, kind=kind,
                          extra_requirements=() if lock else project.test_requirements(),
                          find_links=request.find_links, no_index=request.no_index,
-                         index_url=request.index_url, lock=lock, lock_has_stub=bool(lock))
+                         index_url=request.index_url, lock=lock,
+                         profile=requested_profile(project))
     bundle, _built = ensure_bundle(spec, store_root, rebuild=request.rebuild,
                                    progress=progress, warn=warn)
     return bundle, app
 
 
 def _options(request: TestRequest, bundle: str, app: str, root: Path,
-             profile: str | None) -> _Prepared:
+             config: str) -> _Prepared:
     from sandrun.launch.launcher import ExecOptions
     from sandrun.launch.warm_exec import default_store_root
 
@@ -205,50 +223,66 @@ def _options(request: TestRequest, bundle: str, app: str, root: Path,
     store_root = fields.get("store") or default_store_root()
     junit_name = f"{JUNIT_PREFIX}{secrets.token_hex(8)}.xml"
     state = Path(os.path.abspath(store_root)) / "state" / app
-    fields["profile"] = profile
     fields["read"] = (str(root), *fields.get("read", ()))
     fields["workdir"] = str(root)
-    args = pytest_args(root, str(state / junit_name), request.pytest_args)
+    args = pytest_args(root, str(state / junit_name), request.pytest_args, config)
     options = ExecOptions(bundle=bundle, args=args, **fields)
     return _Prepared(options, app, store_root, junit_name)
 
 
 def run_tests(request: TestRequest, *, progress: Report = _quiet, warn: Report = _quiet,
-              notice: Report = _quiet, results_dir: Path | None = None,
+              notice: Report = _quiet, results_dir: ResultsDir | None = None,
               kind: str = "test", app: str | None = None, lock: Path | None = None
               ) -> TestResult:
-    """Run the suite once (PROJECT: build or reuse its test bundle; BUNDLE: as given)."""
+    """Run the suite once (PROJECT: build or reuse its test bundle; BUNDLE: as given).
+    The results directory is decided (and refused) before anything is built."""
     target = request.target
     bundle_given = target is not None and os.path.isfile(target)
     if bundle_given:
         assert target is not None
         root = find_project(request.project_dir)
-        project = None
         bundle, app = target, _bundle_app(target)
-        profile = request.exec_fields.get("profile")
+        config = pytest_config(root)
+        results = results_dir or make_results_dir(request.results, app)
     else:
         if request.project_dir:
             raise UsageError("--project goes with a BUNDLE", "give the project as PROJECT")
         root = find_project(target)
         project = load_project(root)
         check_project_names(project)
+        app = app or test_app_name(project)
         launching.check_tree_access(root, [project.source_dir],
-                                    request.exec_fields.get("user"),
-                                    app or test_app_name(project))
-        built, app = prepare_bundle(request, project, kind=kind, app=app, lock=lock,
-                                    progress=progress, warn=warn)
+                                    request.exec_fields.get("user"), app)
+        check_stub(project)  # what pip reads of the project, checked before anything is made
+        requested_profile(project)  # a broken profile: refused before anything is made
+        config = pytest_config(root)
+        results = results_dir or make_results_dir(request.results, app)
+        try:
+            built, app = prepare_bundle(request, project, kind=kind, app=app, lock=lock,
+                                        progress=progress, warn=warn)
+        except BaseException:
+            if results_dir is None:
+                results.close()
+            raise
         bundle = str(built)
-        profile = profile_of(project, request.exec_fields.get("profile"))
-    results = results_dir or make_results_dir(request.results, app)
-    prepared = _options(request, bundle, app, root, profile)
-    output = str(results / "output.txt") if request.capture else None
-    result = TestResult(exit_code=125, results_dir=str(results), bundle=bundle, app=app,
+    try:
+        return _run(request, results, bundle, app, root, config, notice)
+    finally:
+        if results_dir is None:
+            results.close()
+
+
+def _run(request: TestRequest, results: ResultsDir, bundle: str, app: str, root: Path,
+         config: str, notice: Report) -> TestResult:
+    prepared = _options(request, bundle, app, root, config)
+    output = results.file("output.txt") if request.capture else None
+    result = TestResult(exit_code=125, results_dir=results.path, bundle=bundle, app=app,
                         output=output)
     started = time.monotonic()
     try:
-        with redirected(output):
+        with redirected(results.append("output.txt") if request.capture else None):
             outcome = launching.launch(prepared.options, explain=request.explain,
-                                       notice=notice, try_warm=False)
+                                       notice=notice, try_warm=False, command="test")
     finally:
         result.seconds = time.monotonic() - started
     result.exit_code = outcome.code
@@ -257,11 +291,9 @@ def run_tests(request: TestRequest, *, progress: Report = _quiet, warn: Report =
                                                                      "test"))
     data = take_junit(prepared.store_root, app, prepared.junit_name)
     if data is not None:
-        junit = results / "junit.xml"
-        junit.write_bytes(data)
-        result.junit = str(junit)
+        result.junit = results.write("junit.xml", data)
         _count(result, data)
-    write_summary(result)
+    write_summary(result, results)
     return result
 
 
@@ -283,35 +315,27 @@ def _bundle_app(bundle: str) -> str:
     return verified.manifest.app_name
 
 
-def make_results_dir(path: str | None, app: str) -> Path:
-    """--results DIR (created if missing), else a new private directory in $TMPDIR."""
-    if path is None:
-        return Path(tempfile.mkdtemp(prefix=f"sandrun-test-{app}-"))
-    results = Path(os.path.abspath(path))
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --results {results}: {exc.strerror}",
-                         "give a directory you can write") from None
-    return results
+def make_results_dir(path: str | None, app: str) -> ResultsDir:
+    """--results DIR (made fresh, or an existing one of root's or the invoking user's
+    that nobody else may write), else a new private directory in $TMPDIR."""
+    return open_results_dir(path, f"sandrun-test-{app}-")
 
 
-def write_summary(result: TestResult) -> None:
-    path = Path(result.results_dir) / "summary.json"
-    path.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+def write_summary(result: TestResult, results: ResultsDir) -> None:
+    results.write("summary.json", (json.dumps(result.to_json(), indent=2, sort_keys=True)
+                                   + "\n").encode())
 
 
 @contextlib.contextmanager
-def redirected(path: str | None) -> Iterator[None]:
-    """fds 1 and 2 (what the sandboxed run inherits) to `path` while it runs; None:
-    unchanged."""
-    if path is None:
+def redirected(fd: int | None) -> Iterator[None]:
+    """fds 1 and 2 (what the sandboxed run inherits) to the file open as `fd` (closed
+    afterwards) while it runs; None: unchanged."""
+    if fd is None:
         yield
         return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)

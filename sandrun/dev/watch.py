@@ -4,6 +4,12 @@ inotify (through ctypes: no dependency) on every directory of the tree but the o
 edit matters in (.git, __pycache__, virtual environments, caches); a polling fallback
 when inotify is unavailable or out of watches. `wait()` returns the changed paths once
 the burst of events an editor's save makes has settled.
+
+The tree is the developer's and can change under the walk: it is reached from one fd
+of the project directory (project_files: a new directory's path is followed component
+by component, O_NOFOLLOW), walked with fds (os.fwalk, links never followed), and each
+directory is watched through the fd the walk opened (/proc/self/fd/N): a directory
+replaced by a link is never watched or listed through it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import select
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from sandrun.dev.launching import SKIPPED_DIRS
@@ -28,6 +35,7 @@ IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_Q_OVERFLOW = 0x00004000
 IN_ISDIR = 0x40000000
+IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 WATCH_MASK = (IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
@@ -45,12 +53,13 @@ def ignored(name: str) -> bool:
             or name in SKIPPED_DIRS or name.endswith(".egg-info"))
 
 
-def _tree(root: Path) -> list[str]:
-    found = []
-    for current, subdirs, _files in os.walk(root):
+def _walk(top_fd: int, shown: str) -> Iterator[tuple[str, list[str], list[str], int]]:
+    """os.fwalk of the directory `top_fd` (shown as `shown`) without following any
+    link, skipping ignored directories: (path, subdirs, files, the directory's fd)."""
+    for current, subdirs, files, dir_fd in os.fwalk(".", dir_fd=top_fd,
+                                                    follow_symlinks=False):
         subdirs[:] = [d for d in subdirs if not ignored(d)]
-        found.append(current)
-    return found
+        yield os.path.normpath(os.path.join(shown, current)), subdirs, files, dir_fd
 
 
 class Watcher:
@@ -58,8 +67,11 @@ class Watcher:
     (inotify); use wait() either way."""
 
     def __init__(self, root: Path) -> None:
+        from sandrun.dev.project_files import open_project_dir
+
         self.root = root
         self.fd = -1
+        self.root_fd = open_project_dir(root)
         self.dirs: dict[int, str] = {}
         self.snapshot: dict[str, tuple[int, int, int]] = {}
         self.mode = "inotify"
@@ -67,7 +79,7 @@ class Watcher:
         try:
             self._start_inotify()
         except OSError as exc:
-            self.close()
+            self._close_inotify()
             self.mode = "polling"
             self.note = f"inotify unavailable ({exc.strerror or exc}): polling every " \
                         f"{POLL_INTERVAL:g} s"
@@ -82,11 +94,31 @@ class Watcher:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
         self.fd = fd
-        for directory in _tree(self.root):
-            self._add(directory)
+        self._add_tree(str(self.root))
 
-    def _add(self, directory: str) -> None:
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK)
+    def _add_tree(self, top: str) -> None:
+        """Watch `top` (the root or a directory below it) and every directory under it,
+        reached from the root's fd without following a link."""
+        from sandrun.dev.project_files import open_beneath
+        from sandrun.errors import SandrunError
+
+        rel = os.path.relpath(top, self.root)
+        try:
+            top_fd = open_beneath(self.root_fd, "" if rel == "." else rel, top)
+        except (SandrunError, OSError):
+            return  # a link (never followed) or gone
+        if top_fd is None:
+            return
+        try:
+            for directory, _subdirs, _files, dir_fd in _walk(top_fd, top):
+                self._add(directory, dir_fd)
+        finally:
+            os.close(top_fd)
+
+    def _add(self, directory: str, dir_fd: int) -> None:
+        # The directory the walk opened, by its fd: no path is resolved again.
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(f"/proc/self/fd/{dir_fd}"),
+                                          WATCH_MASK | IN_ONLYDIR)
         if wd < 0:
             code = ctypes.get_errno()
             if code in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
@@ -115,8 +147,7 @@ class Watcher:
                     continue
                 path = os.path.join(base, name) if name else base
                 if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-                    for directory in _tree(Path(path)):
-                        self._add(directory)
+                    self._add_tree(path)
                 if mask & IN_ISDIR and not mask & (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM
                                                    | IN_DELETE):
                     continue  # attributes of a directory
@@ -126,14 +157,13 @@ class Watcher:
 
     def _scan(self) -> dict[str, tuple[int, int, int]]:
         found = {}
-        for current, subdirs, files in os.walk(self.root):
-            subdirs[:] = [d for d in subdirs if not ignored(d)]
+        for current, _subdirs, files, dir_fd in _walk(self.root_fd, str(self.root)):
             for name in files:
                 if ignored(name):
                     continue
                 path = os.path.join(current, name)
                 try:
-                    st = os.lstat(path)
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except OSError:
                     continue
                 found[path] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
@@ -181,7 +211,13 @@ class Watcher:
             changed += self._read_events()
         return sorted(set(changed))
 
-    def close(self) -> None:
+    def _close_inotify(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def close(self) -> None:
+        self._close_inotify()
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1

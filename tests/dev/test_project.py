@@ -22,7 +22,7 @@ from sandrun.dev.project import (
     choose_entry,
     load_project,
     parse_project,
-    profile_of,
+    requested_profile,
 )
 from sandrun.dev.watch import Watcher, ignored
 from sandrun.errors import BundleError, UsageError
@@ -169,11 +169,21 @@ def test_app_name_and_profile(tmp_path: Path) -> None:
     assert app_name(p, choose_entry(p), "Other_Name") == "other-name"
     with pytest.raises(UsageError, match="app name"):
         app_name(p, choose_entry(p), "x" * 30)
-    named = project_of('[project]\nname = "a"\n[tool.sandrun]\nname = "b"\n'
-                       'profile = "conf/app.toml"\n', tmp_path)
-    assert profile_of(named, None) == str(tmp_path / "conf/app.toml")
-    assert profile_of(named, "cli") == "cli"
-    assert profile_of(project_of(BASIC), None) is None
+    # The project's profile is a request (embedded in the bundle), never the operator's
+    # -p: a file is read with the project (no link followed) and rendered self-contained.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.toml").write_text('extends = "default"\n'
+                                                '[filesystem]\nread = ["/etc/hostname"]\n')
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "a"\n[tool.sandrun]\n'
+                                             'name = "b"\nprofile = "conf/app.toml"\n')
+    requested = requested_profile(load_project(tmp_path))
+    assert requested is not None and requested.source == str(tmp_path / "conf/app.toml")
+    assert requested.shipped is None and requested.text and "/etc/hostname" in requested.text
+    assert requested.name == "app"
+    shipped = requested_profile(project_of('[project]\nname = "a"\n[tool.sandrun]\n'
+                                           'profile = "cli"\n'))
+    assert shipped is not None and (shipped.shipped, shipped.text) == ("cli", None)
+    assert requested_profile(project_of(BASIC)) is None
 
 
 def test_test_app_names_are_never_truncated() -> None:
@@ -226,7 +236,7 @@ def test_lock_with_stub(tmp_path: Path) -> None:
                     'version = "8.1"\nwheels = [{ url = "https://e.org/click-8.1-py3-none-'
                     'any.whl", hashes = { sha256 = "' + "0" * 64 + '" } }]\n')
     (tmp_path / "out").mkdir()
-    copy = bundles.lock_with_stub(lock, stub, tmp_path / "out")
+    copy = bundles.lock_with_stub(lock.read_bytes(), stub, tmp_path / "out")
     data = tomllib.loads(copy.read_text())
     assert [p["name"] for p in data["packages"]] == ["click", "my-app"]
     assert data["packages"][1]["archive"]["hashes"]["sha256"] == \
@@ -234,7 +244,7 @@ def test_lock_with_stub(tmp_path: Path) -> None:
     lock.write_text(lock.read_text() + '[[packages]]\nname = "My-App"\nversion = "1"\n'
                     'directory = { path = "." }\n')
     with pytest.raises(BundleError, match="locks the project my-app itself"):
-        bundles.lock_with_stub(lock, stub, tmp_path / "out")
+        bundles.lock_with_stub(lock.read_bytes(), stub, tmp_path / "out")
 
 
 # ---------------------------------------------------------------- pytest, matrix, quick
