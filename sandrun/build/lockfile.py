@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import sys
 import tomllib
 import urllib.error
@@ -142,19 +143,24 @@ def read_lock(path: Path) -> Pylock:
                             [Problem(where, exc.message, RELOCK_HINT)]) from None
 
 
-def select_wheels(lock_path: Path, target: Target,
-                  supported: Sequence[Tag]) -> list[LockedWheel]:
+def select_wheels(lock_path: Path, target: Target, supported: Sequence[Tag],
+                  allowed_dirs: Sequence[Path] | None = None) -> list[LockedWheel]:
     """The wheel of every package the lock selects for `target`, sorted by name.
 
     Follows PEP 751's installation steps (markers, requires-python, environments,
     one entry per name) with the default groups and no extras, and reports every
-    problem at once.
+    problem at once. With `allowed_dirs` (callers that take a lock someone else wrote,
+    such as `sandrun dev` on a developer's project), a wheel given by `path` or a `file:`
+    URL must be beneath the lock's own directory or one of them: the lock's author must
+    not make sandrun read, and say things about, any other file.
     """
     from packaging.tags import create_compatible_tags_selector
 
     lock = read_lock(lock_path)
     label = str(lock_path)
     base = lock_path.resolve().parent
+    roots = None if allowed_dirs is None else [
+        base, *(Path(os.path.realpath(d)) for d in allowed_dirs)]
     env = marker_environment(target)
     platform = next((p for p in target.platforms if p.startswith("manylinux")),
                     target.platforms[0])
@@ -189,7 +195,8 @@ def select_wheels(lock_path: Path, target: Target,
                                     "give each package one entry, or markers that exclude "
                                     "each other"))
             continue
-        locked = _choose(package, index, where, what, base, select, target_text, problems)
+        locked = _choose(package, index, where, what, base, roots, select, target_text,
+                         problems)
         if locked is not None:
             chosen[package.name] = (index, locked)
     if not chosen and not problems:
@@ -227,7 +234,7 @@ def _lock_level_problems(lock: Pylock, env: dict[str, str], label: str,
 
 
 def _choose(package: Package, index: int, where: str, what: str, base: Path,
-            select: Callable[..., Any], target_text: str,
+            roots: Sequence[Path] | None, select: Callable[..., Any], target_text: str,
             problems: list[Problem]) -> LockedWheel | None:
     from packaging.utils import parse_wheel_filename
 
@@ -284,6 +291,15 @@ def _choose(package: Package, index: int, where: str, what: str, base: Path,
         problems.append(Problem(f"{wwhere}.url", f"{what}: URL scheme of {url!r} is not "
                                 f"supported (use {', '.join(URL_SCHEMES)})", RELOCK_HINT))
         return None
+    local = path
+    if url is not None and urllib.parse.urlsplit(url).scheme == "file":
+        local = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+    if local is not None and roots is not None and not _beneath_any(local, roots):
+        problems.append(Problem(f"{wwhere}.path", f"{what}: {filename} is outside the lock's "
+                                "directory and every --find-links directory",
+                                "put the wheel next to the lock file (or below it), or give "
+                                "its directory with --find-links"))
+        return None
     from packaging.utils import canonicalize_name
 
     from sandrun.supply.provenance import lock_identities
@@ -297,6 +313,14 @@ def _choose(package: Package, index: int, where: str, what: str, base: Path,
                        filename=filename, sha256=sha256, size=wheel.size, path=path, url=url,
                        where=wwhere,
                        attestation_identities=tuple(dict(i) for i in identities))
+
+
+def _beneath_any(path: Path, roots: Sequence[Path]) -> bool:
+    """Lexically (after normalising `..`) beneath one of `roots`; the file itself is then
+    opened without following a final link (_copy_checked)."""
+    normal = os.path.normpath(path)
+    return any(normal == str(root) or normal.startswith(str(root).rstrip("/") + "/")
+               for root in roots)
 
 
 def _file_name(path: str | None, url: str | None) -> str:
@@ -331,9 +355,10 @@ def fetch_wheels(wheels: Sequence[LockedWheel], dest: Path,
             continue
         if digest != wheel.sha256 or (wheel.size is not None and size != wheel.size):
             target.unlink(missing_ok=True)
-            what = (f"sha256 of {source} is {digest}, the lock says {wheel.sha256}"
+            # Never the digest or size sandrun computed: the lock's author chose the file.
+            what = (f"{source} does not match the sha256 the lock gives ({wheel.sha256})"
                     if digest != wheel.sha256 else
-                    f"{source} is {size} bytes, the lock says {wheel.size}")
+                    f"{source} does not have the size the lock gives ({wheel.size} bytes)")
             problems.append(Problem(f"{wheel.where}.hashes" if digest != wheel.sha256
                                     else f"{wheel.where}.size", what, CHANGED_HINT))
             continue
@@ -357,7 +382,12 @@ def _copy_checked(wheel: LockedWheel, target: Path) -> tuple[str, int]:
     size = 0
     try:
         if wheel.path is not None:
-            source: Any = wheel.path.open("rb")
+            fd = os.open(wheel.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise _FetchError("not a regular file", "lock wheel files")
+            source: Any = os.fdopen(fd, "rb")
         else:
             assert wheel.url is not None
             request = urllib.request.Request(wheel.url, headers={

@@ -141,10 +141,13 @@ def test_a_file_that_differs_from_the_lock_is_refused(wheelhouse: Path, tmp_path
         build_bundle(BundleRequest(output=out, lock=lock, console_script="hello"))
     text = info.value.diagnostics()
     assert text.startswith("2 locked wheels cannot be used")
-    assert f"{lock}: packages[0].wheels[1].hashes: sha256 of {hello_wheel} is " in text
-    assert (f"{lock}: packages[1].wheels[0].hashes: sha256 of "
-            f"{next(wheelhouse.glob('helperlib-*')).as_uri()} is ") in text
-    assert f"the lock says {'ab' * 32}" in text
+    assert (f"{lock}: packages[0].wheels[1].hashes: {hello_wheel} does not match the "
+            "sha256 the lock gives (") in text
+    assert (f"{lock}: packages[1].wheels[0].hashes: "
+            f"{next(wheelhouse.glob('helperlib-*')).as_uri()} does not match the sha256 the "
+            f"lock gives ({'ab' * 32})") in text
+    # Never the digest sandrun computed: the lock's author chose the file (a hash oracle).
+    assert hashlib.sha256(hello_wheel.read_bytes()).hexdigest() not in text
     assert "the file differs from the one that was locked" in text
     assert not out.exists()
 
@@ -338,3 +341,18 @@ def test_pylock_needs_recorded_origins(tmp_path: Path) -> None:
     proc = run_sandrun("lock", "--format", "pylock", str(old))
     assert proc.returncode == 125
     assert "manifest format 1 records no origins" in proc.stderr
+
+
+def test_a_lock_someone_else_wrote_names_only_files_beside_it(
+        wheelhouse: Path, tmp_path: Path, target: tuple[Target, list]) -> None:
+    """With allowed_dirs (sandrun dev on a developer's project), a path or file: URL outside
+    the lock's directory and the --find-links dirs is refused before anything is read."""
+
+    lock = write_lock(tmp_path / "project", wheelhouse)  # helperlib: a file: URL outside
+    with pytest.raises(LockFileError) as info:
+        select_wheels(lock, *target, allowed_dirs=())
+    text = info.value.diagnostics()
+    assert "helperlib-0.3-py3-none-any.whl is outside the lock's directory" in text
+    assert "hellopkg" not in text  # beside the lock: fine
+    chosen = select_wheels(lock, *target, allowed_dirs=(wheelhouse,))
+    assert [w.name for w in chosen] == ["hellopkg", "helperlib"]
