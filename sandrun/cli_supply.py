@@ -98,10 +98,15 @@ def trust() -> None:
 @_json_option
 @_quiet_option
 def trust_check(policy_file: str | None, as_json: bool, quiet: bool) -> None:
-    """Validate a trust policy (default /etc/sandrun/trust.toml); list its signers."""
-    from sandrun.supply.trust import DEFAULT_TRUST_PATH, load_trust_policy
+    """Validate a trust policy (default /etc/sandrun/trust.toml); list its signers.
+    Warns (stderr) about times without Z: local time, read in each process's TZ."""
+    from sandrun.cli_common import warn
+    from sandrun.supply.trust import DEFAULT_TRUST_PATH, load_trust_policy, local_time_warnings
 
     policy = load_trust_policy(Path(policy_file) if policy_file else DEFAULT_TRUST_PATH)
+    warnings = local_time_warnings(policy)
+    for warning in warnings:
+        warn(str(warning))
     lines = [f"{policy.path}: OK ({len(policy.signers)} signer(s))"]
     for signer in policy.signers:
         extra = [f"namespaces: {', '.join(signer.namespaces)}"] \
@@ -112,7 +117,9 @@ def trust_check(policy_file: str | None, as_json: bool, quiet: bool) -> None:
         lines.append(f"  {signer.name}  {signer.fingerprint}  apps: {', '.join(signer.apps)}"
                      + "".join(f"; {e}" for e in extra))
     lines += [f"  {app} >= {minimum.text}" for app, minimum in sorted(policy.min_versions.items())]
-    _emit(as_json, quiet, {"ok": True, **policy.to_json()}, "\n".join(lines))
+    _emit(as_json, quiet, {"ok": True, **policy.to_json(),
+                           "warnings": [{"where": w.where, "what": w.what, "hint": w.hint}
+                                        for w in warnings]}, "\n".join(lines))
 
 
 @trust.command(name="add")
@@ -124,7 +131,8 @@ def trust_check(policy_file: str | None, as_json: bool, quiet: bool) -> None:
 @click.option("--name", metavar="NAME", help="How messages name the signer (default: the "
               "key's comment).")
 @click.option("--valid-after", metavar="TIME", help="Valid from TIME on: YYYYMMDD[HHMM[SS]], "
-              "Z for UTC (ssh-keygen's form).")
+              "Z for UTC (ssh-keygen's form); without Z, local time, written converted to "
+              "UTC.")
 @click.option("--valid-before", metavar="TIME", help="Valid until TIME (same form).")
 @click.option("--namespaces", metavar="LIST", help="SSHSIG namespace patterns, comma-"
               "separated (default: sandrun).")
@@ -147,17 +155,19 @@ def trust_add(public_key_file: Path, apps: tuple[str, ...], name: str | None,
     signer = added.signer
     _emit(as_json, quiet,
           {"policy": str(added.policy.path), "created": added.created,
-           "added": signer.to_json()},
+           "added": signer.to_json(), "notes": list(added.notes)},
           f"{added.policy.path}: {'created, ' if added.created else ''}added signer "
           f"{signer.name!r} ({signer.fingerprint}) for apps {', '.join(signer.apps)} "
-          f"({signer.where})")
+          f"({signer.where})" + "".join(f"\n  note: {note}" for note in added.notes))
 
 
 @trust.command(name="export-allowed-signers")
 @click.argument("policy_file", metavar="[FILE]", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              metavar="OUT", help="Write to OUT instead of stdout.")
-def trust_export(policy_file: str | None, output: Path | None) -> None:
+              metavar="OUT", help="Write to OUT instead of stdout: a new file (0644), never "
+              "through a symbolic link; an existing OUT is refused unless --force.")
+@click.option("--force", is_flag=True, help="Replace an existing regular file OUT (atomically).")
+def trust_export(policy_file: str | None, output: Path | None, force: bool) -> None:
     """Print the policy as an ssh-keygen allowed_signers file (principals: app names),
     to cross-check with `ssh-keygen -Y verify -f FILE -I APP -n sandrun`."""
     from sandrun.supply.trust import DEFAULT_TRUST_PATH, export_allowed_signers, load_trust_policy
@@ -166,8 +176,10 @@ def trust_export(policy_file: str | None, output: Path | None) -> None:
                                                     else DEFAULT_TRUST_PATH))
     if output is None:
         click.echo(text, nl=False)
-    else:
-        output.write_text(text, "utf-8")
+        return
+    from sandrun.supply.signing import write_output
+
+    write_output(output, text.encode("utf-8"), replace=force)
 
 
 @click.command()
@@ -176,7 +188,8 @@ def trust_export(policy_file: str | None, output: Path | None) -> None:
 @click.option("--sbom", is_flag=True, help="Print the embedded CycloneDX SBOM (JSON).")
 @click.option("--sshsig", "sshsig_dir", metavar="DIR", type=click.Path(path_type=Path),
               help="Write DIR/message (the bytes a signature signs) and, if signed, "
-              "DIR/message.sig (the SSHSIG signature), for ssh-keygen -Y verify / -Y sign.")
+              "DIR/message.sig (the SSHSIG signature), for ssh-keygen -Y verify / -Y sign. "
+              "Refreshes regular files there; never writes through a symbolic link.")
 @_quiet_option
 def inspect(bundle_path: str, as_json: bool, sbom: bool, sshsig_dir: Path | None,
             quiet: bool) -> None:

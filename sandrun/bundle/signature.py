@@ -42,7 +42,10 @@ get wrong, keeps the verifier small.
 
 The parser is strict because the bundle author is an adversary: every length is checked
 against what is left and bounded, nothing may trail, reserved must be empty, and the
-signature's algorithm must be its key's. Signatures of sandrun before SSHSIG (a JSON
+signature's algorithm must be its key's. A key that is a point of small order, or not
+canonically encoded, is refused wherever a key is read (signatures, trust policies,
+agents): with such a key anyone can forge a signature that cryptography accepts, e.g.
+the identity point with R = identity and S = 0. Signatures of sandrun before SSHSIG (a JSON
 entry) are refused with a message saying to re-sign: accepting two formats would keep
 the weaker one alive.
 
@@ -126,6 +129,10 @@ _UNSUPPORTED_HINT = ("use an Ed25519 key: `ssh-keygen -t ed25519`, or `ssh-keyge
 
 class _Malformed(ValueError):
     """Wire data that does not parse; the message says what is wrong."""
+
+
+class _UnusableKey(_Malformed):
+    """Well-formed key data that is no Ed25519 key anyone holds a private key for."""
 
 
 class _Wire:
@@ -230,6 +237,8 @@ class PublicKey:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+        if ed25519_key_problem(self.raw) is not None:  # parse_key_blob refuses these
+            return False
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
         except (InvalidSignature, ValueError):
@@ -252,6 +261,32 @@ def _unsupported_type(key_type: str) -> str:
     return f"key type {shown!r} is not supported; only {ED25519} and {SK_ED25519} keys are"
 
 
+# Ed25519 points of small order (the 8-torsion: orders 1, 2, 4 and 8), by their y
+# coordinate (little-endian, sign bit aside). With such a "public key" no private key is
+# needed: the identity with R = identity, S = 0 verifies any message with cryptography
+# 50 (OpenSSL), so a signature by one proves nothing. libsodium refuses the same points.
+_ED25519_P = 2**255 - 19
+_ED25519_ORDER8_Y = int.from_bytes(bytes.fromhex(
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+_SMALL_ORDER_Y = frozenset((0, 1, _ED25519_P - 1, _ED25519_ORDER8_Y,
+                            _ED25519_P - _ED25519_ORDER8_Y))
+
+
+def ed25519_key_problem(raw: bytes) -> str | None:
+    """Why 32 bytes are not an Ed25519 public key anyone could have a private key for:
+    a non-canonical encoding (y >= p), or a point of small order (whatever the sign
+    bit); None for a usable key."""
+    if len(raw) != 32:
+        return f"is {len(raw)} bytes, not 32"
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _ED25519_P:
+        return "is not canonically encoded (its y coordinate is not below 2^255 - 19)"
+    if y in _SMALL_ORDER_Y:
+        return ("is a point of small order, for which anyone can forge signatures without "
+                "a private key")
+    return None
+
+
 def parse_key_blob(blob: bytes) -> PublicKey:
     """A public key from its wire encoding; _Malformed says what is wrong."""
     wire = _Wire(blob)
@@ -261,6 +296,9 @@ def parse_key_blob(blob: bytes) -> PublicKey:
     raw = wire.string("the Ed25519 key", 32)
     if len(raw) != 32:
         raise _Malformed(f"the Ed25519 key is {len(raw)} bytes, not 32")
+    problem = ed25519_key_problem(raw)
+    if problem:
+        raise _UnusableKey(f"the Ed25519 key {problem}")
     application = ""
     if key_type == SK_ED25519:
         application = wire.text("the security key's application", MAX_APPLICATION_CHARS)
@@ -300,6 +338,10 @@ def _parse_public_key(line: str) -> PublicKey:
                            ".pub file; it must not be wrapped or shortened") from None
     try:
         key = parse_key_blob(blob)
+    except _UnusableKey as exc:
+        raise KeyFileError(f"not a usable public key: {exc}",
+                           "trust only a key its signer made (ssh-keygen never makes such a "
+                           "key): ask them for their .pub file") from None
     except _Malformed as exc:
         raise KeyFileError(f"the key data is truncated or malformed ({exc})",
                            "copy the whole line from the .pub file") from None

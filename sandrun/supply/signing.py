@@ -72,6 +72,7 @@ from sandrun.bundle.signature import (  # what signing shares with checking
 )
 from sandrun.errors import (
     KeyFileError,
+    SandrunError,
     SignatureError,
     VerificationError,
 )
@@ -665,8 +666,14 @@ def write_sshsig_files(bundle: Path, directory: Path) -> SshsigFiles:
     bundle is signed, DIR/message.sig (its SSHSIG signature, armored), so that
     `ssh-keygen -Y verify -f ALLOWED_SIGNERS -I APP -n sandrun -s DIR/message.sig <
     DIR/message` checks it, or `ssh-keygen -Y sign -n sandrun -f KEY DIR/message` signs
-    it. DIR is created (0755) if missing; both files are replaced (an unsigned bundle's
-    DIR has no message.sig, so that ssh-keygen can write one)."""
+    it. DIR is created (0755) if missing.
+
+    DIR is a working directory for these two names: running this again refreshes them,
+    so existing regular files there are replaced (as `ssh-keygen -Y sign` replaces
+    message.sig), and an unsigned bundle's DIR has no message.sig, so that ssh-keygen can
+    write one. Nothing is written through a link: DIR is reached as open_output_directory
+    says, each file is created O_CREAT|O_EXCL|O_NOFOLLOW (a temp file renamed over an old
+    one), and a link or other non-regular file at either name is refused, not replaced."""
     from sandrun.bundle.archive import open_archive
 
     bundle, directory = Path(bundle), Path(directory)
@@ -678,28 +685,138 @@ def write_sshsig_files(bundle: Path, directory: Path) -> SshsigFiles:
             and entry.size <= MAX_SIGNATURE_BYTES:
         with contextlib.suppress(SignatureError, ValueError):
             sshsig = SshSignature.from_armor(archive.read(entry), canonical=False)
-    try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise SignatureError(f"cannot create {directory}: {exc.strerror}",
-                             "create the directory, or choose another") from None
-    if not directory.is_dir():
-        raise SignatureError(f"{directory} is not a directory", "choose a directory")
     message_path, signature_path = directory / MESSAGE_FILE, directory / SIGNATURE_FILE
-    _replace_file(message_path, signed_message(manifest))
+    dir_fd = open_output_directory(directory, create=True)
     removed = False
-    if sshsig is not None:
-        _replace_file(signature_path, sshsig.armor())
-    elif os.path.lexists(signature_path):
-        if not stat.S_ISREG(os.lstat(signature_path).st_mode):
-            raise SignatureError(f"{signature_path} exists and is not a regular file",
-                                 "remove it: the bundle is unsigned, and ssh-keygen -Y sign "
-                                 "writes its signature there")
-        os.unlink(signature_path)
-        removed = True
+    try:
+        old_signature = _existing_output(dir_fd, SIGNATURE_FILE, signature_path)
+        write_output_file(dir_fd, MESSAGE_FILE, signed_message(manifest), message_path,
+                          replace=True)
+        if sshsig is not None:
+            write_output_file(dir_fd, SIGNATURE_FILE, sshsig.armor(), signature_path,
+                              replace=True)
+        elif old_signature is not None:
+            try:
+                os.unlink(SIGNATURE_FILE, dir_fd=dir_fd)
+            except OSError as exc:
+                raise SignatureError(f"cannot remove {signature_path}: {exc.strerror}",
+                                     "remove it: the bundle is unsigned, and ssh-keygen -Y "
+                                     "sign writes its signature there") from None
+            removed = True
+    finally:
+        os.close(dir_fd)
     return SshsigFiles(message_path, signature_path if sshsig else None, removed, status)
+
+
+def write_output(path: Path, data: bytes, *, replace: bool, mode: int = 0o644) -> None:
+    """Write a file the user named (e.g. `trust export-allowed-signers -o OUT`): its
+    directory reached as open_output_directory says, the file as write_output_file
+    writes it (an existing one refused unless `replace`; never through a link)."""
+    path = Path(path)
+    if Path(os.path.abspath(path)).name != path.name or not path.name:
+        raise SandrunError(f"{path} is not a file name", "give the path of the file to write")
+    dir_fd = open_output_directory(path.parent)
+    try:
+        write_output_file(dir_fd, path.name, data, path, replace=replace, mode=mode)
+    finally:
+        os.close(dir_fd)
+
+
+def open_output_directory(directory: Path, *, create: bool = False) -> int:
+    """An O_RDONLY fd of the directory an output file goes to, reached as a trust policy
+    is (trust.open_owned_path): through directories only root or this user can change,
+    following only links nobody else could have planted (for root: none below /tmp).
+    `create`: make it (0755) when only its last component is missing. SandrunError
+    otherwise, before anything is written."""
+    from sandrun.supply.trust import UnsafePath, open_owned_path
+
+    try:
+        path_fd, info, missing = open_owned_path(directory, missing_ok=create)
+    except UnsafePath as exc:
+        raise SandrunError(f"cannot write in {directory}: {exc.what}", exc.hint) from None
+    except OSError as exc:
+        raise SandrunError(f"cannot use the directory {directory}: {exc.strerror}",
+                           "create it, or choose another") from None
+    try:
+        if len(missing) > 1:
+            raise SandrunError(f"cannot create {directory}: {directory.parent} does not "
+                               "exist", "create the parent directory first, or choose another")
+        if missing:
+            try:
+                os.mkdir(missing[0], 0o755, dir_fd=path_fd)
+                made = os.open(missing[0], os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, dir_fd=path_fd)
+            except OSError as exc:
+                raise SandrunError(f"cannot create {directory}: {exc.strerror}",
+                                   "create the directory, or choose another") from None
+            os.close(path_fd)
+            path_fd = made
+            info = os.fstat(path_fd)
+        if not stat.S_ISDIR(info.st_mode):
+            raise SandrunError(f"{directory} is not a directory", "choose a directory")
+        try:  # the directory the walk found, not the path again
+            return os.open(f"/proc/self/fd/{path_fd}",
+                           os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SandrunError(f"cannot open the directory {directory}: {exc.strerror}",
+                               "choose a directory you can write") from None
+    finally:
+        os.close(path_fd)
+
+
+def _existing_output(dir_fd: int, name: str, shown: Path) -> os.stat_result | None:
+    """What is at `name` already: None, or a regular file; SandrunError for a link or
+    anything else, which is never written through nor replaced."""
+    try:
+        found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SandrunError(f"cannot check {shown}: {exc.strerror}",
+                           "check the directory's permissions") from None
+    if stat.S_ISLNK(found.st_mode):
+        raise SandrunError(f"{shown} is a symbolic link: sandrun does not write through it, "
+                           "nor replace it", f"remove {shown}, or choose another path")
+    if not stat.S_ISREG(found.st_mode):
+        raise SandrunError(f"{shown} exists and is not a regular file",
+                           "remove it, or choose another path")
+    return found
+
+
+def write_output_file(dir_fd: int, name: str, data: bytes, shown: Path, *, replace: bool,
+                      mode: int = 0o644) -> None:
+    """Write the file `name` in the directory `dir_fd` (open_output_directory), never
+    through a link: a new file is created O_CREAT|O_EXCL|O_NOFOLLOW; an existing regular
+    file is refused unless `replace`, then replaced by a temp file created the same way
+    and renamed over it (the old file is never opened); a link or other non-regular file
+    is always refused. `shown` is the path messages use."""
+    old = _existing_output(dir_fd, name, shown)
+    if old is not None and not replace:
+        raise SandrunError(f"{shown} already exists",
+                           "choose another path, or pass --force to replace it")
+    target = name if old is None else f".{name}.{os.urandom(6).hex()}.tmp"
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except FileExistsError:  # appeared since: whatever it is, it is not ours to write
+        raise SandrunError(f"{shown} already exists (it appeared while sandrun wrote)",
+                           "check who else writes there, and retry") from None
+    except OSError as exc:
+        raise SandrunError(f"cannot create {shown}: {exc.strerror}",
+                           "check the directory's permissions") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)  # the umask must not change it
+            os.fsync(out.fileno())
+        if target != name:
+            os.replace(target, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(target, dir_fd=dir_fd)
+        raise SandrunError(f"cannot write {shown}: {exc.strerror}",
+                           "check free space and permissions") from None
 
 
 def _verified(archive: StrictArchive, bundle: Path) -> tuple[Manifest, SignatureStatus]:
@@ -771,28 +888,6 @@ def _check_unchanged(bundle: Path, old_data: bytes, old: StrictArchive,
                              + "; ".join(str(p) for p in result.problems) + ")",
                              "this is a bug in sandrun; please report it")
     return status.info
-
-
-def _replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `path` atomically (temp file in its directory, rename over it)."""
-    import tempfile
-
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                        dir=path.parent)
-    except OSError as exc:
-        raise SignatureError(f"cannot write in {path.parent}: {exc.strerror}",
-                             "choose a directory you can write") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            os.fchmod(out.fileno(), mode)
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise SignatureError(f"cannot write {path}: {exc.strerror}",
-                             "check free space and permissions") from None
 
 
 def _read_bundle(bundle: Path) -> bytes:

@@ -50,9 +50,17 @@ Validation reports every problem at once as a TrustError, each with `file:line: 
 public key, the same key in two signers, empty `apps`, globs that can never match an
 app name, invalid times or versions are errors. The policy file and key files must be
 owned by root (or the user running sandrun) and not writable by group or others, and so
-must their directories: whoever can edit the policy decides what runs. `add_signer`
-(`sandrun trust add`) appends a [[signer]] after checking the result, and replaces the
-file atomically (0644, owned by whoever runs it: root for /etc/sandrun).
+must every directory on the way to them (a sticky one such as /tmp passes: others cannot
+replace what is in it); a symbolic link on the way is followed only when it is root's
+(or the user's) in directories nobody else can write (open_owned_path, the rule of
+`open_trusted_path`): whoever can edit or redirect the policy decides what runs.
+`add_signer` (`sandrun trust add`) checks everything first (the new [[signer]], the
+resulting policy, and that the directories pass the reading check), then creates what
+is missing and replaces the file atomically (0644, owned by whoever runs it: root for
+/etc/sandrun). It writes times in UTC with Z: a time without Z is local time, which
+each process reads in its own TZ (`exec` under another TZ, a warm decision cached by
+an earlier run, ssh-keygen), so `trust add` converts it and `trust check` warns
+(local_time_warnings).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import calendar
 import contextlib
 import datetime
 import difflib
+import errno
 import fcntl
 import functools
 import json
@@ -85,13 +94,16 @@ from sandrun.bundle.signature import (
     SignatureStatus,
     parse_public_key,
 )
-from sandrun.config.profile import TomlLocator  # the same best-effort line finder as profiles
+from sandrun.config.profile import (  # the same line finder and TOML string writer
+    TomlLocator,
+    _toml_string,  # json.dumps writes non-BMP characters as surrogates: TOML refuses those
+)
 from sandrun.errors import KeyFileError, Problem, TrustError
 
 DEFAULT_TRUST_PATH = Path("/etc/sandrun/trust.toml")
 MAX_POLICY_BYTES = 1 << 20
 MAX_KEY_FILE_BYTES = 64 * 1024
-TOP_KEYS = ("signer", "min_version")
+TOP_KEYS = ("signer", "min_version", "provenance")
 SIGNER_KEYS = ("name", "public_key", "public_key_file", "apps", "namespaces", "valid_after",
                "valid_before")
 DEFAULT_NAMESPACES = (NAMESPACE,)
@@ -223,6 +235,46 @@ def parse_ssh_time(text: str) -> int:
     if epoch <= 0:
         raise ValueError("before 1970")
     return epoch
+
+
+def is_local_time(text: str) -> bool:
+    """Whether an allowed_signers time has no final Z: local time, which each process
+    reads in its own time zone (TZ), so that `exec`, a warm decision cached by another
+    run and ssh-keygen may disagree on the instant."""
+    return not text.endswith(("Z", "z"))
+
+
+def utc_ssh_time(text: str) -> str:
+    """The same instant as an allowed_signers time in UTC, with Z: `20250101` read in
+    this process's time zone (EST: 20250101050000Z); a UTC time is kept, its z made
+    upper case. As short as the instant allows (YYYYMMDD[HHMM[SS]]Z). ValueError as
+    parse_ssh_time."""
+    epoch = parse_ssh_time(text)
+    if not is_local_time(text):
+        return text[:-1] + "Z"
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    form = ("%Y%m%d" if (moment.hour, moment.minute, moment.second) == (0, 0, 0) else
+            "%Y%m%d%H%M" if moment.second == 0 else "%Y%m%d%H%M%S")
+    return moment.strftime(form) + "Z"
+
+
+def local_time_warnings(policy: TrustPolicy) -> list[Problem]:
+    """A warning for each valid_after/valid_before without Z (`sandrun trust check`)."""
+    warnings = []
+    for signer in policy.signers:
+        for label, moment in (("valid_after", signer.valid_after),
+                              ("valid_before", signer.valid_before)):
+            if moment is None or not is_local_time(moment.text):
+                continue
+            zone = time.tzname[0] or "UTC"
+            warnings.append(Problem(
+                moment.where, f"{label} {moment.text!r} has no Z: it is local time, read in "
+                f"the time zone of each process that checks it (here {zone}: "
+                f"{format_utc(moment.epoch)}); sandrun exec under another TZ, a decision "
+                "cached by an earlier exec, and ssh-keygen may take it for another instant",
+                f"write it in UTC: {label} = \"{utc_ssh_time(moment.text)}\" (this instant "
+                f"in {zone}), as `sandrun trust add` does"))
+    return warnings
 
 
 def ssh_pattern_list_matches(name: str, patterns: Sequence[str]) -> bool:
@@ -480,12 +532,124 @@ def _check_policy_text(path: Path, text: str, problems: list[Problem]) -> TrustP
     return _Checker(path, text, problems).check(data)
 
 
+class UnsafePath(Exception):
+    """A path that someone other than root (or the user running sandrun) could redirect:
+    `what` says which component and why, `hint` how to fix it."""
+
+    def __init__(self, what: str, hint: str = PERMISSION_HINT) -> None:
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+
+
+MAX_SYMLINKS = 40  # as the kernel's path walk
+
+
+def open_owned_path(path: str | Path, *, missing_ok: bool = False
+                    ) -> tuple[int, os.stat_result, list[str]]:
+    """An O_PATH fd of `path` and its stat, resolved so that only root or the user running
+    sandrun can change what it names (the rule of sandbox.kernel.open_trusted_path, plus
+    ownership of every directory):
+
+    - every directory on the way is owned by root or this user and not writable by group
+      or others, except a sticky one such as /tmp (others cannot replace its entries they
+      do not own; the next component's owner is checked in turn);
+    - a symbolic link is followed only when it is root's or this user's and every
+      directory so far, sticky or not, passed the rule above without being writable by
+      others: one below /tmp is refused, as `exec` refuses it.
+
+    Relative paths are taken from the working directory (`..` collapsed lexically).
+    UnsafePath when a component breaks the rule; FileNotFoundError (a dangling link too)
+    and other OSErrors as the walk meets them. With `missing_ok`, a missing component
+    ends the walk instead: the fd is the deepest existing directory and the list holds the
+    names still to be created under it.
+    """
+    owners = {0, os.geteuid()}
+    absolute = os.path.abspath(path)
+    todo = [part for part in reversed(absolute.split("/")) if part not in ("", ".")]
+    current = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    parents: list[int] = []
+    walked = [""]
+    writable_by_others: str | None = None  # the first sticky directory passed
+    links = 0
+    try:
+        st = os.fstat(current)
+        while todo:
+            name = todo.pop()
+            here = "/".join(walked) or "/"
+            problem = _write_access_problem(st, True)
+            if problem:
+                raise UnsafePath(f"the directory {here} {problem}")
+            if st.st_mode & 0o022 and writable_by_others is None:
+                writable_by_others = f"{here} (mode {stat.S_IMODE(st.st_mode):04o})"
+            if name == "..":  # only from a link's target: `path` was collapsed
+                if writable_by_others is not None:
+                    raise UnsafePath(f"a link's target leads back out of {here}, below "
+                                     f"{writable_by_others}, which others can write",
+                                     "point the link straight at its target")
+                if parents:
+                    os.close(current)
+                    current = parents.pop()
+                    walked.pop()
+                    st = os.fstat(current)
+                continue
+            try:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+            except FileNotFoundError:
+                if not missing_ok or ".." in todo:
+                    raise
+                result, current = current, -1
+                return result, st, [name, *reversed(todo)]
+            found = os.fstat(fd)
+            if stat.S_ISLNK(found.st_mode):
+                where = "/".join([*walked, name])
+                try:
+                    if writable_by_others is not None:
+                        raise UnsafePath(
+                            f"{where} is a symbolic link below {writable_by_others}, which "
+                            "others can write: sandrun does not follow it",
+                            f"give the real path instead of {where} (links are followed only "
+                            "in directories that nobody but root or you can write)")
+                    if found.st_uid not in owners:
+                        raise UnsafePath(f"{where} is a symbolic link owned by uid "
+                                         f"{found.st_uid}: sandrun does not follow it",
+                                         f"give the real path instead of {where}")
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), absolute)
+                    target = os.readlink("", dir_fd=fd)
+                finally:
+                    os.close(fd)
+                todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+                if target.startswith("/"):
+                    for old in (current, *parents):
+                        os.close(old)
+                    parents, current = [], -1
+                    current = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    walked = [""]
+                    st = os.fstat(current)
+                continue
+            parents.append(current)
+            current, st = fd, found
+            walked.append(name)
+        result, current = current, -1
+        return result, st, []
+    finally:
+        for old in (current, *parents):
+            if old >= 0:
+                os.close(old)
+
+
 def _read_checked(path: Path, where: str, what: str, limit: int,
                   problems: list[Problem]) -> str | None:
-    """A small UTF-8 file that only root (or we) can change, or None with a problem."""
+    """A small UTF-8 file that only root (or we) can change, reached through directories
+    and links only root (or we) can change (open_owned_path), or None with a problem."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except FileNotFoundError:
+        path_fd, info, _ = open_owned_path(path)
+    except UnsafePath as exc:
+        problems.append(Problem(where, f"{what} {path}: {exc.what}", exc.hint))
+        return None
+    except (FileNotFoundError, NotADirectoryError):
         problems.append(Problem(where, f"{what} {path} does not exist",
                                 "check the path (a dangling symlink also counts)"))
         return None
@@ -493,24 +657,25 @@ def _read_checked(path: Path, where: str, what: str, limit: int,
         problems.append(Problem(where, f"cannot open {what} {path}: {exc.strerror}",
                                 "check the path and its permissions"))
         return None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which refuses directories
-        os.close(fd)
-        problems.append(Problem(where, f"{what} {path} is not a regular file",
-                                "give the path of a file"))
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        found = [f"{what} {path} {p}" for p in [_write_access_problem(info, False)] if p]
-        try:
-            directory = os.stat(path.parent)
-        except OSError:
-            directory = None
-        problem = directory and _write_access_problem(directory, True)
-        if problem:
-            found.append(f"the directory {path.parent} of {what} {path} {problem}")
-        if found:
-            problems.extend(Problem(where, f, PERMISSION_HINT) for f in found)
+    try:
+        if not stat.S_ISREG(info.st_mode):
+            problems.append(Problem(where, f"{what} {path} is not a regular file",
+                                    "give the path of a file"))
             return None
+        problem = _write_access_problem(info, False)
+        if problem:
+            problems.append(Problem(where, f"{what} {path} {problem}", PERMISSION_HINT))
+            return None
+        try:  # the file the walk found, not the path again
+            fd = os.open(f"/proc/self/fd/{path_fd}",
+                         os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            problems.append(Problem(where, f"cannot open {what} {path}: {exc.strerror}",
+                                    "check its permissions (and that /proc is mounted)"))
+            return None
+    finally:
+        os.close(path_fd)
+    with os.fdopen(fd, "rb") as handle:
         try:
             data = handle.read(limit + 1)
         except OSError as exc:
@@ -596,6 +761,10 @@ class _Checker:
                 signers = self.check_signers(value)
             elif key == "min_version":
                 min_versions = self.check_min_versions(value)
+            elif key == "provenance":  # PEP 740 pins and requirements: provenance.py's table
+                from sandrun.supply.provenance import check_provenance_table
+
+                self.problems.extend(check_provenance_table(value, self.label)[1])
             elif key in SIGNER_KEYS:
                 self.add(self.where(key), f"{key} must be inside a [[signer]] table",
                          f"put a [[signer]] line before it; {FORMAT_HINT}")
@@ -603,7 +772,8 @@ class _Checker:
                 close = _closest(key, TOP_KEYS)
                 self.add(self.where(key), f"unknown key {key!r}",
                          (f"did you mean {close!r}? " if close else "")
-                         + "the policy has [[signer]] tables and a [min_version] table")
+                         + "the policy has [[signer]] tables, a [min_version] and a [provenance] "
+                         "table")
         if "signer" not in data:
             self.add(self.label, "no [[signer]] table: every bundle would be refused",
                      "add a [[signer]] with name, public_key and apps for each key you "
@@ -954,6 +1124,7 @@ class AddedSigner:
     policy: TrustPolicy
     signer: TrustedSigner
     created: bool  # the policy file did not exist before
+    notes: tuple[str, ...] = ()  # for people: times converted to UTC, exec's view of it
 
 
 def add_signer(policy_path: Path, public_key_file: Path, apps: Sequence[str], *,
@@ -961,57 +1132,144 @@ def add_signer(policy_path: Path, public_key_file: Path, apps: Sequence[str], *,
                valid_after: str | None = None, valid_before: str | None = None
                ) -> AddedSigner:
     """Append a [[signer]] for the key in `public_key_file` to the policy (created if
-    missing), after checking that the result is a valid policy; the file is replaced
-    atomically (0644, owned by the caller). Refuses a key or name already in the policy.
-    `name` defaults to the key's comment, else the file name without .pub."""
+    missing, with its missing directories), after checking that the result is a valid
+    policy that the reading side (load_trust_policy, as `exec` uses it) will accept; the
+    file is replaced atomically (0644, owned by the caller). Refuses a key or name
+    already in the policy. `name` defaults to the key's comment, else the file name
+    without .pub. Times are written in UTC with Z (a time without Z is read in this
+    process's time zone and converted: `notes` says so).
+
+    Everything is checked before anything is created: a refusal leaves no file and no
+    directory behind."""
     policy_path, public_key_file = Path(policy_path), Path(public_key_file)
     key = _read_key_to_add(public_key_file)
     if os.path.islink(policy_path):  # replacing it would turn the link into a file
         raise TrustError(f"{policy_path} is a symlink (to {os.readlink(policy_path)})", [],
                          "pass the policy file itself with --policy")
-    directory = policy_path.parent
+    notes: list[str] = []
+    valid_after = _utc_option("valid-after", valid_after, notes)
+    valid_before = _utc_option("valid-before", valid_before, notes)
+    name = name if name is not None else _default_name(key, public_key_file)
+    table = _signer_table(name, key, apps, namespaces, valid_after, valid_before)
+    absolute = Path(os.path.abspath(policy_path))
+    directory = absolute.parent
+    if not absolute.name:
+        raise TrustError(f"{policy_path} is not a file name", [], "give the policy's path")
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd, dir_info, missing = open_owned_path(directory, missing_ok=True)
+    except UnsafePath as exc:
+        raise TrustError(f"cannot write the trust policy {policy_path}: {exc.what}", [],
+                         exc.hint + "; nothing was written") from None
     except OSError as exc:
         raise TrustError(f"cannot use the directory {directory}: {exc.strerror}", [],
                          "create it, or give another --policy path") from None
+    made: list[tuple[int, str]] = []
     try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # two `trust add` at once: one after the other
-        created = not os.path.lexists(policy_path)
-        if created:
-            text = POLICY_HEADER
-        else:
-            current = load_trust_policy(policy_path)
-            problems: list[Problem] = []
-            read = _read_checked(policy_path, str(policy_path), "trust policy",
-                                 MAX_POLICY_BYTES, problems)
-            if read is None:
-                raise _invalid(policy_path, problems)
-            text = read
-            same = current.signer_for(key)
-            if same is not None:
-                raise TrustError(f"key {key.fingerprint} is already in {policy_path}, as "
-                                 f"signer {same.name!r} ({same.where})", [],
-                                 "edit that [[signer]] to change its apps, times or "
-                                 "namespaces; a key appears once")
-        name = name if name is not None else _default_name(key, public_key_file)
-        table = _signer_table(name, key, apps, namespaces, valid_after, valid_before)
-        new_text = text + ("" if text.endswith("\n") or not text else "\n")
-        new_text += ("\n" if new_text.strip() else "") + table
-        problems = []
-        policy = _check_policy_text(policy_path, new_text, problems)
-        if policy is None or problems:
-            raise TrustError(f"cannot add {public_key_file} to {policy_path}: the policy "
-                             f"would be invalid ({len(problems)} problem"
-                             f"{'s' if len(problems) != 1 else ''})", problems,
-                             "nothing was written; fix the options (or the policy) and retry")
-        _replace_policy(policy_path, new_text)
+        problem = _write_access_problem(dir_info, True)  # the policy's own directory
+        if problem:
+            raise TrustError(f"cannot write the trust policy {policy_path}: the directory "
+                             f"{directory} {problem}", [], PERMISSION_HINT
+                             + "; nothing was written")
+        if missing:  # no policy can be there yet: check the new one before mkdir
+            _policy_with(policy_path, key, table, public_key_file)
+            dir_fd = _make_directories(dir_fd, missing, directory, made)
+        try:
+            lock_fd = os.open(f"/proc/self/fd/{dir_fd}",
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TrustError(f"cannot open the directory {directory}: {exc.strerror}", [],
+                             "give another --policy path") from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # two `trust add` at once: one after the other
+            text, policy, created = _policy_with(policy_path, key, table, public_key_file)
+            _replace_policy(lock_fd, absolute, text)
+        finally:
+            os.close(lock_fd)
+    except BaseException:
+        for parent_fd, made_name in reversed(made):  # a refusal leaves nothing behind
+            with contextlib.suppress(OSError):
+                os.rmdir(made_name, dir_fd=parent_fd)
+        raise
     finally:
-        os.close(dir_fd)
+        for fd in {dir_fd, *(parent_fd for parent_fd, _ in made)}:
+            os.close(fd)
+    if created and os.geteuid() != 0:
+        notes.append(f"{policy_path} is owned by uid {os.geteuid()}: `sandrun verify --trust` "
+                     "run by this user accepts it, but `sandrun exec` (root) reads only a "
+                     "policy that root owns, in directories only root can change; write the "
+                     "operator's policy as root")
     signer = policy.signer_for(key)
     assert signer is not None
-    return AddedSigner(policy, signer, created)
+    return AddedSigner(policy, signer, created, tuple(notes))
+
+
+def _utc_option(option: str, given: str | None, notes: list[str]) -> str | None:
+    """A --valid-after/--valid-before time as written to the policy: in UTC with Z. An
+    invalid one is kept as given, for the policy check to report where it would be."""
+    if given is None:
+        return None
+    try:
+        utc = utc_ssh_time(given)
+    except ValueError:
+        return given
+    if is_local_time(given):
+        notes.append(f"--{option} {given} is local time ({time.tzname[0] or 'UTC'}): "
+                     f"written as {utc} (UTC), which every process and ssh-keygen read alike")
+    return utc
+
+
+def _policy_with(policy_path: Path, key: PublicKey, table: str, public_key_file: Path
+                 ) -> tuple[str, TrustPolicy, bool]:
+    """(new text, its policy, whether the file is new): the current policy (if any) with
+    `table` appended, checked as load_trust_policy checks it; TrustError otherwise."""
+    created = not os.path.lexists(policy_path)
+    text = POLICY_HEADER
+    if not created:
+        problems: list[Problem] = []
+        read = _read_checked(policy_path, str(policy_path), "trust policy",
+                             MAX_POLICY_BYTES, problems)
+        current = None if read is None else _check_policy_text(policy_path, read, problems)
+        if read is None or current is None or problems:
+            raise _invalid(policy_path, problems)
+        text = read
+        same = current.signer_for(key)
+        if same is not None:
+            raise TrustError(f"key {key.fingerprint} is already in {policy_path}, as "
+                             f"signer {same.name!r} ({same.where})", [],
+                             "edit that [[signer]] to change its apps, times or "
+                             "namespaces; a key appears once")
+    new_text = text + ("" if text.endswith("\n") or not text else "\n")
+    new_text += ("\n" if new_text.strip() else "") + table
+    problems = []
+    policy = _check_policy_text(policy_path, new_text, problems)
+    if policy is None or problems:
+        raise TrustError(f"cannot add {public_key_file} to {policy_path}: the policy "
+                         f"would be invalid ({len(problems)} problem"
+                         f"{'s' if len(problems) != 1 else ''})", problems,
+                         "nothing was written; fix the options (or the policy) and retry")
+    return new_text, policy, created
+
+
+def _make_directories(dir_fd: int, names: list[str], directory: Path,
+                      made: list[tuple[int, str]]) -> int:
+    """Create `names` one below the other under `dir_fd` (0755, ours, so that they pass
+    the reading check); the fd of the last. Each is recorded in `made` as (fd of its
+    parent, kept open, name), to be removed after a later refusal. Takes over `dir_fd`."""
+    first = dir_fd  # the caller closes it
+    for name in names:
+        try:
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+            made.append((dir_fd, name))
+            fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            if dir_fd != first and all(dir_fd != parent for parent, _ in made):
+                os.close(dir_fd)
+            raise TrustError(f"cannot create {name!r} on the way to {directory}: "
+                             f"{exc.strerror}", [],
+                             "create the directory, or give another --policy path") from None
+        dir_fd = fd
+    return dir_fd
 
 
 def _read_key_to_add(path: Path) -> PublicKey:
@@ -1064,10 +1322,6 @@ def _default_name(key: PublicKey, path: Path) -> str:
     return path.name.removesuffix(".pub")
 
 
-def _toml_string(text: str) -> str:
-    return json.dumps(text)  # JSON's escapes are TOML's: \" \\ \n \uXXXX
-
-
 def _signer_table(name: str, key: PublicKey, apps: Sequence[str],
                   namespaces: Sequence[str] | None, valid_after: str | None,
                   valid_before: str | None) -> str:
@@ -1083,13 +1337,13 @@ def _signer_table(name: str, key: PublicKey, apps: Sequence[str],
     return "\n".join(lines) + "\n"
 
 
-def _replace_policy(path: Path, text: str) -> None:
-    """Temp file beside it, 0644, fsync, rename: readers see the old or the new policy."""
-    import tempfile
-
+def _replace_policy(dir_fd: int, path: Path, text: str) -> None:
+    """Temp file beside it (in the directory `dir_fd`, created O_EXCL|O_NOFOLLOW), 0644,
+    fsync, rename: readers see the old or the new policy, and no link is followed."""
+    tmp_name = f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                        dir=path.parent)
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError as exc:
         raise TrustError(f"cannot write next to {path}: {exc.strerror}", [],
                          "run as the policy's owner (root for /etc/sandrun)") from None
@@ -1099,15 +1353,11 @@ def _replace_policy(path: Path, text: str) -> None:
             out.flush()
             os.fchmod(out.fileno(), POLICY_MODE)
             os.fsync(out.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
+            os.unlink(tmp_name, dir_fd=dir_fd)
         raise TrustError(f"cannot write {path}: {exc.strerror}", [],
                          "check free space and permissions") from None
     with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        os.fsync(dir_fd)

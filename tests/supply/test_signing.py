@@ -430,8 +430,8 @@ def test_parse_security_key_public_key(tmp_path: Path) -> None:
     ("sk-ecdsa-sha2-nistp256@openssh.com AAAA x", "(security-key ECDSA) are not supported"),
     ("ecdsa-sha2-nistp256 AAAA x", "(ECDSA) are not supported"),
     ("sk-ssh-ed25519@openssh.com " + base64.b64encode(
-        b"\0\0\0\x1ask-ssh-ed25519@openssh.com\0\0\0\x20" + bytes(32) + b"\0\0\0\0").decode(),
-     "application is empty"),
+        b"\0\0\0\x1ask-ssh-ed25519@openssh.com\0\0\0\x20" + bytes(range(32)) + b"\0\0\0\0")
+        .decode(), "application is empty"),
     ("ssh-ed25519", "not an OpenSSH public key"),
     ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDe x", "ssh-rsa keys (RSA) are not supported"),
     ('command="x" ssh-ed25519 AAAA', "options before the key type are not supported"),
@@ -820,3 +820,188 @@ def test_public_key_equality_ignores_comment() -> None:
     assert PublicKey(ED25519, raw) != PublicKey(ED25519, bytes(32))
     assert PublicKey(ED25519, raw) != PublicKey(SK_ED25519, raw, "ssh:")
     assert PublicKey(SK_ED25519, raw, "ssh:") != PublicKey(SK_ED25519, raw, "ssh:other")
+
+
+# ---------------------------------------------------------------- small-order keys
+
+P = 2**255 - 19
+D = -121665 * pow(121666, -1, P) % P
+IDENTITY = b"\x01" + bytes(31)
+ORDER8_Y = int.from_bytes(bytes.fromhex(
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+# Every encoding of a point of small order: the y of each (sign bit 0 and 1), and the
+# non-canonical y + p of those below 19.
+SMALL_ORDER = [((y + extra) | sign << 255).to_bytes(32, "little")
+               for y in (0, 1, P - 1, ORDER8_Y, P - ORDER8_Y)
+               for extra in ((0, P) if y < 19 else (0,)) for sign in (0, 1)]
+
+
+def edwards_point(encoding: bytes) -> tuple[int, int] | None:
+    """RFC 8032 decoding (y may be non-canonical here), None when not on the curve."""
+    value = int.from_bytes(encoding, "little")
+    y, sign = (value & ((1 << 255) - 1)) % P, value >> 255
+    x2 = (y * y - 1) * pow(D * y * y + 1, -1, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * pow(2, (P - 1) // 4, P) % P
+    if (x * x - x2) % P:
+        return None
+    return (P - x if x and x % 2 != sign else x), y
+
+
+def edwards_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2 % P
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P,
+            (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
+
+
+def times8(point: tuple[int, int]) -> tuple[int, int]:
+    for _ in range(3):
+        point = edwards_add(point, point)
+    return point
+
+
+def test_the_refused_keys_are_exactly_the_small_order_points() -> None:
+    from sandrun.bundle.signature import ed25519_key_problem
+
+    points = {edwards_point(e) for e in SMALL_ORDER} - {None}
+    assert len(points) == 8  # the whole 8-torsion subgroup
+    assert all(p is not None and times8(p) == (0, 1) for p in points)
+    for encoding in SMALL_ORDER:
+        assert ed25519_key_problem(encoding), encoding.hex()
+    real = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    point = edwards_point(real)
+    assert point is not None and times8(point) != (0, 1)
+    assert ed25519_key_problem(real) is None
+    non_canonical = (int.from_bytes(real, "little") % 19 + P).to_bytes(32, "little")
+    assert "not canonically encoded" in (ed25519_key_problem(non_canonical) or "")
+
+
+def identity_forgery(message: bytes) -> SshSignature:
+    """A "signature" of anything by the identity point: R = identity, S = 0. cryptography
+    50 with OpenSSL accepts it; the key check is what refuses it."""
+    key = PublicKey(ED25519, IDENTITY)
+    return SshSignature(key, "sandrun", "sha512", IDENTITY + bytes(32))
+
+
+@pytest.mark.parametrize("encoding", SMALL_ORDER, ids=lambda e: e.hex()[:8] + e.hex()[-2:])
+def test_small_order_keys_are_refused(encoding: bytes) -> None:
+    line = "ssh-ed25519 " + base64.b64encode(ssh_string(b"ssh-ed25519")
+                                              + ssh_string(encoding)).decode()
+    with pytest.raises(KeyFileError) as info:
+        parse_public_key(line, "trust.toml:3: signer[1].public_key")
+    assert "not a usable public key: the Ed25519 key is" in info.value.message
+    assert info.value.hint
+    sk_line = "sk-ssh-ed25519@openssh.com " + base64.b64encode(
+        ssh_string(SK_ED25519.encode()) + ssh_string(encoding) + ssh_string(b"ssh:")).decode()
+    with pytest.raises(KeyFileError, match="not a usable public key"):
+        parse_public_key(sk_line, "x")
+    key = PublicKey(ED25519, encoding)  # however it was made, it verifies nothing
+    assert not key.verify(IDENTITY + bytes(32), b"any message")
+    with pytest.raises(SignatureError, match="its public key: the Ed25519 key is"):
+        SshSignature.from_blob(SshSignature(key, "sandrun", "sha512", bytes(64)).to_blob())
+
+
+def test_a_forged_signature_by_the_identity_key_is_refused(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path)
+    manifest = verify_bundle(bundle).manifest
+    assert manifest is not None
+    forgery = identity_forgery(signed_message(manifest))
+    data = signed_data("sandrun", "sha512", signed_message(manifest))
+    try:  # what the key check stands in for (cryptography 50.0.2 accepts this)
+        Ed25519PublicKey.from_public_bytes(IDENTITY).verify(forgery.signature, data)
+        raw_accepts = True
+    except Exception:
+        raw_accepts = False
+    result = verify_bundle(with_signature(bundle, tmp_path / "x.pyz", forgery.armor()))
+    assert_signature_problem(result, "is not a valid SSH signature: its public key",
+                             "point of small order")
+    assert result.signature_status.state is SignatureState.INVALID, raw_accepts
+    with pytest.raises(SignatureError, match="small order"):
+        from sandrun.supply.signing import attach_signature
+
+        sig = tmp_path / "forged.sig"
+        sig.write_bytes(forgery.armor())
+        attach_signature(bundle, sig)
+    assert verify_bundle(bundle).signature is None  # nothing was attached
+
+
+# ---------------------------------------------------------------- inspect --sshsig DIR
+
+
+def test_sshsig_files_refresh_regular_files_and_never_follow_links(tmp_path: Path) -> None:
+    from sandrun.errors import SandrunError
+    from sandrun.supply.signing import write_sshsig_files
+
+    key = new_key(tmp_path)
+    bundle = signed(tmp_path, key)
+    directory = tmp_path / "d"
+    first = write_sshsig_files(bundle, directory)
+    assert first.signature is not None
+    message = first.message.read_bytes()
+    first.message.write_text("stale\n")  # a working directory: re-running refreshes it
+    first.signature.write_text("stale\n")
+    again = write_sshsig_files(bundle, directory)
+    assert again.message.read_bytes() == message
+    assert stat.S_IMODE(again.message.stat().st_mode) == 0o644
+    assert again.signature is not None and again.signature.read_bytes().startswith(b"-----")
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for name in ("message", "message.sig"):
+        (directory / name).unlink()
+        (directory / name).symlink_to(victim)
+        with pytest.raises(SandrunError, match=f"{name} is a symbolic link: sandrun does not "
+                           "write through it"):
+            write_sshsig_files(bundle, directory)
+        assert victim.read_text() == "precious\n" and (directory / name).is_symlink()
+        (directory / name).unlink()
+        (directory / name).write_text("x\n")
+    (directory / "message.sig").unlink()
+    (directory / "message.sig").mkdir()
+    with pytest.raises(SandrunError, match="exists and is not a regular file"):
+        write_sshsig_files(bundle, directory)
+    assert (directory / "message").read_text() == "x\n"  # checked before writing anything
+
+
+@pytest.fixture()
+def owned(require_root: None) -> Any:
+    """A root-owned directory below none that others can write (/var/lib, not /tmp)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sandrun-signing-", dir="/var/lib"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_inspect_sshsig_never_writes_through_a_planted_link(owned: Path) -> None:
+    from helpers import fork_and_report, run_sandrun
+
+    bundle = make_bundle(owned)
+    real = owned / "real"
+    real.mkdir()
+    (real / "message").write_text("precious\n")
+    sticky = owned / "sticky"  # like /tmp
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+
+    def plant() -> bool:
+        os.symlink(real, sticky / "d")
+        os.mkdir(sticky / "mine")
+        os.symlink(real / "message", sticky / "mine" / "message")
+        return True
+
+    report = fork_and_report(plant)
+    assert report.exit_code == 0 and report.value is True, report
+    for directory, words in ((sticky / "d", f"{sticky}/d is a symbolic link below {sticky}"),
+                             (sticky / "mine", f"{sticky}/mine/message is a symbolic link: "
+                              "sandrun does not write through it")):
+        proc = run_sandrun("inspect", "--sshsig", str(directory), str(bundle))
+        assert proc.returncode == 125 and words in proc.stderr, proc.stderr
+    assert sorted(p.name for p in real.iterdir()) == ["message"]
+    assert (real / "message").read_text() == "precious\n"

@@ -33,6 +33,7 @@ from wheelcraft import make_wheel
 from sandrun.bundle.archive import open_archive, write_archive
 from sandrun.bundle.manifest import SIGNATURE_NAME
 from sandrun.bundle.signature import (
+    ED25519,
     SK_ED25519,
     PublicKey,
     SignatureState,
@@ -511,6 +512,41 @@ def test_exec_refuses_what_the_policy_refuses(lab: dict[str, Path]) -> None:
     exec_refused(lab, signed, other, "may sign only apps matching 'web-*'")
     unsigned = policy_for(base, key, APP, name="unsigned.toml")
     exec_refused(lab, base / "unsigned.pyz", unsigned, "is not signed")
+
+
+def test_a_small_order_key_forgery_is_refused_by_verify_and_exec(lab: dict[str, Path]
+                                                                 ) -> None:
+    """The identity point as the key, R = identity and S = 0 as the signature: with
+    cryptography 50.0.2 this verifies any message. verify and exec refuse it as a key
+    nobody holds, in the bundle and in a trust policy."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    base, signed = lab["base"], lab["signed"]
+    identity = b"\x01" + bytes(31)
+    key = PublicKey(ED25519, identity)
+    forgery = SshSignature(key, "sandrun", "sha512", identity + bytes(32))
+    data = signed_data("sandrun", "sha512", lab["message"].read_bytes())
+    try:
+        Ed25519PublicKey.from_public_bytes(identity).verify(forgery.signature, data)
+        raw = "cryptography alone accepts the forgery"
+    except Exception:
+        raw = "cryptography alone refuses it too"
+    forged = replace_signature(signed, base / "forged.pyz", forgery.armor())
+    proc = sandrun("verify", str(forged))
+    assert proc.returncode == 1, (raw, proc.stdout, proc.stderr)
+    assert "invalid signature" in proc.stdout and "point of small order" in proc.stdout
+    exec_refused(lab, forged, None, "failed verification", "point of small order")
+
+    (base / "identity.pub").write_text(key.openssh() + " forger\n")
+    proc = sandrun("trust", "add", str(base / "identity.pub"), "--apps", APP, "--policy",
+                   str(base / "identity.toml"))
+    assert proc.returncode == 125 and "point of small order" in proc.stderr
+    assert not (base / "identity.toml").exists()
+    policy = base / "identity-by-hand.toml"
+    policy.write_text(f'[[signer]]\nname = "forger"\npublic_key = "{key.openssh()}"\n'
+                      f'apps = ["{APP}"]\n')
+    policy.chmod(0o644)
+    exec_refused(lab, signed, policy, "is invalid", "signer[1].public_key", "small order")
 
 
 def test_exec_runs_a_bundle_signed_with_ssh_keygen(lab: dict[str, Path]) -> None:

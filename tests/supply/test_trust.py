@@ -7,16 +7,20 @@ are real: built with tests/bundlecraft.py and signed with freshly generated keys
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import os
 import shutil
 import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from bundlecraft import CORE, DATE_TIME, bundle_bytes, default_files, make_manifest, write
-from helpers import TESTS, run_sandrun
+from helpers import NOBODY, TESTS, fork_and_report, run_sandrun
 
 from sandrun.bundle.archive import open_archive, write_archive
 from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, EntryRecord
@@ -38,6 +42,7 @@ from sandrun.supply.trust import (
     require_trust,
     ssh_pattern_list_matches,
     trusted_until,
+    utc_ssh_time,
 )
 
 HERE = TESTS / "trust"
@@ -182,7 +187,9 @@ def test_unreadable_policy_files(tmp_path: Path) -> None:
     assert "sandrun trust add KEY.pub --apps APP" in info.value.hint
     (tmp_path / "dangling.toml").symlink_to(tmp_path / "gone")
     error = policy_error(tmp_path / "dangling.toml")  # something is there: broken, not absent
-    assert "does not exist" in error.problems[0].what and "dangling" in error.problems[0].hint
+    # Below /tmp no link is followed (test_links_on_the_way_follow_the_exec_rule has the
+    # dangling link that is followed, and found missing).
+    assert "dangling.toml" in error.problems[0].what
     assert "not a regular file" in policy_error(tmp_path).problems[0].what
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b'name = "\xff"\n')
@@ -707,3 +714,291 @@ def test_trust_cli_check_add_and_export(tmp_path: Path, keys: dict[str, Path]) -
     proc = run_sandrun("trust", "add", str(keys["ops"]) + ".pub", "--apps", "x",
                        "--policy", str(link))
     assert proc.returncode == EXIT_REFUSED and "is a symlink" in proc.stderr
+
+
+# ---------------------------------------------------------------- review of issue 16
+
+
+@pytest.fixture()
+def owned(require_root: None) -> Iterator[Path]:
+    """A root-owned directory below none that others can write (/var/lib, not /tmp):
+    there root's links are followed and nobody can reach in; removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="sandrun-trust-", dir="/var/lib"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def as_nobody(body: Callable[[], object]) -> None:
+    report = fork_and_report(body)
+    assert report.exit_code == 0 and report.value is True, report
+
+
+def test_links_on_the_way_follow_the_exec_rule(owned: Path, keys: dict[str, Path]) -> None:
+    real = owned / "real"
+    real.mkdir()
+    shutil.copy(keys["release"].with_name("release.pub"), real / "release.pub")
+    write_policy(real, f'[[signer]]\nname = "r"\npublic_key_file = "{real}/release.pub"\n'
+                 'apps = ["*"]\n')
+    (owned / "etc").symlink_to(real)  # root's links in root's directories are followed
+    assert load_trust_policy(owned / "etc" / "trust.toml").signers[0].name == "r"
+    (owned / "link.toml").symlink_to(real / "trust.toml")
+    assert load_trust_policy(owned / "link.toml").signers[0].name == "r"
+    (owned / "dangling.toml").symlink_to(owned / "gone.toml")
+    error = policy_error(owned / "dangling.toml")
+    assert "does not exist" in error.problems[0].what and "dangling" in error.problems[0].hint
+
+    (owned / "nobodys.toml").symlink_to(real / "trust.toml")
+    os.chown(owned / "nobodys.toml", NOBODY, NOBODY, follow_symlinks=False)
+    assert (f"{owned}/nobodys.toml is a symbolic link owned by uid 65534: sandrun does not "
+            "follow it") in policy_error(owned / "nobodys.toml").problems[0].what
+
+    sticky = owned / "sticky"  # like /tmp
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "trust.toml").symlink_to(real / "trust.toml")  # root's, but below /tmp-like
+    assert (f"{sticky}/trust.toml is a symbolic link below {sticky} (mode 1777), which "
+            "others can write") in policy_error(sticky / "trust.toml").problems[0].what
+    shutil.copy(real / "trust.toml", sticky / "plain.toml")  # a root file there is fine
+    load_trust_policy(sticky / "plain.toml")
+
+    (sticky / "release.pub").symlink_to(real / "release.pub")  # key files: the same rule
+    bad = write_policy(real, f'[[signer]]\nname = "r"\npublic_key_file = "{sticky}/release.pub"'
+                       '\napps = ["*"]\n', "bad.toml")
+    error = policy_error(bad)
+    assert error.problems[0].where == f"{bad}:3: signer[1].public_key_file"
+    assert "is a symbolic link below" in error.problems[0].what
+
+
+def test_a_directory_another_user_owns_cannot_redirect_the_policy(owned: Path,
+                                                                   keys: dict[str, Path]
+                                                                   ) -> None:
+    """Checking only the file and its lexical parent let nobody, who owns a directory
+    higher up, swap in another root-owned (permissive) policy by a rename and a link."""
+    release = pub(keys["release"])
+    user = owned / "user"
+    (user / "sub").mkdir(parents=True)
+    os.chown(user, NOBODY, NOBODY)
+    write_policy(user / "sub", f'[[signer]]\nname = "r"\npublic_key = "{release}"\n'
+                 'apps = ["nothing"]\n')
+    (owned / "permissive").mkdir()
+    write_policy(owned / "permissive", f'[[signer]]\nname = "r"\npublic_key = "{release}"\n'
+                 'apps = ["*"]\n')
+    path = user / "sub" / "trust.toml"  # root's file in root's directory, below nobody's
+    assert (f"the directory {user} is owned by uid 65534, not by root"
+            in policy_error(path).problems[0].what)
+
+    def swap() -> bool:
+        os.rename(user / "sub", user / "old")
+        os.symlink(owned / "permissive", user / "sub")
+        return True
+
+    as_nobody(swap)
+    assert load_trust_policy(owned / "permissive" / "trust.toml").signers[0].apps == ("*",)
+    assert "is owned by uid 65534" in policy_error(path).problems[0].what
+
+
+def test_trust_add_checks_everything_before_creating_anything(tmp_path: Path,
+                                                              keys: dict[str, Path]) -> None:
+    release_pub = keys["release"].with_name("release.pub")
+    target = tmp_path / "x" / "new" / "sub" / "trust.toml"
+    proc = run_sandrun("trust", "add", str(release_pub), "--apps", "BAD!", "--policy",
+                       str(target))
+    assert proc.returncode == EXIT_REFUSED and "nothing was written" in proc.stderr
+    assert not (tmp_path / "x").exists(), "a refused trust add created directories"
+    for options in ({"valid_before": "tomorrow"}, {"name": "two\nlines"},
+                    {"namespaces": ["git"]}):
+        with pytest.raises(TrustError):
+            add_signer(target, release_pub, ["demo"], **options)  # type: ignore[arg-type]
+        assert not (tmp_path / "x").exists(), options
+
+    added = add_signer(target, release_pub, ["demo"])
+    assert added.created and load_trust_policy(target).signers[0].apps == ("demo",)
+    for directory in (tmp_path / "x", tmp_path / "x" / "new", target.parent):
+        info = directory.stat()
+        assert info.st_uid == os.geteuid() and not info.st_mode & 0o022, directory
+    assert sorted(p.name for p in target.parent.iterdir()) == ["trust.toml"]
+
+
+def test_trust_add_refuses_a_policy_exec_would_refuse(owned: Path,
+                                                      keys: dict[str, Path]) -> None:
+    release_pub = keys["release"].with_name("release.pub")
+    user = owned / "user"
+    user.mkdir()
+    os.chown(user, NOBODY, NOBODY)
+    with pytest.raises(TrustError) as info:
+        add_signer(user / "etc" / "trust.toml", release_pub, ["demo"])
+    assert f"the directory {user} is owned by uid 65534" in info.value.message
+    assert "nothing was written" in info.value.hint
+    assert list(user.iterdir()) == []
+    with pytest.raises(TrustError) as info:  # the policy's own directory is checked too
+        add_signer(user / "trust.toml", release_pub, ["demo"])
+    assert f"the directory {user} is owned by uid 65534" in info.value.message
+    assert list(user.iterdir()) == []
+    group = owned / "group"
+    group.mkdir()
+    group.chmod(0o775)
+    with pytest.raises(TrustError, match=r"writable by group or others \(mode 0775\)"):
+        add_signer(group / "trust.toml", release_pub, ["demo"])
+    assert list(group.iterdir()) == []
+
+    real = owned / "real"
+    real.mkdir()
+    sticky = owned / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    as_nobody(lambda: os.symlink(real, sticky / "etc") is None)  # planted by nobody
+    with pytest.raises(TrustError) as info:
+        add_signer(sticky / "etc" / "trust.toml", release_pub, ["demo"])
+    assert f"{sticky}/etc is a symbolic link below {sticky}" in info.value.message
+    assert list(real.iterdir()) == []
+
+
+@pytest.mark.parametrize(("given", "zone", "written"), [
+    ("20250101", "EST+5", "202501010500Z"),
+    ("20250101123456", "EST+5", "20250101173456Z"),
+    ("202501012300", "EST+5", "202501020400Z"),
+    ("20250101", "UTC0", "20250101Z"),
+    ("20250101Z", "EST+5", "20250101Z"),
+    ("20250101z", "EST+5", "20250101Z"),
+])
+def test_utc_ssh_time(given: str, zone: str, written: str,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert utc_ssh_time(given) == written
+        assert parse_ssh_time(written) == parse_ssh_time(given)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_trust_add_writes_utc_and_check_warns_about_local_times(
+        tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    path = tmp_path / "trust.toml"
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    try:
+        added = add_signer(path, keys["release"].with_name("release.pub"), ["demo"],
+                           valid_after="20250101", valid_before="20990101z")
+        instant = parse_ssh_time("20250101")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    text = path.read_text()
+    assert 'valid_after = "202501010500Z"' in text and 'valid_before = "20990101Z"' in text
+    assert added.notes == ("--valid-after 20250101 is local time (EST): written as "
+                           "202501010500Z (UTC), which every process and ssh-keygen read "
+                           "alike",)
+    signer = load_trust_policy(path).signers[0]  # this process's TZ: the same instant
+    assert signer.valid_after is not None and signer.valid_after.epoch == instant
+    proc = run_sandrun("trust", "check", str(path))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+    cli = tmp_path / "cli.toml"
+    proc = run_sandrun("trust", "add", str(keys["ops"]) + ".pub", "--apps", "x", "--policy",
+                       str(cli), "--valid-before", "20990101", env={"TZ": "EST+5"})
+    assert proc.returncode == 0, proc.stderr
+    assert "note: --valid-before 20990101 is local time (EST): written as 209901010500Z" in (
+        proc.stdout)
+    assert 'valid_before = "209901010500Z"' in cli.read_text()
+
+    local = write_policy(tmp_path, f'[[signer]]\nname = "r"\npublic_key = '
+                         f'"{pub(keys["release"])}"\napps = ["*"]\nvalid_before = "20990101"\n',
+                         "local.toml")
+    proc = run_sandrun("trust", "check", str(local), env={"TZ": "EST+5"})
+    assert proc.returncode == 0, proc.stderr
+    assert (f"sandrun: warning: {local}:5: signer[1].valid_before: valid_before '20990101' "
+            "has no Z: it is local time") in proc.stderr
+    assert 'write it in UTC: valid_before = "209901010500Z"' in proc.stderr
+    proc = run_sandrun("trust", "check", "--json", "-q", str(local))
+    assert (proc.returncode, proc.stdout) == (0, "") and "has no Z" in proc.stderr
+    doc = json.loads(run_sandrun("trust", "check", "--json", str(local)).stdout)
+    assert [w["where"] for w in doc["warnings"]] == [f"{local}:5: signer[1].valid_before"]
+
+
+def test_trust_add_writes_any_comment_as_toml(tmp_path: Path) -> None:
+    """json.dumps wrote non-BMP characters as surrogate pairs, which TOML refuses."""
+    comment = 'rel 😀 "quoted" back\\slash é'
+    key, public = generate_key(tmp_path / "k", comment)
+    path = tmp_path / "trust.toml"
+    added = add_signer(path, public, ["demo"])
+    assert added.signer.name == comment
+    assert "😀" in path.read_text()
+    policy = load_trust_policy(path)
+    assert policy.signers[0].name == comment
+    assert policy.signers[0].public_key == load_private_key(key).public_key
+
+
+def test_small_order_keys_are_refused_in_policies(tmp_path: Path) -> None:
+    identity = "ssh-ed25519 " + base64.b64encode(
+        b"\0\0\0\x0bssh-ed25519\0\0\0\x20\x01" + bytes(31)).decode()
+    (tmp_path / "identity.pub").write_text(identity + " forger\n")
+    with pytest.raises(TrustError) as info:
+        add_signer(tmp_path / "trust.toml", tmp_path / "identity.pub", ["*"])
+    assert "not a usable public key" in info.value.message and "small order" in (
+        info.value.message)
+    assert not (tmp_path / "trust.toml").exists()
+    path = write_policy(tmp_path, f'[[signer]]\nname = "f"\npublic_key = "{identity}"\n'
+                        'apps = ["*"]\n')
+    error = policy_error(path)
+    assert error.problems[0].where == f"{path}:3: signer[1].public_key"
+    assert "is a point of small order" in error.problems[0].what
+
+
+def test_export_is_never_written_through_a_link(owned: Path, tmp_path: Path,
+                                                keys: dict[str, Path]) -> None:
+    policy = standard_policy(tmp_path, keys).path
+    expected = run_sandrun("trust", "export-allowed-signers", str(policy)).stdout
+    out = owned / "allowed_signers"
+    assert run_sandrun("trust", "export-allowed-signers", str(policy), "-o", str(out)
+                       ).returncode == 0
+    assert out.read_text() == expected and stat.S_IMODE(out.stat().st_mode) == 0o644
+    out.write_text("edited by hand\n")
+    proc = run_sandrun("trust", "export-allowed-signers", str(policy), "-o", str(out))
+    assert proc.returncode == EXIT_REFUSED and "already exists" in proc.stderr
+    assert "--force" in proc.stderr and out.read_text() == "edited by hand\n"
+    proc = run_sandrun("trust", "export-allowed-signers", str(policy), "-o", str(out),
+                       "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == expected
+
+    victim = owned / "victim"
+    victim.write_text("precious\n")
+    sticky = owned / "sticky"  # like /tmp
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (owned / "real").mkdir()
+
+    def plant() -> bool:
+        os.symlink(victim, sticky / "out")
+        os.symlink(owned / "real", sticky / "dir")
+        return True
+
+    as_nobody(plant)
+    for given, words in ((sticky / "out", "is a symbolic link: sandrun does not write "
+                          "through it"),
+                         (sticky / "dir" / "out", f"{sticky}/dir is a symbolic link below")):
+        for force in ((), ("--force",)):
+            proc = run_sandrun("trust", "export-allowed-signers", str(policy), "-o",
+                               str(given), *force)
+            assert proc.returncode == EXIT_REFUSED and words in proc.stderr, proc.stderr
+    assert victim.read_text() == "precious\n" and list((owned / "real").iterdir()) == []
+
+
+def test_the_provenance_table_is_validated_by_provenance(tmp_path: Path,
+                                                         keys: dict[str, Path]) -> None:
+    signer = f'[[signer]]\nname = "r"\npublic_key = "{pub(keys["release"])}"\napps = ["*"]\n'
+    table = ('[provenance]\nrequire = ["six"]\n[provenance.publishers]\n'
+             'six = { kind = "GitHub", repository = "benjaminp/six", workflow = "r.yml" }\n')
+    good = write_policy(tmp_path, signer + table)
+    assert load_trust_policy(good).signers[0].name == "r"
+    bad = write_policy(tmp_path, signer + table.replace("[provenance]\n",
+                                                        "[provenance]\nbogus = 1\n"),
+                       "bad.toml")
+    assert [p.where for p in policy_error(bad).problems] == [f"{bad}: provenance.bogus"]
