@@ -32,9 +32,7 @@ when a provenance is actually verified, never on the warm exec path.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -234,35 +232,18 @@ def load_provenance_policy(path: Path) -> ProvenancePolicy:
 
 
 def _read_policy(path: Path) -> str:
+    """The policy's text, read as the trust policy itself is (trust._read_checked: through
+    directories and links only root, or we, can change; owned and not writable by others;
+    bounded)."""
+    from sandrun.supply.trust import _read_checked
+
     where = str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ProvenanceError(f"cannot open trust policy {path}: {exc.strerror}",
-                              [Problem(where, exc.strerror or str(exc), "check the path")]
-                              ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        problem = None
-        if not stat.S_ISREG(info.st_mode):
-            problem = "is not a regular file"
-        elif info.st_uid not in (0, os.geteuid()):
-            problem = f"is owned by uid {info.st_uid}, not by root"
-        elif info.st_mode & 0o022:
-            problem = f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-        if problem:
-            raise ProvenanceError(f"trust policy {path} {problem}",
-                                  [Problem(where, problem, "chown root and chmod go-w the "
-                                           "policy: whoever can edit it decides what runs")])
-        data = handle.read(MAX_POLICY_BYTES + 1)
-    if len(data) > MAX_POLICY_BYTES:
-        raise ProvenanceError(f"trust policy {path} is larger than {MAX_POLICY_BYTES} bytes",
-                              [Problem(where, "too large", "a policy is a short text file")])
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProvenanceError(f"trust policy {path} is not UTF-8",
-                              [Problem(where, str(exc), "save it as UTF-8")]) from None
+    problems: list[Problem] = []
+    text = _read_checked(path, where, "trust policy", MAX_POLICY_BYTES, problems)
+    if text is None:
+        first = problems[0].what if problems else f"trust policy {path} cannot be read"
+        raise ProvenanceError(first, problems)
+    return text
 
 
 def lock_identities(identities: Iterable[Mapping[str, Any]] | None,
