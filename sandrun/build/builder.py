@@ -11,6 +11,16 @@ URL of every wheel, each is checked to come from the indexes and find-links pip
 searched (which its "Looking in ..." lines name), and the manifest and SBOM record
 them, the resolver and each wheel's origin. Wheels are then taken from exactly those
 URLs, checked against the sha256 the resolution saw.
+
+Nothing is built but the local project directories given as requirements (on purpose,
+first). `--only-binary=:all:` does not stop pip from building a direct reference
+(`x @ file:///dir`, an sdist or VCS URL, in a wheel's metadata or a -r file), an editable
+or what a `--no-binary` line in a -r file lets through, so: such requirements on the
+command line or in -r files are refused before anything runs; pip runs through
+pipguard.py, which refuses to prepare anything but a wheel file (and refuses to run a pip
+it cannot guard); and a direct reference in a resolved wheel's metadata is refused unless
+it names exactly a wheel file the user named. pip runs under `python -I`, so neither
+PYTHON* variables nor a `pip.py` in the working directory reach it.
 """
 
 from __future__ import annotations
@@ -119,6 +129,8 @@ def build_bundle(request: BundleRequest, progress: Progress = _quiet,
                  warn: Progress = _quiet) -> BundleResult:
     """Build the bundle described by `request`; raise a SandrunError on any problem."""
     _check_request(request)
+    if request.lock is None:
+        _refuse_source_requirements(request)
     from sandrun.config.profile import load_profile, render_toml  # validated before any work
 
     profile_text = render_toml(load_profile(request.profile))
@@ -249,7 +261,12 @@ def _check_request(request: BundleRequest) -> None:
         raise UsageError(f"--provenance {request.provenance_dir} is not a directory",
                          "give a directory of <wheel file name>.provenance files")
     out_dir = request.output.parent
-    if not out_dir.is_dir():
+    try:
+        out_dir_exists = out_dir.is_dir()
+    except OSError as exc:  # e.g. EACCES on a parent
+        raise UsageError(f"cannot reach output directory {out_dir}: {exc.strerror}",
+                         "choose another --output") from None
+    if not out_dir_exists:
         raise UsageError(f"output directory {out_dir} does not exist",
                          "create it first or choose another --output")
     for req_file in request.requirement_files:
@@ -301,9 +318,28 @@ def _target(request: BundleRequest) -> tuple[Target, list[Any]]:
     return Target(f"{major}.{minor}", "cp", abi, tuple(platforms)), supported
 
 
-def _pip_command(request: BundleRequest, args: Sequence[str]) -> list[str]:
+def _pip_command(request: BundleRequest, args: Sequence[str], refusals: str) -> list[str]:
+    """pip through sandrun's guard (pipguard.py), under `python -I`: neither PYTHON*
+    variables nor the working directory (where a `pip.py` of another user may wait) reach
+    sys.path; pip is imported from the directory this process imports it from.
+    `refusals`: the file the guard records refused source builds in, or BUILDS_ALLOWED."""
+    from sandrun.build.pipguard import __file__ as guard
+
     isolation = [] if request.use_pip_config else ["--isolated"]
-    return [sys.executable, "-m", "pip", *isolation, "--disable-pip-version-check", *args]
+    return [sys.executable, "-I", os.path.abspath(guard), _pip_parent(), refusals, "--",
+            *isolation, "--disable-pip-version-check", *args]
+
+
+def _pip_parent() -> str:
+    """The directory holding the pip package this process would import."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pip")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ResolveError("pip is not installed for this Python "
+                           f"({sys.executable})", "install pip >= 23.0 next to sandrun")
+    return os.path.dirname(os.path.realpath(locations[0]))
 
 
 def _pip_env(request: BundleRequest, epoch: int | None = None) -> dict[str, str]:
@@ -321,10 +357,73 @@ def _pip_env(request: BundleRequest, epoch: int | None = None) -> dict[str, str]
     return env
 
 
-def _pip(request: BundleRequest, args: Sequence[str],
-         epoch: int | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_pip_command(request, args), capture_output=True, text=True,
-                          env=_pip_env(request, epoch), stdin=subprocess.DEVNULL, check=False)
+def _pip(request: BundleRequest, args: Sequence[str], epoch: int | None = None, *,
+         builds_allowed: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run pip. Unless `builds_allowed` (only for the local projects the user gave), pip
+    runs guarded: preparing anything that is not a wheel file (a direct reference to a
+    directory, an sdist or a VCS URL, an editable) is refused before it is fetched or
+    built, and raised here as a BundleError."""
+    from sandrun.build.pipguard import BUILDS_ALLOWED, GUARD_MISSING, MISSING_PREFIX
+
+    if builds_allowed:
+        return subprocess.run(_pip_command(request, args, BUILDS_ALLOWED), capture_output=True,
+                              text=True, env=_pip_env(request, epoch),
+                              stdin=subprocess.DEVNULL, check=False)
+    with tempfile.TemporaryDirectory(prefix="sandrun-pip-") as tmp:
+        refusals = Path(tmp, "refusals.jsonl")
+        proc = subprocess.run(_pip_command(request, args, str(refusals)), capture_output=True,
+                              text=True, env=_pip_env(request, epoch),
+                              stdin=subprocess.DEVNULL, check=False)
+        refused = _read_text(refusals)
+    if refused:
+        raise _source_build_refused(refused)
+    if proc.returncode == GUARD_MISSING and MISSING_PREFIX in proc.stderr:
+        detail = proc.stderr.split(MISSING_PREFIX, 1)[1].strip()
+        raise ResolveError(f"refusing to run pip unguarded: {detail}",
+                           "sandrun keeps pip from building dependencies by guarding the "
+                           "place it prepares them, which this pip lacks; install a pip it "
+                           "supports (23.1 to 26 are known to work) next to sandrun")
+    return proc
+
+
+def _source_build_refused(refused: str) -> BundleError:
+    """The BundleError for what the guard refused (JSON lines: parent, name, url)."""
+    lines: list[str] = []
+    names: list[str] = []
+    for line in refused.splitlines():
+        try:
+            entry = json.loads(line)
+            parent, name, url = (str(entry[k]) for k in ("parent", "name", "url"))
+        except (ValueError, KeyError, TypeError):
+            continue
+        lines.append(_not_a_wheel(_requirer(parent), name, url))
+        names.append(name or url)
+    if not lines:
+        lines.append("pip was asked to build a dependency, which is not a wheel")
+    return BundleError("\n".join(lines), _not_a_wheel_hint(names))
+
+
+def _requirer(parent: str) -> str:
+    """pip's "comes from" in words: a requirement file line, the command line, or a
+    dependency as the guard names it."""
+    if not parent:
+        return "the command line"
+    if parent.startswith(("-r ", "-c ")):
+        return f"the {'requirement' if parent[1] == 'r' else 'constraint'} file {parent[3:]}"
+    return parent
+
+
+def _not_a_wheel(requirer: str, name: str, url: str) -> str:
+    what = f"{name} @ {url}" if name else url
+    return (f"{requirer} requires {what}, which is not a wheel: sandrun bundles wheels "
+            "only and never builds dependencies")
+
+
+def _not_a_wheel_hint(names: Sequence[str]) -> str:
+    which = ", ".join(dict.fromkeys(names)) or "it"
+    return (f"build a wheel of {which} yourself (`pip wheel --no-deps ...`), review it, and "
+            "pass the wheel file (or --find-links DIR); a local project directory given on "
+            "the command line is built on purpose")
 
 
 def _build_local_projects(request: BundleRequest, dest: Path, epoch: int,
@@ -350,7 +449,8 @@ def _build_local_projects(request: BundleRequest, dest: Path, epoch: int,
         shutil.copytree(path, source, symlinks=True, ignore=shutil.ignore_patterns(
             "build", "*.egg-info", "__pycache__", "*.pyc", ".venv", ".tox", ".nox"))
         proc = _pip(request, ["wheel", "--no-deps", "-q", "--wheel-dir", str(dest),
-                              *_index_args(request), str(source.resolve())], epoch)
+                              *_index_args(request), str(source.resolve())], epoch,
+                    builds_allowed=True)
         if proc.returncode != 0:
             raise BundleError(f"building a wheel of the project {path} failed:\n"
                               f"{_pip_errors(proc.stderr)}",
@@ -398,8 +498,9 @@ class _Resolved:
 
 def _resolve(request: BundleRequest, work: Path, local: list[tuple[Path, str]],
              target: Target) -> tuple[list[_Resolved], Resolution]:
-    """Let pip resolve (only: `install --dry-run --report`), then check every wheel's
-    origin against the indexes and find-links pip searched."""
+    """Let pip resolve (only: `install --dry-run --report`, guarded: it builds nothing),
+    refuse direct references in the resolved wheels' metadata that the user did not name,
+    then check every wheel's origin against the indexes and find-links pip searched."""
     report = work / "pip-report.json"
     args = ["install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
             "--report", str(report), "--target", str(work / "unused-target"),
@@ -411,7 +512,8 @@ def _resolve(request: BundleRequest, work: Path, local: list[tuple[Path, str]],
     for req in request.requirements:
         if str(Path(req)) in local_projects:
             continue
-        args.append(str(Path(req).resolve()) if req.endswith(".whl") else req)
+        wheel_path = _local_wheel_path(req)
+        args.append(str(Path(wheel_path).resolve()) if wheel_path else req)
     args += [str(p) for p, _ in local]
     proc = _pip(request, args)
     if proc.returncode != 0:
@@ -427,8 +529,15 @@ def _resolve(request: BundleRequest, work: Path, local: list[tuple[Path, str]],
     resolution = Resolution(resolver=f"pip {pip_version}", indexes=tuple(indexes),
                             find_links=tuple(find_links), pip_config=request.use_pip_config)
     built = {os.path.realpath(p): f"project:{req}" for p, req in local}
-    given = {os.path.realpath(r) for r in request.requirements if r.endswith(".whl")}
+    given = _named_wheel_files(request)
     explicit = _explicit_urls(request)
+    chosen = _metadata_direct_references(items, data.get("environment"), given, explicit)
+    chosen += _not_wheels(items)
+    if chosen:
+        raise BundleError("\n".join(chosen), "a wheel's metadata may not choose where a "
+                          "dependency comes from: review that wheel, and if you trust it, "
+                          "name it yourself on the command line or in a -r file "
+                          "(NAME @ URL-of-the-wheel, or the wheel file's path)")
     problems: list[Problem] = []
     resolved = [_origin(item, resolution, built, given, explicit, problems) for item in items]
     if problems:
@@ -473,6 +582,223 @@ def _explicit_urls(request: BundleRequest) -> set[str]:
         for url in re.findall(r"(?:https?|file)://[^\s;#]+|file:[^\s;#]+", text):
             found.add(url.split("#", 1)[0])
     return found
+
+
+_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz",
+                     ".txz", ".tar")
+_URL_START = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//|/)")
+
+
+def _direct_reference(spec: str) -> tuple[str, str] | None:
+    """(name or "", URL or path) when the requirement `spec` says where to take it from
+    (`name @ URL`, a URL, a path, an archive file name), as pip reads it; None when it
+    names a project for pip to look up in the indexes and find-links."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    text = spec.strip()
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        pass
+    else:
+        if req.url:
+            return req.name, req.url
+        if not text.lower().endswith(_ARCHIVE_SUFFIXES):
+            return None
+    return "", text.split(";", 1)[0].strip()  # pip allows "PATH-OR-URL ; MARKER"
+
+
+def _is_wheel_location(location: str) -> bool:
+    """Does the URL or path name a wheel file (not a VCS URL, a directory, an sdist)?"""
+    import urllib.parse
+
+    if _URL_START.match(location):
+        parts = urllib.parse.urlsplit(location)
+        if "+" in parts.scheme:  # git+https:// and the like
+            return False
+        path = urllib.parse.unquote(parts.path)
+        if parts.scheme == "file" and os.path.isdir(path):
+            return False
+    else:
+        path = location
+        if os.path.isdir(os.path.expanduser(path)):
+            return False
+    return path.lower().endswith(".whl")
+
+
+def _local_wheel_path(req: str) -> str | None:
+    """The path of a wheel file given as a requirement (`dist/x-1.0-py3-none-any.whl`),
+    None for anything else (a name, `name @ URL`, a URL)."""
+    reference = _direct_reference(req)
+    if reference is None or reference[0] or _URL_START.match(reference[1]):
+        return None
+    return reference[1] if _is_wheel_location(reference[1]) else None
+
+
+def _requirement_references(request: BundleRequest) -> list[tuple[str, str, str, bool]]:
+    """The direct references and editables the user gave: (who requires it, name or "",
+    URL or path, editable), from the command line (local project directories aside: they
+    are built on purpose) and from the -r files and the -r/-c files they include."""
+    found: list[tuple[str, str, str, bool]] = []
+    for req in request.requirements:
+        if Path(req).is_dir():
+            continue
+        reference = _direct_reference(req)
+        if reference is not None:
+            found.append(("the command line", *reference, False))
+    seen: set[str] = set()
+    for req_file in request.requirement_files:
+        _requirement_file_references(req_file, "requirement", seen, found)
+    return found
+
+
+def _refuse_source_requirements(request: BundleRequest) -> None:
+    """Refuse, before anything runs, what the user gave that would make pip build: a
+    direct reference to anything but a wheel file (a directory, an sdist, a VCS URL) and
+    every editable."""
+    lines: list[str] = []
+    names: list[str] = []
+    for requirer, name, location, editable in _requirement_references(request):
+        if editable:
+            lines.append(f"{requirer} requires the editable {location}, which pip would "
+                         "build: sandrun bundles wheels only and never builds dependencies")
+        elif not _is_wheel_location(location):
+            lines.append(_not_a_wheel(requirer, name, _without_credentials(location)))
+        else:
+            continue
+        names.append(name or location)
+    if lines:
+        raise BundleError("\n".join(lines), _not_a_wheel_hint(names))
+
+
+def _named_wheel_files(request: BundleRequest) -> set[str]:
+    """The real paths of the wheel files the user named by path, on the command line or
+    in a -r file (pip takes a relative one from the working directory)."""
+    return {os.path.realpath(os.path.expanduser(location))
+            for _, name, location, editable in _requirement_references(request)
+            if not (name or editable or _URL_START.match(location))
+            and _is_wheel_location(location)}
+
+
+_NESTED_FILE = re.compile(r"^(-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?=[^\s-]))(\S+)")
+_EDITABLE = re.compile(r"^(?:-e|--editable)(?:\s*=\s*|\s+|(?=\S))(\S.*)$")
+
+
+def _requirement_file_references(path: Path, kind: str, seen: set[str],
+                                 found: list[tuple[str, str, str, bool]]) -> None:
+    """Add the direct references and editables of a requirement file, and of the -r/-c
+    files it includes, to `found` as pip reads the lines (continuations joined, comments
+    dropped, per-requirement options after the requirement)."""
+    import urllib.parse
+    import urllib.request
+
+    real = os.path.realpath(path)
+    if real in seen or len(seen) >= 100:  # bounded: include cycles and fan-out
+        return
+    seen.add(real)
+    number = 0
+    pending = ""
+    start = 1
+    for number, raw in enumerate(_read_text(path).splitlines(), 1):
+        if not pending:
+            start = number
+        if raw.endswith("\\"):
+            pending += raw[:-1]
+            continue
+        line = re.sub(r"(^|\s+)#.*$", "", pending + raw).strip()
+        pending = ""
+        if not line:
+            continue
+        requirer = f"the {kind} file {path} (line {start})"
+        nested = _NESTED_FILE.match(line)
+        if nested:
+            target = nested.group(2)
+            parts = urllib.parse.urlsplit(target)
+            if parts.scheme == "file":
+                target = urllib.request.url2pathname(parts.path)
+            elif _URL_START.match(target):
+                continue  # pip fetches it; the guard refuses what it would build
+            _requirement_file_references(
+                Path(path).parent / target,
+                "requirement" if nested.group(1) in ("-r", "--requirement") else "constraint",
+                seen, found)
+            continue
+        editable = _EDITABLE.match(line)
+        if editable:
+            found.append((requirer, "", editable.group(1).strip(), True))
+            continue
+        if line.startswith("-"):
+            continue  # an option: --index-url, --find-links, --hash ...
+        spec: list[str] = []
+        for token in line.split(" "):  # as pip's break_args_options
+            if token.startswith("-"):
+                break
+            spec.append(token)
+        reference = _direct_reference(" ".join(spec))
+        if reference is not None:
+            found.append((requirer, *reference, False))
+
+
+def _metadata_direct_references(items: Sequence[Any], environment: object, given: set[str],
+                                explicit: set[str]) -> list[str]:
+    """What the resolved wheels' metadata requires by direct reference (`dep @ URL`),
+    where the marker applies (pip's environment, the extras asked of the wheel), unless
+    it is exactly a wheel file the user named (on the command line or in a -r file)."""
+    import urllib.parse
+    import urllib.request
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    env = {str(k): str(v) for k, v in environment.items()} \
+        if isinstance(environment, dict) else {}
+    refused: list[str] = []
+    for item in items:
+        meta = item.get("metadata") if isinstance(item, dict) else None
+        if not isinstance(meta, dict):
+            continue
+        parent = f"{meta.get('name')} {meta.get('version')}"
+        extras = [str(e) for e in item.get("requested_extras") or []] or [""]
+        for spec in meta.get("requires_dist") or []:
+            try:
+                req = Requirement(str(spec))
+            except InvalidRequirement:
+                continue
+            if req.url is None:
+                continue
+            if req.marker is not None and not any(
+                    req.marker.evaluate({**env, "extra": extra}) for extra in extras):
+                continue
+            url = req.url.split("#", 1)[0]
+            shown = _without_credentials(url)
+            if not _is_wheel_location(url):
+                refused.append(_not_a_wheel(parent, req.name, shown))
+                continue
+            parts = urllib.parse.urlsplit(url)
+            named = (url in explicit or shown in explicit
+                     or (parts.scheme == "file" and os.path.realpath(
+                         urllib.request.url2pathname(parts.path)) in given))
+            if not named:
+                refused.append(f"{parent} requires {req.name} @ {shown}, a wheel that no "
+                               "requirement on the command line or in a -r file names")
+    return refused
+
+
+def _not_wheels(items: Sequence[Any]) -> list[str]:
+    """Report entries whose file is not a wheel. pip may take a distribution's metadata
+    from the index (PEP 658) without preparing it, so the guard alone would not see an
+    sdist that, say, a `--no-binary` line let through."""
+    import urllib.parse
+
+    refused: list[str] = []
+    for item in items:
+        info = item.get("download_info") if isinstance(item, dict) else None
+        url = str(info.get("url", "")) if isinstance(info, dict) else ""
+        if not urllib.parse.unquote(urllib.parse.urlsplit(url).path).lower().endswith(".whl"):
+            meta = item.get("metadata") if isinstance(item, dict) else None
+            name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
+            refused.append(_not_a_wheel("the resolution", name,
+                                        _without_credentials(url) or "an unknown location"))
+    return refused
 
 
 def _without_credentials(url: str) -> str:
