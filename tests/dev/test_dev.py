@@ -285,7 +285,8 @@ def test_matrix_catches_the_wrong_lower_bound(world: dict[str, Any]) -> None:
     assert proc.returncode == 1, proc.stderr
     table = proc.stdout.splitlines()
     assert table[0].split()[:2] == ["cell", "versions"]
-    assert table[1].split()[0] == "highest" and table[1].split()[-1] == "passed"
+    assert table[1].split()[0] == "highest" and table[1].split()[-1] == "passed", (
+        proc.stdout + proc.stderr)
     assert table[2].startswith("lowest-direct  libx 1.0 (2.0)"), proc.stdout
     assert table[2].split()[-1] == "failed"
     cells = {c["strategy"]: c for c in json.loads((results / "matrix.json").read_text())[
