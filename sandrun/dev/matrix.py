@@ -134,8 +134,9 @@ def uv_binary() -> str:
 def uv_command(strategy: str, requirements: Path, output: Path, python: str,
                request: TestRequest, exclude_newer: str | None) -> list[str]:
     command = [uv_binary(), "pip", "compile", str(requirements), "--format", "pylock.toml",
-               "--resolution", strategy, "--only-binary", ":all:", "--no-build",
-               "--python-version", python,
+               # uv's --only-binary :all: is its --no-build (the two conflict): it never
+               # builds, direct references included.
+               "--resolution", strategy, "--only-binary", ":all:", "--python-version", python,
                "--output-file", str(output), "--no-header", "--quiet", "--no-config"]
     if exclude_newer:
         command += ["--exclude-newer", exclude_newer]
