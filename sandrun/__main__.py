@@ -1,7 +1,8 @@
-"""The `sandrun` command (console script and `python -m sandrun`).
+"""The `sandrun` command (setup.py's entry script and `python -m sandrun`).
 
 `sandrun exec` first tries the warm path (warm_exec), which imports neither click nor
-the cold launch path; everything else, and every exec the warm path declines (an
+the cold launch path; a plain `sandrun dev` first tries its quick path (dev.quick: the
+warm launch its last run recorded). Everything else, and every launch those decline (an
 unknown option among them: the click command reports it), goes to the click CLI.
 """
 
@@ -14,20 +15,50 @@ if TYPE_CHECKING:
     from sandrun.launch.warm_exec import ExecArgs
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, site_pending: bool = False) -> None:
+    """Run the command `argv` (default: sys.argv[1:]).
+
+    `site_pending`: the interpreter started without site (the entry script setup.py
+    writes: `python -I -S`, with only site's path entries added). Everything but a warm
+    launch then runs site.main() first (.pth import lines, sitecustomize: what the CLI's
+    dependencies may rely on), and the install check again for what that added.
+    """
     args = sys.argv[1:] if argv is None else argv
     _check_install(args)
+    parsed = None
     if args[:1] == ["exec"]:
         from sandrun.launch.warm_exec import parse_exec_args
 
         parsed = parse_exec_args(args[1:])
-        if parsed is not None:
-            code = _warm_exec(parsed)
-            if code is not None:
-                sys.exit(code)
+    elif args[:1] == ["dev"]:
+        parsed = _quick_dev_args(args[1:])
+    if parsed is not None:
+        code = _warm_exec(parsed)
+        if code is not None:
+            sys.exit(code)
+    if site_pending:
+        import site
+
+        site.main()
+        _check_install(args)
     from sandrun.cli import main as cli_main
 
     cli_main(args)
+
+
+def _quick_dev_args(argv: list[str]) -> ExecArgs | None:
+    """The warm launch a plain `sandrun dev ARGV` recorded last time, if nothing it was
+    decided from changed (dev.quick; the dev command itself checks the same first)."""
+    from sandrun.dev.quick import load, split_words
+
+    try:
+        parsed: ExecArgs | None = load(argv)
+    except Exception:  # a record it cannot use: the dev command loads it again, reports
+        return None
+    if parsed is not None:
+        words = split_words(argv)[0]
+        parsed.verbose = "-v" in words or "--verbose" in words
+    return parsed
 
 
 def _check_install(args: list[str]) -> None:

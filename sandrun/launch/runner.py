@@ -3,8 +3,9 @@ then execve of the app — all from a `RunSpec` of plain data.
 
 Both exec paths end here: the cold path (`launcher.prepare` builds the spec) and the
 warm path (`warm_exec` loads a cached spec). So this module imports only what loads
-in microseconds (os, ctypes, _signal, resource): every warm start pays for it. The
-kernel numbers and calls come from `sandbox/kernel.py`, which is as cheap;
+in microseconds (os, _signal, errno, stat; resource in the child): every warm start pays
+for it. The kernel numbers and calls (through _ctypes, not the ctypes package) come
+from `sandbox/kernel.py`, which is as cheap;
 `sandbox/landlock.py` and `sandbox/seccomp.py` build what they apply. Observe mode
 (`sandrun learn`, never the warm path) also imports socket and `sandbox/notify.py`,
 when it is asked for.
@@ -19,7 +20,6 @@ which remain the fallback when the binary is missing (`supervisor_status`).
 from __future__ import annotations
 
 import _signal
-import ctypes
 import errno
 import os
 import stat
@@ -68,13 +68,17 @@ from sandrun.sandbox.kernel import (
     SYS_MOVE_MOUNT,
     SYS_OPEN_TREE,
     MountAttr,
+    addressof,
     build_ruleset,
     errno_text,
+    last_errno,
     libc,
     load_seccomp_filter,
     open_trusted_path,
     prctl,
     restrict_self,
+    sizeof,
+    string_buffer,
     syscall,
 )
 
@@ -231,7 +235,7 @@ def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int],
     if spec.privileged:
         if libc.unshare(CLONE_NEWPID) != 0:
             raise EnforcementError(f"unshare(CLONE_NEWPID) failed: "
-                                   f"{os.strerror(ctypes.get_errno())}",
+                                   f"{os.strerror(last_errno())}",
                                    "sandrun needs root with CAP_SYS_ADMIN to isolate the app")
     else:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -299,6 +303,7 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
                     if spec.privileged:
                         code = _init_process(child, go_r)
                     else:
+                        _preload_for_the_app()
                         _await_go(go_r)
                         _enter_sandbox(child)
                 except BaseException as exc:  # report, never return into the parent's code
@@ -354,6 +359,13 @@ def _die_with_launcher(go_w: int) -> None:
     """In the child: die with the launcher, even by SIGKILL (as bwrap --die-with-parent)."""
     os.close(go_w)
     _check_prctl(prctl(PR_SET_PDEATHSIG, _signal.SIGKILL), "set the parent-death signal")
+
+
+def _preload_for_the_app() -> None:
+    """Import what the app's side needs (_enter_sandbox) before waiting for the go: the
+    launcher is still moving the child into its cgroup (an RCU grace period on cgroup
+    v1), so the time is free now and would delay the app after the go."""
+    import resource  # noqa: F401
 
 
 def _await_go(go_r: int) -> None:
@@ -627,6 +639,7 @@ def _init_process(child: _Child, go_r: int) -> int:
                        b"hidepid=invisible"), "mount a private /proc")
     if spec.landlock:
         child.ruleset_fd = build_ruleset(spec.landlock)
+    _preload_for_the_app()
     _await_go(go_r)  # in the cgroup from here on: the app inherits it
     app = os.fork()
     if app == 0:
@@ -661,30 +674,30 @@ def _mount_syscall(number: int, *args: int, what: str) -> int:
 
 def _clone_tree(fd: int, what: str) -> int:
     """A detached copy of the mount at `fd` and everything mounted beneath it."""
-    empty = ctypes.create_string_buffer(b"")
-    return _mount_syscall(SYS_OPEN_TREE, fd, ctypes.addressof(empty),
+    empty = string_buffer(b"")
+    return _mount_syscall(SYS_OPEN_TREE, fd, addressof(empty),
                           OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH | os.O_CLOEXEC,
                           what=what)
 
 
 def _move_mount(source: int, target: int, what: str) -> None:
-    empty = ctypes.create_string_buffer(b"")
-    _mount_syscall(SYS_MOVE_MOUNT, source, ctypes.addressof(empty), target,
-                   ctypes.addressof(empty), MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+    empty = string_buffer(b"")
+    _mount_syscall(SYS_MOVE_MOUNT, source, addressof(empty), target,
+                   addressof(empty), MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
                    what=what)
 
 
 def _new_tmpfs(options: tuple[tuple[str, str], ...]) -> int:
     """A detached noexec,nosuid,nodev tmpfs; returns the fd of its root."""
-    name = ctypes.create_string_buffer(b"tmpfs")
-    fs_fd = _mount_syscall(SYS_FSOPEN, ctypes.addressof(name), FSOPEN_CLOEXEC,
+    name = string_buffer(b"tmpfs")
+    fs_fd = _mount_syscall(SYS_FSOPEN, addressof(name), FSOPEN_CLOEXEC,
                            what="fsopen(tmpfs)")
     try:
         for key, value in options:
-            key_buf = ctypes.create_string_buffer(key.encode())
-            value_buf = ctypes.create_string_buffer(value.encode())
+            key_buf = string_buffer(key.encode())
+            value_buf = string_buffer(value.encode())
             _mount_syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING,
-                           ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0,
+                           addressof(key_buf), addressof(value_buf), 0,
                            what=f"tmpfs option {key}={value}")
         _mount_syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, 0, 0, 0,
                        what="create a tmpfs")
@@ -811,7 +824,7 @@ def _bind_writable_noexec(spec: RunSpec) -> None:
     mounted beneath it too): nothing the app writes can be executed or mapped
     executable. Devices (/dev/null) are left to Landlock; the private /tmp and
     /var/tmp are mounted so already."""
-    empty = ctypes.create_string_buffer(b"")
+    empty = string_buffer(b"")
     attr = MountAttr(attr_set=NO_EXEC_SUID_DEV)
     for path in dict.fromkeys([spec.state_dir, *spec.writable]):
         if path.rstrip("/") in PRIVATE_MOUNTS:
@@ -828,9 +841,9 @@ def _bind_writable_noexec(spec: RunSpec) -> None:
                 continue
             tree = _clone_tree(fd, f"bind {path}")
             try:
-                _mount_syscall(SYS_MOUNT_SETATTR, tree, ctypes.addressof(empty),
-                               AT_EMPTY_PATH | AT_RECURSIVE, ctypes.addressof(attr),
-                               ctypes.sizeof(attr), what=f"make {path} noexec,nosuid,nodev")
+                _mount_syscall(SYS_MOUNT_SETATTR, tree, addressof(empty),
+                               AT_EMPTY_PATH | AT_RECURSIVE, addressof(attr),
+                               sizeof(attr), what=f"make {path} noexec,nosuid,nodev")
                 _move_mount(tree, fd, f"mount {path} noexec,nosuid,nodev")
             finally:
                 os.close(tree)
@@ -840,13 +853,13 @@ def _bind_writable_noexec(spec: RunSpec) -> None:
 
 def _check(result: int, what: str) -> None:
     if result != 0:
-        raise EnforcementError(f"{what} failed: {os.strerror(ctypes.get_errno())}",
+        raise EnforcementError(f"{what} failed: {os.strerror(last_errno())}",
                                "sandrun needs root (CAP_SYS_ADMIN) for its private namespaces")
 
 
 def _check_prctl(result: int, what: str) -> None:
     if result != 0:
-        raise EnforcementError(f"{what} failed: {os.strerror(ctypes.get_errno())}",
+        raise EnforcementError(f"{what} failed: {os.strerror(last_errno())}",
                                "this kernel lacks a protection the profile requires")
 
 

@@ -7,7 +7,10 @@ in /tmp), that user's code runs as root. So as root, every existing sys.path dir
 must be reached from "/" through root-owned directories nobody else may write
 (safefile.open_trusted_dir: sticky root-owned ancestors such as /tmp are fine, a symlink
 only where root alone can change it), and must itself not be writable by group or
-others, sticky or not: in a sticky dir anyone may add a module.
+others, sticky or not: in a sticky dir anyone may add a module. The directory holding
+the sandrun package is checked too (an editable install's import hook finds it without
+sys.path), and sandrun.__main__ checks again once site.main() ran late (the entry script
+setup.py writes starts without site: its .pth import lines may add directories).
 
 Standard library only and cheap (a few dozen stat calls): every warm start pays for it.
 """
@@ -26,14 +29,22 @@ INSTALL_HINT = ("install sandrun root-owned, e.g. `python3 -m venv /opt/sandrun 
                 "and run that `sandrun`")
 
 
+# The directory holding the sandrun package: on sys.path, unless an import hook finds it
+# (an editable install's finder), which is checked all the same.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def check_install(paths: list[str] | None = None) -> None:
-    """As root: EnforcementError naming the first sys.path directory others can change."""
+    """As root: EnforcementError naming the first directory others can change among
+    `paths` (default: sys.path and PACKAGE_PARENT)."""
     if os.geteuid() != 0:
         return  # runs as the invoking user: it can only hurt itself
-    for entry in (sys.path if paths is None else paths):
+    checked = set()
+    for entry in ([*sys.path, PACKAGE_PARENT] if paths is None else paths):
         directory = os.path.abspath(entry or os.curdir)
-        if not os.path.isdir(directory):
+        if directory in checked or not os.path.isdir(directory):
             continue  # absent entries (python311.zip) import nothing
+        checked.add(directory)
         try:
             fd = safefile.open_trusted_dir(directory, 0)
         except safefile.UnsafePath as exc:

@@ -4,12 +4,12 @@ behalf.
 
 One definition of every number (linux/prctl.h, sched.h, mount.h, landlock.h, seccomp.h)
 for the whole package. The warm exec path imports this module, so it imports only what
-loads in microseconds (os, ctypes, errno, stat): no typing, dataclasses or re.
+loads in microseconds (os, errno, stat, the C core of ctypes): no typing, dataclasses, re,
+nor the ctypes package itself (see below).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -18,7 +18,93 @@ from sandrun.errors import EnforcementError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
 if TYPE_CHECKING:
+    from ctypes import (
+        CDLL,
+        Array,
+        Structure,
+        c_char,
+        c_int,
+        c_int32,
+        c_long,
+        c_uint64,
+        c_ulong,
+        c_ushort,
+        c_void_p,
+        get_errno,
+        set_errno,
+    )
+    from ctypes import addressof as addressof  # for runner.py too
+    from ctypes import sizeof as sizeof
     from typing import Any
+else:
+    # The few ctypes names used here and on the launch path, made from its C core
+    # (_ctypes) as ctypes/__init__.py makes them: importing the ctypes package (its ~40
+    # types, struct, types, _endian) costs ~1.5 ms more CPU on every warm start. Type
+    # checkers see ctypes' own; tests/launch/test_warm_exec.py compares the two.
+    from _ctypes import (
+        FUNCFLAG_CDECL,
+        FUNCFLAG_USE_ERRNO,
+        CFuncPtr,
+        Structure,
+        _SimpleCData,
+        dlopen,
+        get_errno,
+        set_errno,
+    )
+    from _ctypes import addressof as addressof  # for runner.py too
+    from _ctypes import sizeof as sizeof
+
+    class c_int(_SimpleCData):
+        _type_ = "i"
+
+    class c_long(_SimpleCData):
+        _type_ = "l"
+
+    class c_ulong(_SimpleCData):
+        _type_ = "L"
+
+    class c_ushort(_SimpleCData):
+        _type_ = "H"
+
+    class c_uint64(_SimpleCData):
+        _type_ = "Q"  # unsigned long long: 64 bits wherever Linux runs
+
+    class c_void_p(_SimpleCData):
+        _type_ = "P"
+
+    class c_char(_SimpleCData):
+        _type_ = "c"
+
+    c_int32 = c_int
+
+    class CDLL:
+        """ctypes.CDLL(None, use_errno=True): the process's C library; each function
+        returns a C int unless its restype says otherwise."""
+
+        class _FuncPtr(CFuncPtr):
+            _flags_ = FUNCFLAG_CDECL | FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+
+        def __init__(self, name, use_errno):
+            if name is not None or not use_errno:
+                raise ValueError("only CDLL(None, use_errno=True)")
+            self._handle = dlopen(None)
+
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            function = self._FuncPtr((name, self))
+            setattr(self, name, function)  # one object per name: its restype stays set
+            return function
+
+
+def string_buffer(data: bytes, size: int | None = None) -> Array[c_char]:
+    """ctypes.create_string_buffer(data, size): a writable copy of `data` (NUL-ended
+    unless `size` leaves no room)."""
+    buffer = (c_char * (len(data) + 1 if size is None else size))()
+    buffer.value = data  # copies every byte, NULs too
+    return buffer
+
 
 # prctl(2) and unshare(2) constants (linux/prctl.h, linux/sched.h, linux/mount.h).
 PR_SET_PDEATHSIG = 1
@@ -84,46 +170,51 @@ BPF_MAXINSNS = 4096
 # The first instruction of every sandrun filter: load seccomp_data.arch.
 BPF_LOAD_ARCH = bytes((0x20, 0, 0, 0, 4, 0, 0, 0))
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-libc.prctl.restype = ctypes.c_int
+libc = CDLL(None, use_errno=True)
+libc.syscall.restype = c_long
+libc.prctl.restype = c_int
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = (("handled_access_fs", ctypes.c_uint64),
-                ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64))
+class _RulesetAttr(Structure):
+    _fields_ = (("handled_access_fs", c_uint64),
+                ("handled_access_net", c_uint64),
+                ("scoped", c_uint64))
 
 
-class _PathBeneathAttr(ctypes.Structure):
+class _PathBeneathAttr(Structure):
     _pack_ = 1  # the uapi struct is __attribute__((packed)): 12 bytes
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+    _fields_ = (("allowed_access", c_uint64), ("parent_fd", c_int32))
 
 
-class _NetPortAttr(ctypes.Structure):
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
+class _NetPortAttr(Structure):
+    _fields_ = (("allowed_access", c_uint64), ("port", c_uint64))
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+class _SockFprog(Structure):
+    _fields_ = (("len", c_ushort), ("filter", c_void_p))
 
 
-class MountAttr(ctypes.Structure):
-    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+class MountAttr(Structure):
+    _fields_ = (("attr_set", c_uint64), ("attr_clr", c_uint64),
+                ("propagation", c_uint64), ("userns_fd", c_uint64))
 
 
 def syscall(number: int, *args: int) -> tuple[int, int]:
     """Call a raw syscall; return (result, errno) with errno read right after the call."""
-    ctypes.set_errno(0)
-    result = libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
-    return int(result), ctypes.get_errno()
+    set_errno(0)
+    result = libc.syscall(c_long(number), *(c_long(a) for a in args))
+    return int(result), get_errno()
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    ctypes.set_errno(0)
-    return int(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
-                           ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)))
+    set_errno(0)
+    return int(libc.prctl(c_int(option), c_ulong(arg2), c_ulong(arg3), c_ulong(arg4),
+                          c_ulong(arg5)))
+
+
+def last_errno() -> int:
+    """The errno of the last libc call made through `libc` (ctypes.get_errno)."""
+    return int(get_errno())
 
 
 def errno_text(code: int) -> str:
@@ -253,7 +344,7 @@ def build_ruleset(spec: dict[str, Any]) -> int:
                         handled_access_net=spec["handled_net"], scoped=spec["scoped"])
     size = (_RULESET_ATTR_SIZE_SCOPED if spec["scoped"] else
             _RULESET_ATTR_SIZE_NET if spec["handled_net"] else _RULESET_ATTR_SIZE_FS)
-    ruleset_fd, err = syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.addressof(attr), size, 0)
+    ruleset_fd, err = syscall(SYS_LANDLOCK_CREATE_RULESET, addressof(attr), size, 0)
     if ruleset_fd < 0:
         raise _landlock_error("cannot create the Landlock ruleset", err, {
             errno.EOPNOTSUPP: "Landlock is supported by the kernel but disabled at boot",
@@ -307,9 +398,8 @@ def _open_rule_path(path: str, required: bool, label: str) -> int | None:
                                "check the path and its parent directories") from exc
 
 
-def _add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure, what: str) -> None:
-    result, err = syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type,
-                          ctypes.addressof(attr), 0)
+def _add_rule(ruleset_fd: int, rule_type: int, attr: Structure, what: str) -> None:
+    result, err = syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type, addressof(attr), 0)
     if result != 0:
         raise _landlock_error(f"cannot add the Landlock rule for {what}", err, {
             errno.EINVAL: "rights not handled by the ruleset or not applicable to this "
@@ -384,10 +474,10 @@ def load_seccomp_filter(bpf: bytes) -> None:
             "no_new_privs is not set: refusing to load the seccomp filter",
             "call prctl(PR_SET_NO_NEW_PRIVS, 1) first (the launch order sets it before "
             "Landlock and seccomp)")
-    program = ctypes.create_string_buffer(bpf, len(bpf))
-    fprog = _SockFprog(count, ctypes.addressof(program))
+    program = string_buffer(bpf, len(bpf))
+    fprog = _SockFprog(count, addressof(program))
     result, code = syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, seccomp_load_flags,
-                           ctypes.addressof(fprog))
+                           addressof(fprog))
     if result != 0:
         hints = {
             errno.EINVAL: "the kernel rejected the BPF program or a flag; recompile it"

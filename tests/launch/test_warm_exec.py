@@ -7,6 +7,8 @@ runs — or is refused for the right reason. Run on the real kernel as root.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import subprocess
@@ -17,10 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_sandrun, users_removed_after
+from helpers import ROOT, run_sandrun, users_removed_after
 from wheelcraft import make_wheel
 
+from sandrun.dev import quick
 from sandrun.launch import runner, warm_exec
+from sandrun.sandbox import kernel
 
 APP = '''\
 import os, sys
@@ -179,7 +183,8 @@ def test_verbose_is_served_warm(world: dict[str, Path]) -> None:
 def test_warm_path_imports_stay_light() -> None:
     """What every warm start pays for: none of the heavy modules of the cold path."""
     heavy = ["click", "tomllib", "dataclasses", "typing", "pyseccomp", "sandrun.config.profile",
-             "sandrun.launch.launcher", "cryptography", "re", "json", "pathlib"]
+             "sandrun.launch.launcher", "cryptography", "re", "json", "pathlib", "ctypes",
+             "types", "struct", "sandrun.dev", "resource", "site"]
     root = str(Path(warm_exec.__file__).parent.parent.parent)  # holds the sandrun package
     code = (f"import sys; sys.path.insert(0, {root!r}); "
             "import sandrun.__main__, sandrun.launch.warm_exec, sandrun.launch.runner; "
@@ -187,3 +192,59 @@ def test_warm_path_imports_stay_light() -> None:
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                           text=True, check=True, cwd="/")
     assert proc.stdout.strip() == "[]"
+
+
+def test_dev_quick_path_skips_the_cli(world: dict[str, Path],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sandrun dev WORDS` with a quick record goes to the warm launch before click."""
+    assert run_exec(world).returncode == 0
+    monkeypatch.setenv("SANDRUN_STORE", str(world["store"]))
+    monkeypatch.chdir(ROOT)  # where run_sandrun runs it: part of the quick key
+    exec_args = warm_exec.ExecArgs()
+    exec_args.store, exec_args.profile = str(world["store"]), str(world["profile"])
+    exec_args.bundle = str(world["bundle"])
+    quick.save(["proj"], str(world["base"]), exec_args, ("recorded",), str(world["store"]))
+    env = {**os.environ, "SANDRUN_STORE": str(world["store"]), "TZ": "UTC"}
+    for _attempt in range(3):  # another test's useradd changes /etc/passwd: cold again
+        proc = subprocess.run([sys.executable, "-P", "-X", "importtime", "-m", "sandrun",
+                               "dev", "proj", "--", "x"], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=120, check=False)
+        if " click" not in proc.stderr:
+            break
+        assert run_exec(world).returncode == 0
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(" ", 2)[2].strip() == "['recorded', 'x'] UTC"
+    assert " click" not in proc.stderr and "sandrun.cli" not in proc.stderr
+    # Another project dir (the quick record's inputs) or other words: the CLI decides.
+    assert quick.load(["other"]) is None
+
+
+def test_kernel_ctypes_subset_matches_ctypes() -> None:
+    """kernel.py makes its ctypes types from _ctypes (the package costs ~1.5 ms per warm
+    start): the same sizes, alignments, layouts and calls as ctypes' own."""
+    for name in ("c_int", "c_int32", "c_long", "c_ulong", "c_ushort", "c_uint64", "c_void_p",
+                 "c_char"):
+        ours, theirs = getattr(kernel, name), getattr(ctypes, name)
+        assert ours is not theirs
+        assert (ctypes.sizeof(ours), ctypes.alignment(ours)) == \
+            (ctypes.sizeof(theirs), ctypes.alignment(theirs)), name
+
+    def layout(struct: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
+        return [(field[0], getattr(struct, field[0]).offset, getattr(struct, field[0]).size)
+                for field in struct._fields_]
+
+    for struct in (kernel._RulesetAttr, kernel._PathBeneathAttr, kernel._NetPortAttr,
+                   kernel._SockFprog, kernel.MountAttr):
+        attrs: dict[str, object] = {"_pack_": struct._pack_} if "_pack_" in vars(struct) else {}
+        attrs["_fields_"] = [(n, getattr(ctypes, t.__name__)) for n, t in struct._fields_]
+        twin = type("Twin", (ctypes.Structure,), attrs)
+        assert ctypes.sizeof(struct) == ctypes.sizeof(twin), struct.__name__
+        assert layout(struct) == layout(twin), struct.__name__
+    assert ctypes.sizeof(kernel._PathBeneathAttr) == 12  # packed, as the uapi struct
+    assert kernel.string_buffer(b"a\0b", 3).raw == b"a\0b"
+    assert kernel.string_buffer(b"ab").raw == b"ab\0"
+    assert kernel.libc.getpid() == os.getpid()
+    assert kernel.libc.close(-1) == -1 and kernel.last_errno() == errno.EBADF
+    assert kernel.syscall(kernel.SYS_SECCOMP, 99, 0, 0) == (-1, errno.EINVAL)
+    assert kernel.prctl(kernel.PR_GET_NO_NEW_PRIVS) in (0, 1)
+    assert kernel.libc.syscall is kernel.libc.syscall  # one object: its restype stays
