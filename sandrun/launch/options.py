@@ -88,11 +88,14 @@ EXEC_OPTIONS = (
     Option("--trust", dest="trust", field="trust", metavar="FILE", warm=True,
            help="Trust policy: which keys may sign which apps (default "
            "/etc/sandrun/trust.toml when it exists)."),
-    Option("--audit-db", dest="audit_db", field="audit_db", metavar="PATH",
-           help="OSV advisories (dir or PyPI all.zip): refuse to start with known "
-           "vulnerabilities at or above --audit-severity."),
+    # Warm: the record keeps the cold path's verdict while the database (its identity is
+    # an input of the record) and the bundle are unchanged.
+    Option("--audit-db", dest="audit_db", field="audit_db", metavar="PATH", warm=True,
+           help="OSV advisories (an index from `sandrun audit --index`, a dir or PyPI "
+           "all.zip): refuse to start with known vulnerabilities at or above "
+           "--audit-severity."),
     Option("--audit-severity", dest="audit_severity", field="audit_severity", default="high",
-           metavar="low|moderate|high|critical",
+           metavar="low|moderate|high|critical", warm=True,
            help="Lowest severity that refuses the start (unknown severity always does)."),
     Option("--adopt", dest="adopt", field="adopt", flag=True,
            help="Hand the app's name, user and state dir to this bundle although another "

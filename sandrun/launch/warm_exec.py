@@ -36,7 +36,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm sta
 if TYPE_CHECKING:
     from typing import Any
 
-RECORD_FORMAT = 4
+RECORD_FORMAT = 5
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
 SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
 TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>
@@ -108,9 +108,9 @@ class ExecArgs:
     """The `sandrun exec` options the warm path serves (options.EXEC_OPTIONS with warm
     set: one slot per dest), the bundle and the app's arguments."""
 
-    __slots__ = ("args", "bind_tcp", "bundle", "connect_tcp", "env", "env_file", "profile",
-                 "python", "read", "rw", "store", "trust", "user", "verbose", "verify",
-                 "workdir")
+    __slots__ = ("args", "audit_db", "audit_severity", "bind_tcp", "bundle", "connect_tcp",
+                 "env", "env_file", "profile", "python", "read", "rw", "store", "trust", "user",
+                 "verbose", "verify", "workdir")
 
     def __init__(self) -> None:
         self.profile: str | None = None
@@ -118,6 +118,8 @@ class ExecArgs:
         self.python: str | None = None
         self.store: str | None = None
         self.trust: str | None = None
+        self.audit_db: str | None = None
+        self.audit_severity = "high"
         self.verify = "cheap"
         self.verbose = False
         self.env: tuple[str, ...] = ()
@@ -197,6 +199,7 @@ def record_key(args: ExecArgs, store_root: str) -> tuple[Any, ...]:
     return (RECORD_FORMAT, __version__, os.geteuid(), os.path.abspath(args.bundle),
             _profile_key(args.profile), args.user, args.python,
             os.path.abspath(args.trust) if args.trust else None,
+            os.path.abspath(args.audit_db) if args.audit_db else None, args.audit_severity,
             os.path.abspath(store_root), os.getcwd(),
             # operator grants (paths as given: the cwd is part of the key already)
             tuple(args.env), tuple(args.env_file), tuple(args.read), tuple(args.rw),

@@ -150,7 +150,7 @@ def test_untrustworthy_records_are_ignored(world: dict[str, Path], tamper: str) 
 
 @pytest.mark.parametrize("argv", [
     ["--dry-run", "app.pyz"], ["--verify", "full", "app.pyz"], ["--verify=full", "app.pyz"],
-    ["--help"], ["--audit-db", "db", "app.pyz"], ["-x", "app.pyz"], ["--store"], [],
+    ["--help"], ["--audit-db"], ["-x", "app.pyz"], ["--store"], [],
     ["--dryrun", "app.pyz"], ["-pweb", "app.pyz"], ["-v=1", "app.pyz"], ["--json", "app.pyz"],
 ])
 def test_options_the_warm_path_leaves_to_the_cli(argv: list[str]) -> None:

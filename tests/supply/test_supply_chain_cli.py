@@ -112,6 +112,33 @@ def test_exec_with_an_audit_index(lab: dict[str, Path], require_root: None,
     assert "`sandrun audit --index` builds an index" in raw.stdout
 
 
+def test_warm_starts_keep_the_audit_until_the_index_changes(
+        lab: dict[str, Path], require_root: None, require_landlock: int,
+        require_seccomp: None) -> None:
+    """--audit-db is served warm (the index's identity is an input of the warm record);
+    a new index makes the next start decide again, and refuse."""
+    clean_db = lab["base"] / "clean-db"
+    clean_db.mkdir()
+    (clean_db / "empty.json").write_text(json.dumps({"id": "X-1", "affected": []}))
+    index = lab["base"] / "warm.idx"
+    built = run_sandrun("audit", "--index", str(clean_db), "-o", str(index))
+    assert built.returncode == 0, built.stderr
+    store = lab["base"] / "store-warm-audit"
+    for _ in range(2):  # cold, then warm
+        proc = run_sandrun("exec", "--store", str(store), "--audit-db", str(index),
+                           str(lab["bundle"]))
+        assert proc.returncode == 0, proc.stderr
+    assert any((store / "launch").iterdir())
+    fresh = lab["base"] / "warm.idx.new"
+    built = run_sandrun("audit", "--index", str(OSV_DB), "-o", str(fresh))
+    assert built.returncode == 0, built.stderr
+    os.replace(fresh, index)
+    proc = run_sandrun("exec", "--store", str(store), "--audit-db", str(index),
+                       str(lab["bundle"]))
+    assert proc.returncode == 125, proc.stdout
+    assert "helperlib 0.3: GHSA-h3lp-0001-aaaa" in proc.stderr
+
+
 @pytest.mark.parametrize("unsafe", ["owned by nobody", "group writable", "in a 0777 dir"])
 def test_exec_refuses_an_index_others_could_change(lab: dict[str, Path], unsafe: str,
                                                    require_root: None, tmp_path: Path) -> None:
