@@ -203,7 +203,8 @@ def decide(options: ExecOptions) -> LaunchPlan:
         bundle=options.bundle, bundle_sha256=bundle.sha256, manifest=bundle.manifest,
         store=store, tree=bundle.tree, installed=bundle.installed, profile=profile, user=user,
         privileged=privileged, interpreter=interp, state_dir=state,
-        argv=[interp.path, "-I", "-B", str(bundle.tree / BOOTSTRAP_NAME)], args=options.args,
+        argv=[interp.path, "-I", "-B", *_bootstrap_flags(bundle),
+              str(bundle.tree / BOOTSTRAP_NAME)], args=options.args,
         base_env=base_env, env=env, cwd=cwd,
         landlock_policy=_landlock_policy(profile, interp, bundle.tree, state, privileged),
         seccomp_policy=_seccomp_policy(profile),
@@ -1126,3 +1127,12 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
 def launch(plan: LaunchPlan) -> int:
     """Fork, sandbox the child, exec the app; return its exit code (128+N if killed)."""
     return runner.launch(run_spec(plan), plan.args)
+
+
+def _bootstrap_flags(bundle: _Bundle) -> list[str]:
+    """-S for a bootstrap that gives the app its site itself (BOOTSTRAP_API 2 in
+    sandrun/build/bootstrap.py); an older one expects the system's site to have run."""
+    entry = next((e for e in bundle.archive.entries if e.name == BOOTSTRAP_NAME), None)
+    if entry is None or b"\nBOOTSTRAP_API = 2 " not in bundle.archive.read(entry):
+        return []
+    return ["-S"]

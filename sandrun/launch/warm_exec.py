@@ -36,7 +36,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm sta
 if TYPE_CHECKING:
     from typing import Any
 
-RECORD_FORMAT = 5
+RECORD_FORMAT = 6
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
 SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
 TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>

@@ -528,9 +528,12 @@ class Cgroup:
         """Put process `pid` (and so everything it forks later) into the launch cgroup.
 
         Call it before the app runs: from the parent right after fork (the child waiting on
-        a pipe) or in the child, as root, before it drops privileges. The first write costs
-        about one RCU grace period (cgroup_threadgroup_rwsem), ~5-20 ms here; later ones
-        ~0.05 ms. On failure the process may be in some hierarchies: remove() kills it.
+        a pipe) or in the child, as root, before it drops privileges. Each write takes
+        ~0.03-0.15 ms here (kernel 6.18: no RCU grace period). The one that makes the v2
+        cgroup populated also queues its cgroup.events notification: the kworker that sends
+        it may take the CPU from the writer for a while on a busy machine (which is why the
+        launcher does this while its child sets up the namespaces). On failure the process
+        may be in some hierarchies: remove() kills it.
         """
         for node in self._nodes:
             try:

@@ -197,8 +197,8 @@ def test_warm_launch_leaves_only_small_titled_processes(world: dict[str, Path],
         assert total <= RSS_LIMIT_KB, (launcher, init)
         # The app keeps its interpreter's command line (sys.executable comes from it;
         # `sandrun list` finds running trees by their bootstrap there).
-        assert app["cmdline"].split("\0")[1:3] == ["-I", "-B"], app
-        assert app["cmdline"].split("\0")[3].endswith("/.sandrun/bootstrap.py"), app
+        assert app["cmdline"].split("\0")[1:4] == ["-I", "-B", "-S"], app
+        assert app["cmdline"].split("\0")[4].endswith("/.sandrun/bootstrap.py"), app
         assert app["uid"] != "0"
     finally:
         stop(proc)

@@ -278,7 +278,7 @@ def test_container_runs_the_applier_then_the_app(lab: Lab, plain: Path) -> None:
     spec = spec_of(plain)
     assert (spec["uid"], spec["gid"]) == (default_uid(APP), default_uid(APP))
     tree = f"/var/lib/sandrun/apps/{sha}"
-    assert spec["argv"] == ["/usr/local/bin/python3.11", "-I", "-B",
+    assert spec["argv"] == ["/usr/local/bin/python3.11", "-I", "-B", "-S",
                             f"{tree}/.sandrun/bootstrap.py"]
     state = f"/var/lib/sandrun/state/{APP}"
     assert spec["env"]["HOME"] == state and spec["cwd"] == state

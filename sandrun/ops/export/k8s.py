@@ -385,7 +385,8 @@ def plan_export(request: K8sExport) -> K8sFiles:
     image_plan = replace(
         plan, tree=Path(tree), profile=profile, user=user, privileged=True,
         interpreter=interp, state_dir=Path(state),
-        argv=[interp.path, "-I", "-B", f"{tree}/{BOOTSTRAP_NAME}"], args=request.args,
+        # the host plan's interpreter flags (-S for a bootstrap that sets up its own site)
+        argv=[interp.path, *plan.argv[1:-1], f"{tree}/{BOOTSTRAP_NAME}"], args=request.args,
         base_env=base_env, env={**base_env, **profile.env_set}, cwd=state,
         landlock_policy=_landlock_policy(profile, interp, Path(tree), Path(state)))
     spec = run_spec(image_plan)  # its Landlock ruleset is for this host's kernel:
