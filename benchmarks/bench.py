@@ -266,7 +266,7 @@ def server(cmd: Sequence[str], env: dict[str, str], timeout: float = 120
 
 def sandrun_package_parent() -> str:
     """The directory the measured sandrun's package is imported from."""
-    out = run([SANDRUN_PY, "-c", "import sandrun, os; "
+    out = run([SANDRUN_PY, "-I", "-c", "import sandrun, os; "
                "print(os.path.dirname(os.path.dirname(os.path.realpath(sandrun.__file__))))"])
     return out.stdout.strip()
 
@@ -282,9 +282,15 @@ def use_sandrun(how: str, work: Path) -> str:
         return f"the console script next to {sys.executable} (editable install)"
     if how == "readme":
         src = work / "sandrun-src"
-        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "*.egg-info", "__pycache__", ".mypy_cache", ".pytest_cache",
-            ".ruff_cache", "build", "dist"))
+        junk = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__",
+                                      ".mypy_cache", ".pytest_cache", ".ruff_cache")
+
+        def ignore(directory: str, names: list[str]) -> set[str]:
+            top = Path(directory).resolve() == REPO  # build/ and dist/ of the checkout only
+            return set(junk(directory, names)) | ({"build", "dist"} & set(names) if top
+                                                  else set())
+
+        shutil.copytree(REPO, src, ignore=ignore)
         venv = work / "sandrun-install"
         run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
         print("bench: installing the working tree as README says (python3 -m venv + pip "
@@ -378,8 +384,25 @@ class Inputs:
                            "httpbin", "-p", str(EXAMPLES / "httpbin" / "httpbin.toml"))
 
 
+BENCH_USER_PREFIX = "benchrun-"  # benchmarks/corpus.py's too; removed at the end
+
+
 def app_user(name: str) -> pwd.struct_passwd:
-    return pwd.getpwnam(f"sandrun-{name}")
+    """The bench's user for app `name`, made if missing (a system account with its own
+    group, no home, no shell, as sandrun makes them) and given with --user: the tests of
+    other sessions remove the sandrun-* users made while they ran."""
+    user = f"{BENCH_USER_PREFIX}{name}"[:32]
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        run(["/usr/sbin/useradd", "--system", "--user-group", "--no-create-home",
+             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user])
+        return pwd.getpwnam(user)
+
+
+def sandrun_exec(app: str, *rest: str) -> list[str]:
+    """`sandrun exec --user <the bench's user for app> REST...`."""
+    return [*SANDRUN, "exec", "--user", app_user(app).pw_name, *rest]
 
 
 def shiv_env(root: Path, **extra: str) -> dict[str, str]:
@@ -455,8 +478,12 @@ def cprofile_top(cmd_tail: Sequence[str], work: Path, count: int = 14, *,
     import pstats
 
     out = work / "sandrun.prof"
+    out.unlink(missing_ok=True)
     run([SANDRUN_PY, "-m", "cProfile", "-o", str(out), *SANDRUN_SCRIPT, *cmd_tail],
         capture=False)
+    if not out.exists():
+        return ["(no profile: the process exec'd another program before cProfile could "
+                "write one)"]
     stats = pstats.Stats(str(out))
     rows = []
     for (file, line, func), (_cc, _nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -476,8 +503,8 @@ def cprofile_top(cmd_tail: Sequence[str], work: Path, count: int = 14, *,
 def bench_warm(inp: Inputs, runs: int, report: Report) -> None:
     hello = inp.hello()
     store = inp.work / "store"
-    run([*SANDRUN, "exec", "--store", str(store), str(hello)])  # install (cold), untimed
-    first = run([*SANDRUN, "exec", "--store", str(store), str(hello)]).stdout
+    run(sandrun_exec("hello", "--store", str(store), str(hello)))  # install (cold), untimed
+    first = run(sandrun_exec("hello", "--store", str(store), str(hello))).stdout
     if "read-only" not in first:
         raise BenchError(f"sandrun exec of hello did not say its code is read-only: {first}")
     shiv_root = inp.work / "shiv-warm"
@@ -485,7 +512,7 @@ def bench_warm(inp: Inputs, runs: int, report: Report) -> None:
     venv = hello_venv(inp)
     vpy = [str(venv / "bin" / "python"), "-I", "-c", HELLO_MAIN]
     variants = [
-        Variant("`sandrun exec hello.pyz`", [*SANDRUN, "exec", "--store", str(store),
+        Variant("`sandrun exec hello.pyz`", [*sandrun_exec("hello"), "--store", str(store),
                                              str(hello)]),
         Variant("`python3 hello.pyz` (shiv, extracted)", [SYSTEM_PYTHON, str(hello)],
                 shiv_env(shiv_root)),
@@ -509,8 +536,9 @@ def bench_warm(inp: Inputs, runs: int, report: Report) -> None:
              ms(min(v.times)), f"{statistics.median(v.times) / base:.2f}x"] for v in variants]
     text = ["## 1. Warm start of a trivial app (examples/hello)", "",
             f"Wall time from fork to exit, {runs} interleaved runs each after 2 warm-ups. "
-            f"The app runs on {SYSTEM_PYTHON} in every row. sandrun runs it as `sandrun-hello` "
-            "(store installed; the warm path re-checks the launch record and the tree); the "
+            f"The app runs on {SYSTEM_PYTHON} in every row. sandrun runs it as "
+            "`benchrun-hello` (--user; store installed; the warm path re-checks the launch "
+            "record and the tree); the "
             "other rows run as root. bwrap: `" + " ".join(
                 bwrap_cmd("bwrap", Path("VENV"), Path("."))[1:]) + "`. firejail: `firejail "
             + " ".join(FIREJAIL_ARGS) + "`.", "",
@@ -537,16 +565,16 @@ def breakdown(inp: Inputs, hello: Path, store: Path, runs: int, exec_times: list
     state = next(p for p in (store / "state").iterdir() if p.name == "hello")
     app_env = {"PATH": BASE_ENV["PATH"], "HOME": str(state), "TMPDIR": str(state / "tmp"),
                "LANG": "C.UTF-8"}
-    exec_args = ["exec", "--store", str(store), str(hello)]
+    exec_args = ["exec", "--user", user.pw_name, "--store", str(store), str(hello)]
     variants = [
         Variant("interpreter start: `python -I -S -c pass` (sandrun's venv python)",
                 [SANDRUN_PY, "-I", "-S", "-c", "pass"]),
         Variant("interpreter start with site: `python -c pass` (what the console script pays)",
                 [SANDRUN_PY, "-c", "pass"]),
         Variant("`sandrun --version` (click CLI)", [*SANDRUN, "--version"]),
-        Variant("`sandrun exec --dry-run hello.pyz`", [*SANDRUN, "exec", "--dry-run",
+        Variant("`sandrun exec --dry-run hello.pyz`", [*sandrun_exec("hello"), "--dry-run",
                                                        "--store", str(store), str(hello)]),
-        Variant("the app alone: `python3 -I -B <tree>/.sandrun/bootstrap.py` as sandrun-hello,"
+        Variant("the app alone: `python3 -I -B <tree>/.sandrun/bootstrap.py` as benchrun-hello,"
                 " no sandbox", [SYSTEM_PYTHON, "-I", "-B", str(bootstraps[0])], app_env, user),
     ]
     no_site = Variant("the same launch without site: `PYTHONPATH=<repo> python -S -m sandrun "
@@ -642,10 +670,12 @@ def httpbin_variants(inp: Inputs, store: Path, shiv_root: Path, workers: int
                      ) -> list[tuple[str, list[str], dict[str, str]]]:
     bundle = inp.httpbin()
     gargs = ["-b", f"127.0.0.1:{PORT}", "-w", str(workers), "httpbin:app"]
-    # The example's embedded profile asks for port 8000: the operator approves it once.
-    run([*SANDRUN, "approve", "--store", str(store), "--yes", str(bundle)])
+    # The example's profile asks for port 8000: the operator gives it (-p), as approving
+    # the embedded one would (an approval lives in the store, which the cold runs empty).
     return [
-        ("`sandrun exec httpbin.pyz`", [*SANDRUN, "exec", "--store", str(store), str(bundle),
+        ("`sandrun exec httpbin.pyz`", [*sandrun_exec("httpbin"), "--store", str(store),
+                                        "-p", str(EXAMPLES / "httpbin" / "httpbin.toml"),
+                                        str(bundle),
                                         "--", *gargs], BASE_ENV),
         # Same gunicorn options as the profile gives the sandboxed run.
         ("`python3 httpbin.pyz` (shiv, extracted)", [SYSTEM_PYTHON, str(bundle), *gargs],
@@ -786,8 +816,11 @@ def bench_seccomp(inp: Inputs, iterations: int, reps: int, report: Report) -> No
     make_wheel(inp.local, "syscallbench", {"syscallbench.py": LOOP_APP})
     bundle = inp.bundle("syscallbench", "syscallbench", "-e", "syscallbench:main", "-p",
                         str(profile))
+    # Its profile asks for more than the default one: the operator approves it once.
+    run([*SANDRUN, "approve", "--store", str(inp.work / "store"), "--yes", str(bundle)])
     for kind in kinds:
-        out = run([*SANDRUN, "exec", "--store", str(inp.work / "store"), str(bundle), "--",
+        out = run([*sandrun_exec("syscallbench"), "--store", str(inp.work / "store"),
+                   str(bundle), "--",
                    str(loop), str(iterations), kind, str(reps)]).stdout
         results[kind]["sandrun"] = parse(out)
     rows = []
@@ -842,9 +875,10 @@ def bench_cold(inp: Inputs, runs: int, report: Report) -> None:
     rows = []
     for label, bundle in (("hello (1 wheel, 14 files)", hello),
                           ("numpy (1 wheel, 57 MB unpacked)", numpy)):
-        run([*SANDRUN, "exec", "--store", str(inp.work / "store"), str(bundle)])  # user exists
+        user = "hello" if bundle == hello else "numpybench"
+        run(sandrun_exec(user, "--store", str(inp.work / "store"), str(bundle)))
         variants = [
-            Variant("sandrun", [*SANDRUN, "exec", "--store", str(fresh / "store"), str(bundle)],
+            Variant("sandrun", sandrun_exec(user, "--store", str(fresh / "store"), str(bundle)),
                     before=reset),
             Variant("shiv", [SYSTEM_PYTHON, str(bundle)], shiv_env(fresh / "shiv"),
                     before=reset),
@@ -872,7 +906,8 @@ def bench_cold(inp: Inputs, runs: int, report: Report) -> None:
                  f"{s / v:.2f}x"])
     reset()
     try:
-        profile = cprofile_top(["exec", "--store", str(fresh / "store"), str(numpy)], inp.work)
+        profile = cprofile_top(sandrun_exec("numpybench", "--store", str(fresh / "store"),
+                                            str(numpy))[len(SANDRUN):], inp.work)
     except BenchError as exc:
         profile = [f"(cProfile failed: {exc})"]
     reset()
@@ -1125,11 +1160,11 @@ def main() -> int:
             if section == "corpus-warm":
                 corpus.bench_corpus_warm(state, corpus_runs, report)  # type: ignore[arg-type]
             elif section == "corpus-cold":
-                corpus.bench_corpus_cold(state, 3 if args.quick else 5, report)  # type: ignore[arg-type]
+                corpus.bench_corpus_cold(state, 2 if args.quick else 3, report)  # type: ignore[arg-type]
             elif section == "rss":
                 corpus.bench_rss(state, report)  # type: ignore[arg-type]
             elif section == "build":
-                corpus.bench_build(state, 1 if args.quick else 3, report)  # type: ignore[arg-type]
+                corpus.bench_build(state, 1 if args.quick else 2, report)  # type: ignore[arg-type]
 
         steps: dict[str, Callable[[], None]] = {
             "warm": lambda: bench_warm(inp, args.runs, report),

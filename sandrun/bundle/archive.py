@@ -257,7 +257,7 @@ def check_name(name: str) -> list[str]:
     if not name:
         return ["empty name"]
     found = []
-    if any("\ud800" <= c <= "\udfff" for c in name):
+    if not name.isascii() and any("\ud800" <= c <= "\udfff" for c in name):
         found.append("name is not valid UTF-8")
     if name.startswith("/"):
         found.append("absolute path (starts with '/')")
@@ -321,6 +321,8 @@ def check_mode(mode: int) -> list[str]:
 
 def _fold(name: str) -> str:
     """The key under which two names would collide on a case-insensitive or normalising FS."""
+    if name.isascii():  # NFC leaves ASCII as it is, and casefold() of ASCII is lower()
+        return name.lower()
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 

@@ -39,10 +39,19 @@ def pyc_name(source_name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
+# Directories whose sources get no bytecode: packages' own test suites (numpy/*/tests,
+# pandas/tests: over half of those wheels' sources), which an app does not import; one
+# that does compiles them in memory on import, as without sandrun. (`testing` and `test`
+# modules are public APIs of some packages, such as numpy.testing: compiled.)
+UNCOMPILED_DIRS = frozenset({"tests"})
+
+
 def compiles(name: str) -> bool:
     """Whether the store writes bytecode for this entry: Python sources of the app and
-    its dependencies (not sandrun's own bootstrap files under .sandrun/)."""
-    return name.endswith(".py") and not name.startswith(".sandrun/")
+    its dependencies, except sandrun's own files under .sandrun/ and test suites."""
+    if not name.endswith(".py") or name.startswith(".sandrun/"):
+        return False
+    return UNCOMPILED_DIRS.isdisjoint(name.split("/")[:-1])
 
 
 def pyc_data(source: bytes, mtime: float, size: int, dfile: str) -> bytes | None:

@@ -15,7 +15,7 @@ and the outer seccomp filter. This process then, as the app user, in this order:
   4. chdir, umask 077, Landlock: the ruleset of the plan, built here on the
      container's view of the file system, then restrict_self;
   5. the plan's seccomp filter (the compiled BPF, the authoritative one), last;
-  6. execve(python -I -B <tree>/.sandrun/bootstrap.py ARGS) with the environment
+  6. execve(python -I -B -S <tree>/.sandrun/bootstrap.py ARGS) with the environment
      built from the spec (its fixed part, the names it passes, the values it sets).
 
 Any failure exits 125 (126/127 when the interpreter cannot be run) with

@@ -23,7 +23,7 @@ Who enforces what, as in the OCI export:
   spec.marshal), started by /sandrun/start.py once that has set the profile's rlimits
   (a Pod spec has no field for them): it refuses if the runtime's half is missing, then
   MDWE, Landlock (the plan's ruleset, on the image's paths), the plan's own compiled
-  seccomp filter and execve of `python -I -B <tree>/.sandrun/bootstrap.py`.
+  seccomp filter and execve of `python -I -B -S <tree>/.sandrun/bootstrap.py`.
 
 The image is python:3.X-slim (X from the bundle's target.python) plus the bundle's tree,
 extracted here by sandrun's own strict parser from the verified bytes (a build step

@@ -17,7 +17,7 @@ Who enforces what:
   stdlib-only modules it needs and the plan as spec.marshal) does the in-process half as
   the app user: it refuses if the runtime's half is missing, then MDWE, Landlock (the
   plan's ruleset, built on the container's view), the plan's own compiled seccomp
-  filter (the authoritative one) and execve of `python -I -B <tree>/.sandrun/bootstrap.py`.
+  filter (the authoritative one) and execve of `python -I -B -S <tree>/.sandrun/bootstrap.py`.
 
 The rootfs holds no copy of the system: it is a skeleton of mount points. /usr is
 bind-mounted read-only from the host (the interpreter, its stdlib and the shared
