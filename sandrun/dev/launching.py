@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandrun.errors import ConsentError, EnforcementError
+from sandrun.launch.explain import may_access
 
 if TYPE_CHECKING:
     from sandrun.launch.launcher import ExecOptions, LaunchPlan
@@ -132,16 +133,6 @@ def app_user_ids(user: str | None, app: str) -> tuple[str, int | None, list[int]
     return name, entry.pw_uid, gids
 
 
-def _may(st: os.stat_result, uid: int | None, gids: list[int], need: int) -> bool:
-    if uid is not None and st.st_uid == uid:
-        bits = (st.st_mode >> 6) & 7
-    elif st.st_gid in gids:
-        bits = (st.st_mode >> 3) & 7
-    else:
-        bits = st.st_mode & 7
-    return bits & need == need
-
-
 def check_tree_access(root: Path, dirs: list[Path], user: str | None, app: str) -> None:
     """Refuse (EnforcementError, before anything is created) a project the app user
     could not read: every directory above `root` must be searchable by it, `root` and
@@ -186,7 +177,7 @@ def check_tree_access(root: Path, dirs: list[Path], user: str | None, app: str) 
                         except OSError:
                             continue
                         need = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
-                        if not stat.S_ISLNK(st.st_mode) and not _may(st, uid, gids, need):
+                        if not stat.S_ISLNK(st.st_mode) and not may_access(st, uid, gids, need):
                             unreadable.append(str(here / entry))
             finally:
                 os.close(top_fd)

@@ -122,13 +122,8 @@ def load(argv: list[str]) -> Any:
         return None
     finally:
         os.close(store_fd)
-    if data is None:
-        return None
-    try:
-        record = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
-        return None
-    if not isinstance(record, dict) or record.get("key") != key:
+    record = warm_exec.decode_record(data, key)
+    if record is None:
         return None
     if [expected for _path, expected in record["inputs"]] != inputs_now(record["inputs"]):
         return None

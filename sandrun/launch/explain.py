@@ -100,7 +100,8 @@ def _owner(st: os.stat_result) -> str:
     return f"{user}:{group} {stat.S_IMODE(st.st_mode):04o}"
 
 
-def _may(st: os.stat_result, uid: int | None, gids: Sequence[int], need: int) -> bool:
+def may_access(st: os.stat_result, uid: int | None, gids: Sequence[int], need: int) -> bool:
+    """Whether Unix permissions give `need` (R/W/X_OK bits) to uid/gids on `st`."""
     if uid is not None and st.st_uid == uid:
         bits = (st.st_mode >> 6) & 7
     elif st.st_gid in gids:
@@ -137,12 +138,12 @@ def permission_problem(user: str, uid: int | None, gids: Sequence[int], path: st
             st = os.stat(current)
         except OSError:
             return None
-        if not _may(st, uid, gids, os.X_OK):
+        if not may_access(st, uid, gids, os.X_OK):
             return f"{user} cannot {verb} {path}: it cannot enter {current} ({_owner(st)})"
     need = want
     if stat.S_ISDIR(target.st_mode):
         need |= os.X_OK  # list a directory, create in it: both need search too
-    if not _may(target, uid, gids, need):
+    if not may_access(target, uid, gids, need):
         return f"{user} cannot {verb} {path} ({_owner(target)})"
     if access == "read_write":
         try:

@@ -259,13 +259,8 @@ def load_record(args: ExecArgs) -> runner.RunSpec | None:
         os.close(store_fd)
 
 
-def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
-                 ) -> runner.RunSpec | None:
-    launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
-    try:
-        data = safefile.read_private(_record_name(key), dir_fd=launch)
-    finally:
-        os.close(launch)
+def decode_record(data: bytes | None, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    """A record's dict if `data` is one (marshal) and was written for `key`; else None."""
     if data is None:
         return None
     try:
@@ -273,6 +268,19 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
     except (ValueError, EOFError, TypeError):
         return None
     if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    return record
+
+
+def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
+                 ) -> runner.RunSpec | None:
+    launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
+    try:
+        data = safefile.read_private(_record_name(key), dir_fd=launch)
+    finally:
+        os.close(launch)
+    record = decode_record(data, key)
+    if record is None:
         return None
     if record["boot_id"] != _boot_id():
         return None

@@ -144,7 +144,7 @@ def world(require_root: None, require_landlock: int,
 
 def run(world: dict[str, object], *args: str, explain: bool = True,
         profile: str = "profile") -> subprocess.CompletedProcess[str]:
-    flags = ["--explain"] if explain else ["--audit-severity", "high"]  # both cold
+    flags = ["--explain"] if explain else ["--verify", "full"]  # both cold
     return run_sandrun("exec", *flags, "--store", str(world["store"]), "-p",
                        str(world[profile]), str(world["bundle"]), *args,
                        timeout=RUN_TIMEOUT)

@@ -73,7 +73,9 @@ def test_every_warm_option_has_a_slot() -> None:
     served = {o.dest for o in EXEC_OPTIONS if o.warm is not False}
     assert served == {"profile", "user", "python", "store", "trust", "verify", "verbose",
                       # operator grants (issue 13): part of the record's key
-                      "env", "env_file", "read", "rw", "bind_tcp", "connect_tcp", "workdir"}
+                      "env", "env_file", "read", "rw", "bind_tcp", "connect_tcp", "workdir",
+                      # issue 16: the audit index is a record input, db and severity in the key
+                      "audit_db", "audit_severity"}
 
 
 def test_record_key_of_a_cold_launch_is_the_warm_parse() -> None:
@@ -153,7 +155,7 @@ def test_warm_parse_is_click_parse(argv: list[str]) -> None:
 @pytest.mark.parametrize("argv", [
     ["-pweb", "app.pyz"], ["-p=web", "app.pyz"], ["-vp", "web", "app.pyz"],
     ["--dry-run=1", "app.pyz"], ["--verbose=yes", "app.pyz"], ["--verify", "quick", "app.pyz"],
-    ["--json", "app.pyz"], ["--adopt", "app.pyz"], ["--audit-severity", "low", "app.pyz"],
+    ["--json", "app.pyz"], ["--adopt", "app.pyz"], ["--audit-db", "app.pyz"],
     ["-h"], ["--help", "app.pyz"], ["-p"], ["-v"], ["--"],
 ])
 def test_warm_path_leaves_the_rest_to_click(argv: list[str]) -> None:
