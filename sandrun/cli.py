@@ -187,7 +187,9 @@ def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
             click.echo(render_plan(plan))
         return EXIT_REFUSED if plan.refusals else 0
     plan.raise_for_refusals()
-    materialise(plan, options)
+    from sandrun.cli_common import progress_printer
+
+    materialise(plan, options, progress=progress_printer(ellipsis=False))
     for notice in plan.notices:
         click.echo(f"sandrun: {notice}", err=True)
     spec = run_spec(plan)

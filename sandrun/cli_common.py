@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 
-def progress_printer() -> Callable[[str], None]:
+def progress_printer(*, ellipsis: bool = True) -> Callable[[str], None]:
     """Progress lines on a terminal (stderr), nothing otherwise."""
     if sys.stderr.isatty():
-        return lambda msg: click.echo(f"sandrun: {msg}...", err=True)
+        tail = "..." if ellipsis else ""
+        return lambda msg: click.echo(f"sandrun: {msg}{tail}", err=True)
     return lambda msg: None
 
 

@@ -44,6 +44,8 @@ from sandrun.sandbox import kernel, landlock, seccomp
 from sandrun.sandbox.status import ENFORCED, ProtectionStatus, enforcement
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sandrun.bundle.archive import StrictArchive
     from sandrun.bundle.signature import SignatureStatus
     from sandrun.config.profile import Profile
@@ -668,9 +670,11 @@ def _limit_rows(profile: Profile, privileged: bool,
     return rows
 
 
-def materialise(plan: LaunchPlan, options: ExecOptions) -> None:
+def materialise(plan: LaunchPlan, options: ExecOptions,
+                progress: Callable[[str], None] | None = None) -> None:
     """Create what decide() found missing: the user, the store tree, the state dir, the
-    owner record. Each step is idempotent; plan.notices gets one line per creation."""
+    owner record. Each step is idempotent; plan.notices gets one line per creation.
+    `progress` gets the cold install's lines (the CLI passes one on a terminal)."""
     app = plan.manifest.app_name
     if plan.privileged and not plan.user.exists:
         plan.user = resolve_user(options.user, app, create=True)
@@ -679,7 +683,8 @@ def materialise(plan: LaunchPlan, options: ExecOptions) -> None:
         plan.store.ensure_layout()
         assert plan.archive is not None  # decide() read it
         plan.tree = plan.store.install(plan.bundle_sha256, plan.archive, plan.manifest,
-                                       plan.interpreter.version, gid=plan.user.gid)
+                                       plan.interpreter.version, gid=plan.user.gid,
+                                       progress=progress)
         plan.store.check_tree(plan.tree, plan.manifest, plan.manifest_bytes, full=False,
                               gid=plan.user.gid)
         plan.store.save_tree_snapshot(plan.bundle_sha256)
