@@ -208,7 +208,7 @@ def decide(options: ExecOptions) -> LaunchPlan:
         argv=[interp.path, "-I", "-B", *_bootstrap_flags(bundle),
               str(bundle.tree / BOOTSTRAP_NAME)], args=options.args,
         base_env=base_env, env=env, cwd=cwd,
-        landlock_policy=_landlock_policy(profile, interp, bundle.tree, state, privileged),
+        landlock_policy=landlock_policy(profile, interp, bundle.tree, state, privileged),
         seccomp_policy=_seccomp_policy(profile),
         rlimits=_rlimits(profile), mdwe=profile.mdwe, signature=bundle.signature,
         trust_policy=policy,
@@ -803,8 +803,10 @@ def _audit(options: ExecOptions, manifest: Manifest) -> str:
                "start: `sandrun audit --index` builds an index that costs milliseconds"))
 
 
-def _landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
+def landlock_policy(profile: Profile, interp: Interpreter, tree: Path,
                      state: Path, privileged: bool = True) -> landlock.LandlockPolicy:
+    """The Landlock rules of a launch (also what the Kubernetes exporter builds for its
+    image's paths)."""
     A = landlock.Access
     rules: list[landlock.PathRule] = []
     exec_paths = [interp.real_path]

@@ -62,8 +62,8 @@ from sandrun.launch.launcher import (
     PRIVATE_TMP_DIRS,
     ExecOptions,
     LaunchPlan,
-    _landlock_policy,
     decide,
+    landlock_policy,
     run_spec,
 )
 from sandrun.launch.safefile import UnsafePath, dir_problem, open_trusted_dir
@@ -388,7 +388,7 @@ def plan_export(request: K8sExport) -> K8sFiles:
         # the host plan's interpreter flags (-S for a bootstrap that sets up its own site)
         argv=[interp.path, *plan.argv[1:-1], f"{tree}/{BOOTSTRAP_NAME}"], args=request.args,
         base_env=base_env, env={**base_env, **profile.env_set}, cwd=state,
-        landlock_policy=_landlock_policy(profile, interp, Path(tree), Path(state)))
+        landlock_policy=landlock_policy(profile, interp, Path(tree), Path(state)))
     spec = run_spec(image_plan)  # its Landlock ruleset is for this host's kernel:
     abi = request.landlock_abi if request.landlock_abi is not None else \
         landlock.abi_version()
