@@ -1078,9 +1078,9 @@ def write_markdown(path: Path, report: Report, args: argparse.Namespace, started
         "Wheels are cached in `~/.cache/sandrun-tests/wheels` and (the corpus) "
         "`~/.cache/sandrun-tests/corpus-wheels`, shared with the tests; pex is installed "
         "from PyPI into the work dir (bench only). The work dir is a fresh "
-        "`/var/cache/sandrun-bench-*` (removed afterwards unless `--keep`); the `bench-*` "
-        "app users it makes are removed at the end. Port 8000 must be free (httpbin); the "
-        "corpus servers take free ports.",
+        "`/var/cache/sandrun-bench-*` (removed afterwards unless `--keep`); the app users "
+        "it makes (`benchrun-*`, given with --user) are removed at the end. Port 8000 must "
+        "be free (httpbin); the corpus servers take free ports.",
         *body,
         *(["## Notes", "\n".join(f"- {n}" for n in report.notes)] if report.notes else []),
     ]) + "\n"

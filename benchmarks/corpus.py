@@ -288,8 +288,10 @@ def pip_env() -> dict[str, str]:
 
 def prepare(work: Path, sandrun: list[str], quick: bool, pex: bool,
             only: Sequence[str] = ()) -> Corpus:
-    keys = [k for k in (QUICK_APPS if quick else ONE_SHOT) if not only or k in only]
-    servers = [k for k in (QUICK_SERVERS if quick else SERVERS) if not only or k in only]
+    keys = [k for k in ONE_SHOT if k in only] if only else list(QUICK_APPS if quick
+                                                                   else ONE_SHOT)
+    servers = [k for k in SERVERS if k in only] if only else list(QUICK_SERVERS if quick
+                                                                  else SERVERS)
     corpus = Corpus(work, sandrun, [load_app(k, work) for k in keys], [], work / "corpus-store")
     by_key = {a.key: a for a in corpus.apps}
     corpus.servers = [by_key.get(k) or load_app(k, work) for k in servers]
@@ -416,13 +418,33 @@ class Row:
         return time.perf_counter() - start
 
 
-def interleave(rows: list[Row], runs: int, warmup: int) -> None:
-    for row in rows:
+OPTIONAL_ROWS = ("pex", "bwrap", "firejail", "uv")  # their failure leaves only them out
+
+
+def interleave(rows: list[Row], runs: int, warmup: int, notes: list[str] | None = None,
+               label: str = "") -> None:
+    """One run of each row per round; a failing optional row is dropped (with a note),
+    any other failure is raised."""
+    def attempt(row: Row) -> float | None:
+        try:
+            return row.once()
+        except (BenchError, subprocess.TimeoutExpired) as exc:
+            if row.name not in OPTIONAL_ROWS:
+                raise
+            rows.remove(row)
+            if notes is not None:
+                notes.append(f"{label}: {row.name} left out: {failure(exc)}")
+            return None
+
+    for row in list(rows):
         for _ in range(warmup):
-            row.once()
+            if attempt(row) is None:
+                break
     for _ in range(runs):
-        for row in rows:
-            row.times.append(row.once())
+        for row in list(rows):
+            took = attempt(row)
+            if took is not None:
+                row.times.append(took)
 
 
 def med(row: Row | None) -> float:
@@ -493,7 +515,7 @@ def bench_corpus_warm(corpus: Corpus, runs: int, report: Report) -> None:
         for row in rows:
             row.app = app
         try:
-            interleave(rows, runs, warmup=2)
+            interleave(rows, runs, 2, report.notes, f"corpus-warm {app.key}")
         except (BenchError, subprocess.TimeoutExpired) as exc:
             report.notes.append(f"corpus-warm: {app.key} failed: {failure(exc)}")
             continue
@@ -571,7 +593,7 @@ def bench_corpus_cold(corpus: Corpus, runs: int, report: Report) -> None:
         for row in rows:
             row.app = app
         try:
-            interleave(rows, runs, warmup=0)
+            interleave(rows, runs, 0, report.notes, f"corpus-cold {app.key}")
         except (BenchError, subprocess.TimeoutExpired) as exc:
             report.notes.append(f"corpus-cold: {app.key} failed: {failure(exc)}")
             continue
