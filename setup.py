@@ -1,4 +1,4 @@
-"""Build sandrun's native supervisor; everything else is declared in pyproject.toml.
+"""Build sandrun's native programs; everything else is declared in pyproject.toml.
 
 sandrun/launch/native/supervise.c becomes the executable
 sandrun/launch/native/sandrun-supervise inside the package (in place for an editable
@@ -7,9 +7,13 @@ Python interpreter (sandrun/launch/runner.py). It needs a C compiler (`cc`, or $
 Debian: `apt-get install gcc`). Without one the install still succeeds and launches
 fall back to the Python supervisor, which `sandrun exec --dry-run` reports.
 
-The `sandrun` command is not pip's console script but ENTRY_SCRIPT (BuildEntryScript):
-it starts the venv's interpreter with -I -S, without site, whose .pth import lines and
-sitecustomize cost ~2 ms of every warm start (see ENTRY_SCRIPT and entry_interpreter).
+The `sandrun` command is the native front (BuildEntryScript): sandrun/launch/native/
+front.c, sandbox.c and cgroup.c compiled into one program that serves a warm
+`sandrun exec` as root without starting Python, and execs `sandrun-py` next to it for
+everything else. `sandrun-py` is ENTRY_SCRIPT, not pip's console script: it starts the
+venv's interpreter with -I -S, without site, whose .pth import lines and sitecustomize
+cost ~2 ms of every warm start (see ENTRY_SCRIPT and entry_interpreter). Without a C
+compiler, `sandrun` is ENTRY_SCRIPT too (sandrun then starts as it always did).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from setuptools.dist import Distribution
 
 SUPERVISOR = "sandrun.launch.native.sandrun-supervise"
 SOURCES = ["sandrun/launch/native/supervise.c"]
+FRONT_SOURCES = ["sandrun/launch/native/front.c", "sandrun/launch/native/sandbox.c",
+                 "sandrun/launch/native/cgroup.c"]
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
           "-fPIE", "-pie", "-Wl,-z,relro,-z,now"]
 
@@ -177,22 +183,70 @@ def entry_script(interpreter: str) -> str:
 build_scripts = Distribution().get_command_class("build_scripts")
 
 
+def sandrun_version(source: str = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                "sandrun", "__init__.py")) -> str:
+    """sandrun.__version__ (read, not imported): the front's record key names it, and
+    must name what the Python side's key names (native_record.key_bytes)."""
+    import ast
+
+    with open(source, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets):
+            value = ast.literal_eval(node.value)
+            if isinstance(value, str) and value.isprintable() and '"' not in value and \
+                    "\\" not in value:
+                return value
+    raise RuntimeError(f"no plain __version__ string in {source}")
+
+
+def front_command(target: str, compiler: list[str] | None = None) -> list[str]:
+    """The compiler command that builds the native front into `target`."""
+    if compiler is None:
+        compiler = shlex.split(os.environ.get("CC", "cc"))
+    return [*compiler, *CFLAGS, f'-DSANDRUN_VERSION="{sandrun_version()}"', "-o", target,
+            *FRONT_SOURCES]
+
+
 class BuildEntryScript(build_scripts):  # type: ignore[misc,valid-type]
-    """Write ENTRY_SCRIPT as the `sandrun` script (`scripts` below only names it)."""
+    """Write `sandrun` (the native front, or ENTRY_SCRIPT without a compiler) and
+    `sandrun-py` (ENTRY_SCRIPT) into the build dir (`scripts` below only names them)."""
 
     def run(self) -> None:
         self.mkpath(self.build_dir)
-        target = os.path.join(self.build_dir, "sandrun")
         text = entry_script(entry_interpreter())
-        if not self.dry_run:
+        if self.dry_run:
+            return
+        for name in ("sandrun-py", "sandrun"):
+            target = os.path.join(self.build_dir, name)
+            if os.path.lexists(target):
+                os.remove(target)  # a front built before must not survive a failed build
+            if name == "sandrun" and self.build_front(target):
+                continue
             with open(target, "w", encoding="utf-8") as f:
                 f.write(text)
             os.chmod(target, 0o755)
 
+    def build_front(self, target: str) -> bool:
+        """Compile the native front into `target`; False (and a warning) without it."""
+        try:
+            subprocess.run(front_command(target), check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            # Not fatal: `sandrun` is then the Python entry script, as before the front.
+            self.warn(f"cannot build the native front {target} ({exc}): `sandrun` will be "
+                      "the Python entry script (every start runs Python); install gcc and "
+                      "reinstall")
+            if os.path.lexists(target):
+                os.remove(target)
+            return False
+        os.chmod(target, 0o755)
+        return True
+
     def get_source_files(self) -> list[str]:
-        return []  # generated: nothing for the sdist
+        return []  # generated: nothing for the sdist (MANIFEST.in names the C sources)
 
 
 if __name__ == "__main__":  # how setuptools runs it; tests import entry_script
-    setup(ext_modules=[Extension(SUPERVISOR, SOURCES)], scripts=["sandrun"],
+    setup(ext_modules=[Extension(SUPERVISOR, SOURCES)], scripts=["sandrun", "sandrun-py"],
           cmdclass={"build_ext": BuildNative, "build_scripts": BuildEntryScript})

@@ -1,5 +1,10 @@
 """The `sandrun` command (setup.py's entry script and `python -m sandrun`).
 
+The installed `sandrun` is the native front (native/front.c) when a C compiler was there
+at install; it execs this through `sandrun-py` (the entry script) for everything it
+does not serve itself, with its own argv. The program is `sandrun` either way (cli.main
+names it so for click, whatever argv[0] is).
+
 `sandrun exec` first tries the warm path (warm_exec), which imports neither click nor
 the cold launch path; a plain `sandrun dev` first tries its quick path (dev.quick: the
 warm launch its last run recorded). Everything else, and every launch those decline (an
@@ -27,9 +32,12 @@ def main(argv: list[str] | None = None, *, site_pending: bool = False) -> None:
     _check_install(args)
     parsed = None
     if args[:1] == ["exec"]:
-        from sandrun.launch.warm_exec import parse_exec_args
+        from sandrun.launch import warm_exec
 
-        parsed = parse_exec_args(args[1:])
+        warm_exec.INVOKED = args[1:]  # the native front's record names these words
+        warm_exec.FRONT_FELL_BACK = argv is None and \
+            sys.argv[0].rsplit("/", 1)[-1] == "sandrun-py"
+        parsed = warm_exec.parse_exec_args(args[1:])
     elif args[:1] == ["dev"]:
         parsed = _quick_dev_args(args[1:])
     if parsed is not None:

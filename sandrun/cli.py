@@ -94,9 +94,11 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     from sandrun.sandbox.report import versions
 
     click.echo(f"sandrun {__version__}")
+    from sandrun.launch.native_record import front_status
     from sandrun.launch.runner import supervisor_status
 
-    for name, text in [*versions(), ("supervisor", supervisor_status()[1])]:
+    for name, text in [*versions(), ("front", front_status()[1]),
+                       ("supervisor", supervisor_status()[1])]:
         click.echo(f"{name + ':':<12} {text}")
     ctx.exit(0)
 
@@ -202,12 +204,16 @@ def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
         session.start()
     started = time.monotonic()
     try:
-        code = runner.launch(spec, plan.args)
+        # Without --explain nothing is left to do after the app: the native supervisor
+        # replaces this process (no Python stays resident as root) and says how a
+        # failed run ended. --explain keeps it: the capture must be stopped.
+        code = runner.launch(spec, plan.args, handoff=session is None)
     finally:
         if session is not None:
             session.stop()  # restores the audit setting, also when the launch failed
-    # 130/143: the app ended by the SIGINT/SIGTERM sandrun forwarded to it (a service
-    # being stopped), not by a failure worth explaining.
+    # Here without the native supervisor, or with --explain. 130/143: the app ended by
+    # the SIGINT/SIGTERM sandrun forwarded to it (a service being stopped), not by a
+    # failure worth explaining.
     if (code != 0 and code not in (130, 143)) or session is not None:
         from sandrun.launch.explain import explanation
 

@@ -55,6 +55,22 @@ def sandrun_argv(*args: str) -> list[str]:
     return [sys.executable, "-P", "-m", "sandrun", *args]
 
 
+FRONT = Path(sys.prefix) / "bin" / "sandrun"  # the installed command (setup.py)
+
+
+def front_argv(*args: str) -> list[str]:
+    """The command line of `sandrun ARGS` through this venv's native front (the C
+    program setup.py builds as bin/sandrun). Skips, or fails under CI=true, when
+    bin/sandrun is not the front (installed without a C compiler, or not reinstalled)."""
+    try:
+        with FRONT.open("rb") as f:
+            native = f.read(4) == b"\x7fELF"
+    except OSError:
+        native = False
+    need(native, f"{FRONT} is not the native front (reinstall: pip install -e . with gcc)")
+    return [str(FRONT), *args]
+
+
 def run_sandrun(*args: str, env: Mapping[str, str | None] | None = None,
                 timeout: float = 120, cwd: str | Path | None = None,
                 input: str | None = None, clear_env: bool = False,

@@ -67,7 +67,7 @@ def launch(options: ExecOptions, *, explain: bool = False, notice: Notice = _qui
     if try_warm and not explain and warm_possible(options):
         from sandrun.launch.warm_exec import ExecArgs, try_warm_exec
 
-        code = try_warm_exec(ExecArgs.for_options(options))
+        code = try_warm_exec(ExecArgs.for_options(options), explain_failure=False)
         if code is not None:
             return Outcome(code, True, time.monotonic() - started)
     from sandrun.launch import runner

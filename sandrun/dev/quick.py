@@ -139,4 +139,4 @@ def try_quick_dev(argv: list[str]) -> int | None:
     exec_args = load(argv)
     if exec_args is None:
         return None
-    return warm_exec.try_warm_exec(exec_args)
+    return warm_exec.try_warm_exec(exec_args, explain_failure=False)

@@ -10,7 +10,11 @@ because it changes the host while it lasts: audit is enabled (records are printe
 the kernel log, processes forked meanwhile keep an audit context), and seccomp's log
 flag would log glibc's clone3 probe on every thread the app starts.
 
-Cold path only (the CLI imports this lazily): the warm path never explains.
+The cold path imports this lazily. A launch that hands off to the native supervisor
+(the warm path, and the cold one without --explain) is explained after it ends by that
+supervisor (native/supervise.c), from texts kept byte for byte as `exit_lines` and
+`failure_notes` make them (tests/launch/test_supervisor.py compares them): the exit
+line, `ADVICE`, then the notes the launch carries (RunSpec.failure_notes).
 """
 
 from __future__ import annotations
@@ -492,6 +496,22 @@ def denials(result: audit_log.CaptureResult, plan: LaunchPlan) -> tuple[dict[Den
 # ---------------------------------------------------------------- the explanation
 
 
+# Appended to the exit line of a failed run explained without a capture.
+ADVICE = ("; to list what the sandbox denied during the run, run it again with "
+          "`sandrun exec --explain`")
+PERMISSION_NOTE = " (Unix permissions: no sandbox record shows this)"
+
+
+def failure_notes(plan: LaunchPlan) -> list[str]:
+    """What is said after the exit line of any failed run of `plan` (capture or not):
+    the grants the app user's Unix permissions defeat (a privileged launch only). Part
+    of the RunSpec (launcher.run_spec), so that the native supervisor says it too."""
+    if not plan.privileged:
+        return []
+    return [f"{problem}{PERMISSION_NOTE}"
+            for problem in permission_problems(plan.profile, plan.user)]
+
+
 def exit_lines(code: int, plan: LaunchPlan, started: float) -> list[str]:
     """How the app ended (`code` as runner.launch returns it: 128+N when killed)."""
     if code == 0:
@@ -559,11 +579,8 @@ def explanation(plan: LaunchPlan, code: int, session: ExplainSession | None,
         return []
     lines = exit_lines(code, plan, started)
     if session is None:
-        lines[-1] += ("; to list what the sandbox denied during the run, run it again "
-                      "with `sandrun exec --explain`")
-    if plan.privileged:
-        lines += [f"{problem} (Unix permissions: no sandbox record shows this)"
-                  for problem in permission_problems(plan.profile, plan.user)]
+        lines[-1] += ADVICE
+    lines += failure_notes(plan)
     if session is None:
         return lines
     if session.result is None:

@@ -1062,7 +1062,11 @@ def plan_to_json(plan: LaunchPlan) -> dict[str, object]:
 
 
 def run_spec(plan: LaunchPlan) -> runner.RunSpec:
-    """The plan as plain data for runner.launch (and the warm-start cache)."""
+    """The plan as plain data for runner.launch (and the warm-start cache). Once the app
+    user exists (after materialise): its Unix permissions are checked for the notes said
+    after a failed run (explain.failure_notes)."""
+    from sandrun.launch.explain import failure_notes
+
     return runner.RunSpec(
         privileged=plan.privileged, uid=plan.user.uid, gid=plan.user.gid,
         user_name=plan.user.name, interpreter=plan.interpreter.path, argv=list(plan.argv),
@@ -1074,7 +1078,7 @@ def run_spec(plan: LaunchPlan) -> runner.RunSpec:
         writable=_writable(plan), hostname=f"sandrun-{plan.manifest.app_name}"[:64],
         tmp_size=plan.profile.limits.get("memory") or 0,
         limits=cgroup_limits(plan.profile) if plan.privileged else {},
-        app_name=plan.manifest.app_name)
+        app_name=plan.manifest.app_name, failure_notes=failure_notes(plan))
 
 
 def _writable(plan: LaunchPlan) -> list[str]:
@@ -1129,6 +1133,12 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
     with contextlib.suppress(SandrunError, UnsafePath, OSError):
         warm_exec.write_record(plan.store.dir_fd(), key, inputs, str(plan.tree), spec,
                                not_after)
+    # The same for the native front (`sandrun` as a C program), keyed by this process's
+    # `exec` words when the warm path would serve them with the record just written.
+    from sandrun.launch import native_record
+
+    with contextlib.suppress(SandrunError, UnsafePath, OSError):
+        native_record.save(plan.store.dir_fd(), key, inputs, str(plan.tree), spec, not_after)
 
 
 def launch(plan: LaunchPlan) -> int:

@@ -12,9 +12,10 @@ when it is asked for.
 
 What stays resident while the app runs is the native supervisor (native/supervise.c,
 built at install time): the namespace's init execs it once it forked the app, and
-the launcher too when its caller has nothing left to do (`launch(handoff=True)`, the
-warm path). It does what `_supervise`, `_read_report` and `Cgroup.remove` do here,
-which remain the fallback when the binary is missing (`supervisor_status`).
+the launcher too when its caller has nothing left to do (`launch(handoff=True)`: the
+warm path, and the cold one without --explain). It does what `_supervise`,
+`_read_report` and `Cgroup.remove` do here, which remain the fallback when the binary
+is missing (`supervisor_status`), and says how a failed run ended (explain.py's texts).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import _signal
 import errno
 import os
 import stat
+import sys
 
 from sandrun.errors import (
     EXIT_CANNOT_EXECUTE,
@@ -121,12 +123,14 @@ class RunSpec:
     this filter (`notify.observe_filter`) instead of `seccomp_bpf` and hands its
     notification listener to the launcher, whose `observer` answers every notification.
     `app_name` names the launch's resident processes (`sandrun: <app>`).
+    `failure_notes`: the lines said after the exit line of a failed run
+    (explain.failure_notes), by the native supervisor when the launch hands off.
     """
 
-    __slots__ = ("app_name", "argv", "cwd", "env", "env_pass", "env_set", "gid", "hostname",
-                 "interpreter", "landlock", "limits", "mdwe", "notify_bpf", "privileged",
-                 "rlimits", "seccomp_bpf", "state_dir", "tmp_size", "uid", "user_name",
-                 "writable")
+    __slots__ = ("app_name", "argv", "cwd", "env", "env_pass", "env_set", "failure_notes",
+                 "gid", "hostname", "interpreter", "landlock", "limits", "mdwe",
+                 "notify_bpf", "privileged", "rlimits", "seccomp_bpf", "state_dir",
+                 "tmp_size", "uid", "user_name", "writable")
 
     def __init__(self, *, privileged: bool, uid: int, gid: int, user_name: str,
                  interpreter: str, argv: list[str], env: dict[str, str],
@@ -135,7 +139,8 @@ class RunSpec:
                  landlock: dict[str, Any] | None, seccomp_bpf: bytes,
                  writable: list[str] | None = None, hostname: str = "sandrun",
                  tmp_size: int = 0, limits: dict[str, Any] | None = None,
-                 notify_bpf: bytes = b"", app_name: str = "") -> None:
+                 notify_bpf: bytes = b"", app_name: str = "",
+                 failure_notes: list[str] | None = None) -> None:
         self.privileged = privileged
         self.uid = uid
         self.gid = gid
@@ -157,6 +162,7 @@ class RunSpec:
         self.limits = {} if limits is None else limits
         self.notify_bpf = notify_bpf
         self.app_name = app_name
+        self.failure_notes = [] if failure_notes is None else failure_notes
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -179,14 +185,17 @@ class RunSpec:
 
 
 def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = (), observer: Any = None,
-           *, handoff: bool = False) -> int:
+           *, handoff: bool = False, explain_failure: bool = True) -> int:
     """Fork, sandbox the child, exec the app; return its exit code (128+N if killed).
 
-    `handoff` (for a caller with nothing left to do after the app, as the warm path):
-    once the app is on its way, this process execs the native supervisor
-    (`supervisor_path`), which waits, cleans up and exits with the app's code exactly
-    as this function would return it, so no Python interpreter stays resident as root
-    next to the app; then this never returns. Without the binary: as without handoff.
+    `handoff` (for a caller with nothing left to do after the app, as the warm path and
+    the cold one without --explain): once the app is on its way, this process execs the
+    native supervisor (`SUPERVISOR`), which waits, cleans up and exits with the app's
+    code exactly as this function would return it, so no Python interpreter stays
+    resident as root next to the app; then this never returns. With `explain_failure`,
+    it also says how a failed run ended, as explain.explanation does without a capture
+    (the exit line, the advice to rerun with --explain, `spec.failure_notes`). Without
+    the binary: as without handoff (the caller explains, if it does).
 
     With `spec.notify_bpf` (observe mode), `observer` (a `notify.Supervisor`) answers
     the app's notifications: `observer.start(fd)` gets the socket on which the app will
@@ -205,7 +214,7 @@ def launch(spec: RunSpec, args: tuple[str, ...] | list[str] = (), observer: Any 
             raise EnforcementError("an observing launch needs an observer",
                                    "pass a notify.Supervisor (a sandrun bug)")
         return _observed_launch(spec, args, observer)
-    return _launch(spec, args, [], handoff)
+    return _launch(spec, args, [], handoff, explain_failure)
 
 
 def _observed_launch(spec: RunSpec, args: tuple[str, ...] | list[str], observer: Any) -> int:
@@ -229,7 +238,7 @@ def _observed_launch(spec: RunSpec, args: tuple[str, ...] | list[str], observer:
 
 
 def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int],
-            handoff: bool = False) -> int:
+            handoff: bool = False, explain_failure: bool = False) -> int:
     # First, before any fd or signal mask that a failure here would leave behind. Both
     # affect only the children forked below.
     if spec.privileged:
@@ -246,7 +255,7 @@ def _launch(spec: RunSpec, args: tuple[str, ...] | list[str], fds: list[int],
         group = cgroup.create(_cgroup_name(spec.user_name), spec.limits)
     try:
         status = _fork_and_wait(spec, [*spec.argv, *args], spec.environment(os.environ), group,
-                                fds, handoff)
+                                fds, handoff, explain_failure)
     except BaseException:
         if group is not None:
             try:
@@ -267,7 +276,8 @@ def _cgroup_name(user_name: str) -> str:
 
 
 def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: Any,
-                   fds: list[int], handoff: bool = False) -> int:
+                   fds: list[int], handoff: bool = False, explain_failure: bool = False
+                   ) -> int:
     """`fds` are closed (and removed) on the way out, whatever happens; in observe mode it
     holds the socket where the app sends its listener (the child's only). The launch
     cgroup (`group`) is made before the fork: made after it, while the child sets up its
@@ -297,6 +307,8 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
         try:
             child = _Child(spec, argv, env, ruleset_fd, err_w, cap_last, notify_w,
                            helper_fd, listen_fds)
+            if handoff:  # the exec would lose what the caller printed and did not flush
+                _flush_std()
             pid = os.fork()
             if pid == 0:
                 code = EXIT_REFUSED
@@ -341,7 +353,8 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
             except BrokenPipeError:
                 pass  # the child failed before its go: its report says why
             if handoff and helper_fd >= 0:
-                _exec_supervisor(helper_fd, spec, pid, err_r, go_w, group)  # or returns
+                _exec_supervisor(helper_fd, spec, pid, err_r, go_w, group,
+                                 explain_failure)  # or returns
             status = _supervise(pid, kill_leftovers=not spec.privileged)
         finally:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
@@ -359,6 +372,15 @@ def _fork_and_wait(spec: RunSpec, argv: list[str], env: dict[str, str], group: A
                                f"{report['message']}", report.get("hint", ""),
                                exit_code=report.get("exit", EXIT_REFUSED))
     return status
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # closed: nothing to lose
 
 
 def _die_with_launcher(go_w: int) -> None:
@@ -440,8 +462,9 @@ def _title(spec: RunSpec) -> str:
 
 
 def _exec_supervisor(helper_fd: int, spec: RunSpec, child: int, err_r: int, go_w: int,
-                     group: Any) -> None:
-    """Become the native supervisor (never returns), or return if the exec failed."""
+                     group: Any, explain_failure: bool = False) -> None:
+    """Become the native supervisor (never returns), or return if the exec failed.
+    `explain_failure`: it says how a failed run ended ("-- UID NOTE...")."""
     try:
         nodes = group.handoff() if group is not None else []
     except EnforcementError:
@@ -452,6 +475,8 @@ def _exec_supervisor(helper_fd: int, spec: RunSpec, child: int, err_r: int, go_w
     argv = [title, "launcher", title, str(child), str(err_r), str(go_w),
             "0" if spec.privileged else "1", group.name if group is not None else "-",
             *nodes]
+    if explain_failure:
+        argv += ["--", str(spec.uid), *spec.failure_notes]
     try:
         os.execve(helper_fd, argv, {})
     except OSError:

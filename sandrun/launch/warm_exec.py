@@ -36,7 +36,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm sta
 if TYPE_CHECKING:
     from typing import Any
 
-RECORD_FORMAT = 6
+RECORD_FORMAT = 7
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
 SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
 TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>
@@ -46,6 +46,14 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # Files whose change can change what the cold path decides about users and groups.
 USER_DATABASE = ("/etc/passwd", "/etc/group")
 DEFAULT_STORE = "/var/lib/sandrun"
+# The words after `exec` of the command line that started this process (set by
+# sandrun.__main__.main), for the cold path's native record (native_record.py): its
+# key names the words themselves. None: not started as `sandrun exec` (tests, dev).
+INVOKED: list[str] | None = None
+# Whether this process is the Python entry script the native front falls back to
+# (bin/sandrun-py, set by sandrun.__main__.main): a warm start served here then means
+# the front found no usable native record, so this one writes it (_renew_native_record).
+FRONT_FELL_BACK = False
 
 Identity = tuple[int, int, int, int, int, int, int, int] | None
 
@@ -150,6 +158,24 @@ def parse_exec_args(argv: list[str]) -> ExecArgs | None:
     None for anything the warm path leaves to it: help, an unknown option (click reports
     it), a cold-only option or value (dry run, full verification, audits, ...), an
     unusual spelling (-pNAME, -vp, -p=NAME), a missing value or bundle."""
+    scanned = _scan_exec_args(argv)
+    return None if scanned is None else scanned[0]
+
+
+def split_exec_words(argv: list[str]) -> tuple[list[str], list[str]] | None:
+    """(the words up to and including the bundle, the app's arguments) of `exec` words
+    the warm path serves (parse_exec_args' rules), else None. The first part is what
+    the native front's record key names (native/front.h); a leading "--" of the app's
+    arguments is dropped, as the cold path drops it."""
+    scanned = _scan_exec_args(argv)
+    if scanned is None:
+        return None
+    parsed, bundle_at = scanned
+    return argv[:bundle_at + 1], parsed.args
+
+
+def _scan_exec_args(argv: list[str]) -> tuple[ExecArgs, int] | None:
+    """parse_exec_args, and where the bundle word is in argv."""
     parsed = ExecArgs()
     i = 0
     while i < len(argv):
@@ -186,7 +212,7 @@ def parse_exec_args(argv: list[str]) -> ExecArgs | None:
     parsed.args = argv[i + 1:]
     if parsed.args[:1] == ["--"]:  # `sandrun exec BUNDLE -- ARGS`: as the cold path
         parsed.args = parsed.args[1:]
-    return parsed
+    return parsed, i
 
 
 def _profile_key(profile: str | None) -> str | None:
@@ -244,15 +270,16 @@ def open_store(store_root: str) -> int | None:
     return fd
 
 
-def load_record(args: ExecArgs) -> runner.RunSpec | None:
-    """The cached RunSpec for these options, if every input is unchanged; else None."""
+def load_record(args: ExecArgs, found: list[Any] | None = None) -> runner.RunSpec | None:
+    """The cached RunSpec for these options, if every input is unchanged; else None.
+    `found` (a list) gets the record's dict appended when one is used."""
     store_root = args.store or default_store_root()
     key = record_key(args, store_root)
     store_fd = open_store(store_root)
     if store_fd is None:
         return None
     try:
-        return _load_record(store_fd, os.path.abspath(store_root), key)
+        return _load_record(store_fd, os.path.abspath(store_root), key, found)
     except (safefile.UnsafePath, OSError):
         return None
     finally:
@@ -272,14 +299,9 @@ def decode_record(data: bytes | None, key: tuple[Any, ...]) -> dict[str, Any] | 
     return record
 
 
-def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
-                 ) -> runner.RunSpec | None:
-    launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
-    try:
-        data = safefile.read_private(_record_name(key), dir_fd=launch)
-    finally:
-        os.close(launch)
-    record = decode_record(data, key)
+def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...],
+                 found: list[Any] | None = None) -> runner.RunSpec | None:
+    record = decode_record(read_launch_file(store_fd, _record_name(key)), key)
     if record is None:
         return None
     if record["boot_id"] != _boot_id():
@@ -306,6 +328,8 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...]
     if not stat.S_ISDIR(state.st_mode) or state.st_uid != spec.uid or \
             stat.S_IMODE(state.st_mode) != 0o700:
         return None
+    if found is not None:
+        found.append(record)
     return spec
 
 
@@ -315,18 +339,14 @@ def write_record(store_fd: int, key: tuple[Any, ...], inputs: list[Any], tree: s
     `not_after` (epoch seconds): when the decision expires by itself (a trust window)."""
     record = {"key": key, "boot_id": _boot_id(), "inputs": inputs, "tree": tree,
               "spec": spec.to_dict(), "not_after": not_after}
-    _write_record(store_fd, _record_name(key), marshal.dumps(record))
+    write_launch_file(store_fd, _record_name(key), marshal.dumps(record))
 
 
 def snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
     """Whether the tree is exactly (names, modes, owners, sizes, inodes, ctimes) as it
     was when last fully verified."""
     try:
-        launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
-        try:
-            data = safefile.read_private(bundle_sha256 + SNAPSHOT_SUFFIX, dir_fd=launch)
-        finally:
-            os.close(launch)
+        data = read_launch_file(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX)
         if data is None:
             return False
         top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
@@ -347,7 +367,7 @@ def save_snapshot(store_fd: int, bundle_sha256: str) -> None:
             data = marshal.dumps(tree_snapshot(top))
         finally:
             os.close(top)
-        _write_record(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX, data)
+        write_launch_file(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX, data)
     except (safefile.UnsafePath, OSError):
         pass
 
@@ -373,7 +393,17 @@ def save_tree_snapshot(store_root: str, tree: str) -> None:
             os.close(store_fd)
 
 
-def _write_record(store_fd: int, name: str, data: bytes) -> None:
+def read_launch_file(store_fd: int, name: str) -> bytes | None:
+    """A record or snapshot in the launch/ dir if it is a private file of ours
+    (safefile.read_private), else None; raises OSError or UnsafePath."""
+    launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd)
+    try:
+        return safefile.read_private(name, dir_fd=launch)
+    finally:
+        os.close(launch)
+
+
+def write_launch_file(store_fd: int, name: str, data: bytes) -> None:
     """0600 in the 0700 launch/ dir, atomically; raises OSError or UnsafePath."""
     launch = safefile.open_private_dir(RECORD_DIR, dir_fd=store_fd, create=True)
     try:
@@ -382,11 +412,39 @@ def _write_record(store_fd: int, name: str, data: bytes) -> None:
         os.close(launch)
 
 
-def try_warm_exec(args: ExecArgs) -> int | None:
+def try_warm_exec(args: ExecArgs, *, explain_failure: bool = True) -> int | None:
     """Launch from a valid record (args from parse_exec_args) and return the app's exit
     code; None: take the cold path. SandrunError from the launch itself propagates (same
-    as the cold path)."""
-    spec = load_record(args)
+    as the cold path). `explain_failure`: the supervisor says how a failed run ended and
+    how to see why (`sandrun exec --explain`), as the cold path does."""
+    found: list[Any] = []
+    spec = load_record(args, found)
     if spec is None:
         return None
-    return runner.launch(spec, args.args, handoff=True)  # nothing to do after the app
+    if FRONT_FELL_BACK and INVOKED is not None and os.geteuid() == 0 and spec.privileged:
+        _renew_native_record(args, found[0], spec)
+    # nothing to do after the app
+    return runner.launch(spec, args.args, handoff=True, explain_failure=explain_failure)
+
+
+def _renew_native_record(args: ExecArgs, record: dict[str, Any], spec: runner.RunSpec
+                         ) -> None:
+    """The native front took no record for these words (none yet: written by an older
+    sandrun, or for another spelling; or its own checks differ, e.g. sandrun now runs in
+    another cgroup), so this Python warm start happens: write the native record from the
+    checked Python one, so the next start is the front's again. Best effort, and only on
+    this fallback path: the native front itself never pays for it."""
+    from sandrun.errors import SandrunError
+    from sandrun.launch import native_record
+
+    store_root = args.store or default_store_root()
+    store_fd = open_store(store_root)
+    if store_fd is None:
+        return
+    try:
+        native_record.save(store_fd, record["key"], record["inputs"], record["tree"], spec,
+                           record.get("not_after"))
+    except (SandrunError, safefile.UnsafePath, OSError, ValueError, KeyError):
+        pass
+    finally:
+        os.close(store_fd)

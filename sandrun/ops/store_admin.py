@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sandrun.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from sandrun.errors import SandrunError, StoreError, UsageError
-from sandrun.launch import consent
+from sandrun.launch import consent, native_record
 from sandrun.launch.store import Store
 from sandrun.launch.warm_exec import SNAPSHOT_SUFFIX
 
@@ -67,13 +67,10 @@ def _running(tree: str) -> list[int]:
 def installed(store: Store) -> list[TreeInfo]:
     """Every installed tree, newest first within each app, apps by name."""
     used: dict[str, float] = {}
-    for _name, mtime, data in store.launch_records():
-        try:
-            record = marshal.loads(data)
-            tree = os.path.basename(str(record["tree"]))
-        except (ValueError, EOFError, TypeError, KeyError):
-            continue
-        used[tree] = max(used.get(tree, 0.0), mtime)
+    for name, mtime, data in store.launch_records():
+        tree = _record_tree(name, data)
+        if tree is not None:
+            used[tree] = max(used.get(tree, 0.0), mtime)
     infos = []
     for sha in store.tree_names():
         manifest_bytes = store.read_tree_file(sha, MANIFEST_NAME)
@@ -146,15 +143,22 @@ def run_gc(store: Store, plan: GcPlan) -> GcPlan:
     return plan
 
 
+def _record_tree(name: str, data: bytes) -> str | None:
+    """The tree (sha256) a launch record names: a Python warm record (marshal) or a
+    native one (native_record); None when it is neither."""
+    if name.endswith(native_record.SUFFIX):
+        return native_record.tree_of(data)
+    try:
+        return os.path.basename(str(marshal.loads(data)["tree"]))
+    except (ValueError, EOFError, TypeError, KeyError):
+        return None
+
+
 def _remove_stale_records(store: Store, present: set[str]) -> list[str]:
     stale = set()
     for name, _mtime, data in store.launch_records():
-        try:
-            tree = os.path.basename(str(marshal.loads(data)["tree"]))
-        except (ValueError, EOFError, TypeError, KeyError):
-            stale.add(name)
-            continue
-        if tree not in present:
+        tree = _record_tree(name, data)
+        if tree is None or tree not in present:
             stale.add(name)
     return store.remove_launch_files(
         lambda n: n in stale or (n.endswith(SNAPSHOT_SUFFIX)

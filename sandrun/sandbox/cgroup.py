@@ -486,6 +486,63 @@ def plan(limits: dict[str, Any], layout: Layout | None = None) -> list[tuple[str
     return rows
 
 
+# Files _settings writes only where the kernel offers them (the C front checks each in the
+# launch dir it made: "+F" only if F exists there, "-F" only if it does not).
+_OPTIONAL_FILES = frozenset(("memory.swap.max", "memory.oom.group",
+                             "memory.memsw.limit_in_bytes"))
+
+
+def native_plan(limits: dict[str, Any], layout: Layout | None = None
+                ) -> tuple[str, list[dict[str, Any]]]:
+    """What create() would make for `limits`, as data for the native front's record
+    (native/front.h: the cgroup plan), creating nothing: our /proc/self/cgroup text (the
+    plan holds only while it is the same) and per node, in create()'s order, {"version",
+    "dir", "dev": (major, minor), "delegate": v2 controllers to enable, space-separated,
+    "required", "settings": [(file, value, required, when)]}, the v2 tracking node last
+    when create() adds one. A required limit that cannot be enforced raises
+    EnforcementError, as create() does."""
+    values, required = _normalize(limits)
+    own = _read_path("/proc/self/cgroup")
+    layout = discover() if layout is None else layout
+    survey = _Survey(layout, {CONTROLLER[n] for n in values})
+    try:
+        decisions = survey.decide(values, required)
+    finally:
+        survey.close()
+    refused = [d for d in decisions if d.required and d.hierarchy is None]
+    if refused:
+        raise _refusal(refused)
+    groups: dict[int, list[_Decision]] = {}  # as _build groups them
+    for decision in decisions:
+        if decision.hierarchy is not None:
+            groups.setdefault(id(decision.hierarchy), []).append(decision)
+    nodes = []
+    for group in groups.values():
+        hierarchy = group[0].hierarchy
+        assert hierarchy is not None
+        controllers = {CONTROLLER[d.name] for d in group} if hierarchy.version == 2 else set()
+        settings = []
+        for decision in group:
+            assert decision.value is not None
+            for file, value in _settings(hierarchy.version, decision.name, decision.value, -1):
+                settings.append((file, value, decision.required,
+                                 "+" + file if file in _OPTIONAL_FILES else ""))
+            if hierarchy.version == 1 and decision.name == "memory":  # _settings' else
+                settings.append(("memory.swappiness", "0", decision.required,
+                                 "-memory.memsw.limit_in_bytes"))
+        nodes.append(_native_node(hierarchy, " ".join(sorted(controllers)),
+                                  any(d.required for d in group), settings))
+    if nodes and layout.v2 is not None and not any(n["version"] == 2 for n in nodes):
+        nodes.append(_native_node(layout.v2, "", False, []))  # best effort, as in _build
+    return own, nodes
+
+
+def _native_node(hierarchy: Hierarchy, delegate: str, required: bool,
+                 settings: list[tuple[str, str, bool, str]]) -> dict[str, Any]:
+    return {"version": hierarchy.version, "dir": hierarchy.dir, "dev": hierarchy.dev,
+            "delegate": delegate, "required": required, "settings": settings}
+
+
 # ---------------------------------------------------------------- acting
 
 

@@ -16,6 +16,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,21 +219,39 @@ def test_the_venv_interpreter_only_where_root_alone_can_write(root_only: Path,
                   "/usr") == "python"
 
 
-@pytest.mark.network  # pip fetches the build backend (setuptools) for its isolated build
-def test_pip_installs_the_script_regular_and_editable(root_only: Path) -> None:
-    """What the README and CI run (sandrun's dependencies come from this venv)."""
-    source = root_only / "src"
+def copy_source(source: Path) -> None:
+    """What an sdist of this checkout holds, at `source` (no build products)."""
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard",
-                            "--", "setup.py", "pyproject.toml", "README.md", "sandrun"],
+                            "--", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md",
+                            "sandrun"],
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if os.path.isfile(ROOT / name) and "/native/sandrun-supervise" not in name:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
+
+
+def is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def have_compiler() -> bool:
+    return shutil.which(os.environ.get("CC", "cc").split()[0]) is not None
+
+
+@pytest.mark.network  # pip fetches the build backend (setuptools) for its isolated build
+def test_pip_installs_the_script_regular_and_editable(root_only: Path) -> None:
+    """What the README and CI run (sandrun's dependencies come from this venv): the
+    native front as `sandrun`, the entry script as `sandrun-py`."""
+    need(have_compiler(), "no C compiler: the front cannot be built")
+    source = root_only / "src"
+    copy_source(source)
     venv = root_only / "venv"
     shutil.rmtree(venv)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python, script = venv / "bin" / "python", venv / "bin" / "sandrun"
+    python, script = venv / "bin" / "python", venv / "bin" / "sandrun-py"
+    front = venv / "bin" / "sandrun"
     site_packages = venv / "lib" / VERSION / "site-packages"
     (site_packages / "zz-dependencies.pth").write_text(
         f"import sys; sys.path.append({DEPENDENCIES!r})\n")
@@ -251,6 +270,59 @@ def test_pip_installs_the_script_regular_and_editable(root_only: Path) -> None:
         where = "src" if editable else "site-packages"
         assert f"{source if editable else site_packages}/sandrun/launch/native" in \
             proc.stdout, where
+        assert f"front:       Python only: {front} is the Python entry script" not in \
+            proc.stdout
+        assert is_elf(front), where
+        proc = run([front, "-V"])  # the front execs sandrun-py next to it
+        assert proc.returncode == 0, proc.stderr
+        assert f"front:       native ({front})" in proc.stdout.splitlines(), where
+        for program in (front, script):  # click names the program `sandrun` either way
+            assert run([program, "--help"]).stdout.startswith("Usage: sandrun [OPTIONS]")
+
+
+def build_scripts(source: Path, into: Path, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_scripts", "--build-dir",
+                           str(into)], cwd=source, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_front_and_the_entry_script_are_built(tmp_path: Path) -> None:
+    """setup.py's build_scripts: `sandrun` is the native front (with a compiler, without
+    a warning), `sandrun-py` the entry script; without a compiler both are the script."""
+    need(have_compiler(), "no C compiler: the front cannot be built")
+    source = tmp_path / "src"
+    copy_source(source)
+    proc = build_scripts(source, tmp_path / "native")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning:" not in proc.stderr and "cannot build" not in proc.stderr, proc.stderr
+    front, script = tmp_path / "native" / "sandrun", tmp_path / "native" / "sandrun-py"
+    assert is_elf(front) and front.stat().st_mode & 0o777 == 0o755
+    assert script.read_text().startswith("#!") and "sandrun.__main__" in script.read_text()
+    assert script.stat().st_mode & 0o777 == 0o755
+    proc = build_scripts(source, tmp_path / "native", env={"CC": "false"})
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot build the native front" in proc.stderr
+    assert front.read_text() == script.read_text()  # the old front did not survive
+
+
+def test_the_sdist_holds_the_front_s_sources(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    copy_source(source)
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
+                          cwd=source, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    (sdist,) = tmp_path.glob("sandrun-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {m.name.split("/", 1)[1] for m in archive.getmembers()
+                 if m.isfile() and "/" in m.name}
+    native = ROOT / "sandrun" / "launch" / "native"
+    wanted = {f"sandrun/launch/native/{p.name}" for p in native.iterdir()
+              if p.suffix in (".c", ".h")}
+    assert wanted >= {f"sandrun/launch/native/{n}" for n in (
+        "front.c", "sandbox.c", "cgroup.c", "front.h", "supervise.c")}
+    assert wanted <= names, sorted(wanted - names)
+    assert "sandrun" not in names and "sandrun-py" not in names  # generated at build
 
 
 # ---------------------------------------------------------------- a warm launch

@@ -8,7 +8,9 @@ the errno it got), and the audit status is read from the kernel before and after
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,11 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_ports, run_sandrun, sandrun_argv, users_removed_after
+from helpers import (
+    ROOT,
+    free_ports,
+    front_argv,
+    run_sandrun,
+    sandrun_argv,
+    users_removed_after,
+)
 from wheelcraft import make_wheel
 
 from sandrun.config.profile import load_profile
-from sandrun.launch import explain
+from sandrun.launch import explain, warm_exec
 from sandrun.sandbox import audit_log
 from sandrun.sandbox.seccomp import SeccompPolicy
 
@@ -229,6 +238,90 @@ def test_the_oom_killer_is_named(world: dict[str, object]) -> None:
     assert line.startswith("sandrun: exit status 137: the app was killed by SIGKILL: the OOM "
                            "killer (task "), proc.stderr
     assert "); raise [limits] memory; to list what the sandbox denied" in line, line
+
+
+# ------------------------------------------------------------------ warm starts
+
+# Issue 17: every launch but --explain (and learn) ends with the native supervisor
+# replacing the launcher, which says how a failed run ended. A warm start (the Python
+# warm path, or the native front) must say exactly what the cold path says.
+NATIVE_LINE = re.compile(r"^sandrun: warm start \(native front, record \S+\)\n",
+                         re.MULTILINE)
+OOM = re.compile(r"\(task [^,]*, pid [0-9]+\)")
+
+
+def exec_words(world: dict[str, object], profile: str, verbose: bool = False) -> list[str]:
+    return ["exec", *(["-v"] if verbose else []), "--store", str(world["store"]), "-p",
+            str(world[profile]), str(world["bundle"])]
+
+
+def warm_python(world: dict[str, object], *args: str, profile: str
+                ) -> subprocess.CompletedProcess[str]:
+    """A launch the Python warm path served (its record valid before and after: another
+    test session adding a user invalidates records, then the run was cold; retried)."""
+    words = exec_words(world, profile)
+    parsed = warm_exec.parse_exec_args(words[1:])
+    assert parsed is not None
+    with contextlib.chdir(ROOT):  # the record's key holds the cwd (run_sandrun's)
+        for _attempt in range(5):
+            if warm_exec.load_record(parsed) is None:
+                run_sandrun(*words, "ok", timeout=RUN_TIMEOUT)  # cold: writes the record
+                continue
+            proc = run_sandrun(*words, *args, timeout=RUN_TIMEOUT)
+            if warm_exec.load_record(parsed) is not None:
+                return proc
+    pytest.fail("no warm launch: the launch record keeps being invalidated")
+
+
+def warm_front(world: dict[str, object], *args: str, profile: str
+               ) -> subprocess.CompletedProcess[str]:
+    """A launch the native front served (its -v line), that line removed."""
+    argv = front_argv(*exec_words(world, profile, verbose=True), *args)
+    for _attempt in range(5):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              cwd=ROOT, stdin=subprocess.DEVNULL, check=False)
+        if NATIVE_LINE.search(proc.stderr):  # else Python ran it (and wrote the record)
+            proc.stderr = NATIVE_LINE.sub("", proc.stderr)
+            return proc
+    pytest.fail(f"the front never served the launch: {proc.stderr}")
+
+
+ADVICE = ("; to list what the sandbox denied during the run, run it again with `sandrun "
+          "exec --explain`")
+
+
+@pytest.mark.parametrize("via", ["python", "front"])
+@pytest.mark.parametrize("case", ["deny", "write", "x32", "hog"])
+def test_a_warm_start_explains_a_failed_run_as_the_cold_path(world: dict[str, object],
+                                                             via: str, case: str) -> None:
+    locked_note = (f"sandrun: {APP_USER} cannot write {world['locked']} (root:root 0755) "
+                   "(Unix permissions: no sandbox record shows this)")
+    args, profile, code, expected = {
+        "deny": (["deny", str(world["secret"]), str(world["port"])], "profile", 1,
+                 [f"sandrun: the app exited with status 1{ADVICE}", locked_note]),
+        "write": (["write", str(world["locked"])], "profile", 1,
+                  [f"sandrun: the app exited with status 1{ADVICE}", locked_note]),
+        "x32": (["x32"], "profile", 128 + 31,
+                [f"sandrun: exit status 159: the app was killed by SIGSYS: seccomp kills a "
+                 "process making a syscall of another architecture (IA-32 int 0x80, x32): "
+                 f"not allowed{ADVICE}", locked_note]),
+        "hog": (["hog"], "small", 128 + 9,
+                ["sandrun: exit status 137: the app was killed by SIGKILL: the OOM killer "
+                 f"(TASK); raise [limits] memory{ADVICE}"]),
+    }[case]
+    warm = (warm_python if via == "python" else warm_front)(world, *args, profile=profile)
+    cold = run(world, *args, explain=False, profile=profile)
+    assert (warm.returncode, cold.returncode) == (code, code), warm.stderr + cold.stderr
+    if case == "write":
+        assert warm.stdout.strip() == "write EACCES"
+
+    def lines(stderr: str) -> list[str]:
+        return OOM.sub("(TASK)", stderr).splitlines()
+
+    notices = ("sandrun: created ",)  # the first run's user and state dir
+    cold_lines = [line for line in lines(cold.stderr) if not line.startswith(notices)]
+    assert lines(warm.stderr) == cold_lines == expected, (
+        f"warm: {warm.stderr}\ncold: {cold.stderr}")
 
 
 def test_audit_enabled_by_someone_else_stays_enabled(world: dict[str, object],

@@ -11,6 +11,7 @@ and the process title. Then the private /run and systemd socket activation.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,12 +22,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from helpers import free_port, need, run_sandrun, sandrun_argv, users_removed_after
 from wheelcraft import make_wheel
 
-from sandrun.launch import runner, warm_exec
+from sandrun.launch import explain, runner, warm_exec
 from sandrun.sandbox import cgroup
 
 APP_NAME = "supervapp"
@@ -204,6 +207,52 @@ def test_warm_launch_leaves_only_small_titled_processes(world: dict[str, Path],
         stop(proc)
 
 
+def descendants(pid: int) -> list[int]:
+    found, todo = [], children(pid)
+    while todo and len(found) < 100:
+        found.append(todo.pop(0))
+        todo += children(found[-1])
+    return found
+
+
+def test_cold_launch_leaves_no_python_as_root(world: dict[str, Path], native: str) -> None:
+    """Issue 17 goal 2: a cold launch (--verify full: never warm) hands off as well once
+    the app is on its way; what runs as root next to the app is the two small
+    supervisors, no Python interpreter. A failure is still explained (by the
+    supervisor); a SIGTERM-stopped app is not."""
+    proc = subprocess.Popen(sandrun_argv("exec", "--verify", "full", "--store",
+                                         str(world["store"]), str(world["bundle"]), "sleep",
+                                         "30"), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert line == "sleeping\n", (line, proc.stderr.read() if proc.poll() else "")
+        infos = [proc_info(pid) for pid in (proc.pid, *descendants(proc.pid))]
+        as_root = [info for info in infos if info["uid"] == "0"]
+        assert [(info["exe"], info["cmdline"]) for info in as_root] == [
+            (native, f"sandrun: {APP_NAME}\0")] * 2, infos
+        (app,) = [info for info in infos if info["uid"] != "0"]
+        assert os.path.basename(app["exe"]).startswith("python"), app
+        for pid in (proc.pid, *descendants(proc.pid)):
+            status = Path(f"/proc/{pid}/status").read_text()
+            uids = next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1:]
+            exe = os.readlink(f"/proc/{pid}/exe")
+            assert "0" not in uids or exe == native, (pid, exe, uids)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "the app" not in proc.stderr.read()  # (notices of the first run only)
+    finally:
+        stop(proc)
+    failed = run_sandrun("exec", "--verify", "full", "--store", str(world["store"]),
+                         str(world["bundle"]), "exit", "3")
+    assert failed.returncode == 3
+    assert failed.stderr.splitlines()[-1] == (
+        "sandrun: the app exited with status 3; to list what the sandbox denied during the "
+        "run, run it again with `sandrun exec --explain`"), failed.stderr
+
+
 def test_exit_codes_are_the_apps(world: dict[str, Path], native: str) -> None:
     assert warm(world, "exit", "3").returncode == 3
     assert warm(world, "exit", "0").returncode == 0
@@ -317,6 +366,21 @@ def test_python_fallback_without_the_binary(world: dict[str, Path], native: str,
         stop(proc)
 
 
+def test_python_fallback_explains_a_failed_cold_run_once(world: dict[str, Path],
+                                                         native: str) -> None:
+    """Without the binary the cold path's handoff does not happen: the CLI explains the
+    failed run itself (explain.py), once."""
+    proc = subprocess.run([sys.executable, "-P", "-c", FALLBACK, str(world["base"] / "absent"),
+                           "exec", "--verify", "full", "--store", str(world["store"]),
+                           str(world["bundle"]), "exit", "3"], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 3, proc.stderr
+    explained = [line for line in proc.stderr.splitlines() if "the app" in line]
+    assert explained == ["sandrun: the app exited with status 3; to list what the sandbox "
+                         "denied during the run, run it again with `sandrun exec "
+                         "--explain`"], proc.stderr
+
+
 SUPERVISE_FAILED_CHILD = """
 import os, sys
 helper, report, code = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
@@ -350,6 +414,80 @@ def test_native_supervisor_reports_a_failed_child(native: str, report: str, code
     proc = subprocess.run([sys.executable, "-c", SUPERVISE_FAILED_CHILD, native, report,
                            str(code)], capture_output=True, text=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (expected, stderr)
+
+
+EXPLAIN_EVERY_CODE = """
+import json, os, sys
+helper, uid, notes = sys.argv[1], sys.argv[2], sys.argv[3:]
+results = {}
+for code in range(256):
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        err_r, err_w = os.pipe()
+        go_r, go_w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os._exit(code)
+        os.close(err_w)
+        os.dup2(out_w, 2)
+        os.set_inheritable(err_r, True)
+        os.set_inheritable(go_w, True)
+        os.execv(helper, ["x", "launcher", "sandrun: t", str(child), str(err_r), str(go_w),
+                          "0", "-", "--", uid, *notes])
+    os.close(out_w)
+    data = b""
+    while chunk := os.read(out_r, 65536):
+        data += chunk
+    os.close(out_r)
+    _, status = os.waitpid(pid, 0)
+    results[code] = [os.waitstatus_to_exitcode(status), data.decode()]
+print(json.dumps(results))
+"""
+NO_SUCH_UID = 4294967294  # (uid_t)-2: no process runs as it, so no OOM kill names it
+
+
+@pytest.fixture(scope="module")
+def supervisor_binary() -> str:
+    available, detail = runner.supervisor_status()
+    need(available, f"the native supervisor is not built ({detail}): pip install needs gcc")
+    return runner.SUPERVISOR
+
+
+def test_native_supervisor_explains_every_exit_code_as_explain_py(supervisor_binary: str
+                                                                   ) -> None:
+    """explain.py is the one source of the texts: for every exit code the supervisor
+    prints exactly what explain.explanation() gives without a capture (signal table,
+    --explain advice), then the notes it was given; nothing for 0, 130 and 143 (as
+    cli.exec_). Its table cannot drift from explain.SIGNALS and explain._SENT."""
+    notes = ["sandrun-x cannot write /srv/é b (root:root 0755) (Unix permissions: no "
+             "sandbox record shows this)", "-- a second note"]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", EXPLAIN_EVERY_CODE, supervisor_binary,
+                           str(NO_SUCH_UID), *notes], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    plan: Any = SimpleNamespace(privileged=False, user=SimpleNamespace(uid=NO_SUCH_UID))
+    for code in range(256):
+        returncode, stderr = results[str(code)]
+        assert returncode == code
+        if code in (0, 130, 143):
+            assert stderr == "", code
+            continue
+        lines = [*explain.explanation(plan, code, None, started), *notes]
+        assert stderr == "".join(f"sandrun: {line}\n" for line in lines), code
+    assert "SIGSYS" in results[str(128 + 31)][1] and "SIGHUP" in results[str(129)][1]
+
+
+@pytest.mark.parametrize("tail", [["--"], ["--", "x"], ["--", "-1"], ["--", "4294967295"],
+                                  ["--", " 1"]])
+def test_native_supervisor_refuses_a_bad_uid(supervisor_binary: str, tail: list[str]
+                                             ) -> None:
+    proc = subprocess.run([supervisor_binary, "launcher", "t", "1", "0", "1", "0", "-",
+                           *tail], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 125
+    assert "started wrongly" in proc.stderr
 
 
 def test_report_format_round_trip() -> None:

@@ -5,6 +5,7 @@
  * execs this program in two places:
  *
  *   sandrun-supervise launcher TITLE CHILD ERR_FD GO_FD KILL_LEFTOVERS CGROUP [NODE...]
+ *                     [-- UID [NOTE...]]
  *       in the launcher, once its child has the go: forward the signals an operator
  *       sends, wait for CHILD, report a failed setup (the child's report on ERR_FD),
  *       kill and remove the launch cgroup, exit with the app's code (128+N if killed
@@ -12,6 +13,11 @@
  *       there if the launcher is gone. KILL_LEFTOVERS (1: not root, no PID namespace)
  *       kills what got reparented to us. NODE = VERSION:BASE_FD:PARENT_FD:FD:PATH,
  *       one per cgroup hierarchy of the launch cgroup named CGROUP ("-": none).
+ *       With "--": after a failed run (no setup report, a code other than 0, 130 and
+ *       143), say how it ended as explain.explanation(plan, code, None, ...) does:
+ *       the exit line (the OOM killer looked up for the app user UID), the advice to
+ *       rerun with --explain, then each NOTE (RunSpec.failure_notes), each line
+ *       prefixed by "sandrun: ".
  *   sandrun-supervise init TITLE APP
  *       PID 1 of the app's PID namespace, once it forked the app: reap, forward
  *       signals to APP, exit with its code. Its parent-death signal (SIGKILL, set
@@ -19,8 +25,8 @@
  *       with the launcher.
  *
  * Exactly what runner._supervise, runner._read_report and cgroup.Cgroup.remove do in
- * Python (the fallback when this binary is missing); keep them in step. The process
- * title (argv and comm) becomes TITLE ("sandrun: <app>").
+ * Python (the fallback when this binary is missing), and explain.exit_lines' texts;
+ * keep them in step. The process title (argv and comm) becomes TITLE ("sandrun: <app>").
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -376,6 +382,153 @@ static int print_report(int fd) {
     return EXIT_REFUSED;
 }
 
+/* ------------------------------------------------------------ the explanation */
+
+/* explain.SIGNALS and explain._SENT, byte for byte (tests/launch/test_supervisor.py
+ * compares the line of every exit code with explain.exit_lines). */
+struct signal_text {
+    int number;
+    const char *name, *why; /* why NULL: a signal someone sent (_SENT) */
+};
+
+static const struct signal_text signal_texts[] = {
+    {4, "SIGILL", "an illegal instruction (a native extension built for another CPU?)"},
+    {6, "SIGABRT", "it aborted (a failed C assertion, a Python fatal error, or glibc "
+                   "detected memory corruption)"},
+    {7, "SIGBUS", "a bus error: a mapped file shrank, or a tmpfs (/tmp, /dev/shm) is full "
+                  "([limits] memory sizes the private /tmp)"},
+    {8, "SIGFPE", "an arithmetic fault in native code"},
+    {9, "SIGKILL", "killed outright: by the OOM killer when the memory limit is reached "
+                   "([limits] memory), by a hard RLIMIT_CPU ([process] rlimits cpu), or "
+                   "by someone"},
+    {11, "SIGSEGV", "a crash in native code; under [process] mdwe = true, code that needs "
+                    "writable and executable memory (a JIT, ctypes callbacks) cannot get "
+                    "it"},
+    {24, "SIGXCPU", "the CPU time limit ([process] rlimits cpu)"},
+    {25, "SIGXFSZ", "a file reached the size limit ([limits] fsize)"},
+    {31, "SIGSYS", "seccomp kills a process making a syscall of another architecture "
+                   "(IA-32 int 0x80, x32): not allowed"},
+    {1, "SIGHUP", NULL},
+    {2, "SIGINT", NULL},
+    {3, "SIGQUIT", NULL},
+    {13, "SIGPIPE", NULL},
+    {14, "SIGALRM", NULL},
+    {15, "SIGTERM", NULL},
+};
+
+#define EXPLAIN_ADVICE                                                                     \
+    "; to list what the sandbox denied during the run, run it again with `sandrun exec "   \
+    "--explain`"
+#define KMSG_RECORDS 100000 /* explain.oom_kill's bound: the ring holds far fewer */
+
+static int ends_with(const char *text, const char *suffix) {
+    size_t len = strlen(text), n = strlen(suffix);
+    return len >= n && memcmp(text + len - n, suffix, n) == 0;
+}
+
+static int all_digits(const char *text) {
+    return *text && strspn(text, "0123456789") == strlen(text);
+}
+
+/* explain.oom_kill: the kernel log's last oom-kill line since `floor_us` (CLOCK_MONOTONIC
+ * microseconds, the kernel log's clock) whose task_memcg is our launch cgroup (named
+ * after our pid, the launcher's) or whose uid is `uid`, as "task T, pid P" in `out`;
+ * 0 when there is none. */
+static int oom_kill(const char *uid, long long floor_us, char *out, size_t size) {
+    int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char own[32];
+    snprintf(own, sizeof own, "-%d", (int)getpid());
+    static char entry[8193];
+    int found = 0;
+    for (int round = 0; round < KMSG_RECORDS; round++) {
+        ssize_t n = read(fd, entry, sizeof entry - 1);
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n < 0)
+            continue; /* EPIPE: a record was overwritten while reading; go on */
+        if (n == 0)
+            break;
+        entry[n] = 0;
+        char *message = strchr(entry, ';');
+        if (!message)
+            continue;
+        *message++ = 0;
+        /* the head: PRIORITY,SEQUENCE,MICROSECONDS,FLAGS[,...] */
+        char *stamp = entry;
+        for (int i = 0; stamp && i < 2; i++) {
+            stamp = strchr(stamp, ',');
+            if (stamp)
+                stamp++;
+        }
+        if (!stamp)
+            continue;
+        char *comma = strchr(stamp, ',');
+        if (comma)
+            *comma = 0;
+        if (!all_digits(stamp) || (strlen(stamp) <= 18 && atoll(stamp) < floor_us))
+            continue;
+        if (strncmp(message, "oom-kill:", 9) != 0)
+            continue;
+        /* str.strip(), then key=value items separated by commas (the last one wins) */
+        size_t len = strlen(message);
+        while (len && strchr(" \t\n\r\v\f", message[len - 1]))
+            message[--len] = 0;
+        const char *memcg = NULL, *task = NULL, *pid = NULL, *who = NULL;
+        for (char *item = message; item;) {
+            char *next = strchr(item, ',');
+            if (next)
+                *next++ = 0;
+            char *value = strchr(item, '=');
+            if (value)
+                *value++ = 0;
+            else
+                value = item + strlen(item); /* "" */
+            if (strcmp(item, "task_memcg") == 0)
+                memcg = value;
+            else if (strcmp(item, "task") == 0)
+                task = value;
+            else if (strcmp(item, "pid") == 0)
+                pid = value;
+            else if (strcmp(item, "uid") == 0)
+                who = value;
+            item = next;
+        }
+        if ((memcg && ends_with(memcg, own)) || (who && strcmp(who, uid) == 0)) {
+            snprintf(out, size, "task %s, pid %s", task ? task : "?", pid ? pid : "?");
+            found = 1;
+        }
+    }
+    close(fd);
+    return found;
+}
+
+/* explain.explanation(plan, code, None, started) for a failed run: the exit line with
+ * the advice to rerun with --explain, then the notes; each line after "sandrun: ". */
+static void explain_failure(int code, const char *uid, long long started_ns, char **notes,
+                            int n_notes) {
+    const struct signal_text *text = NULL;
+    for (size_t i = 0; code > 128 && i < sizeof signal_texts / sizeof *signal_texts; i++)
+        if (signal_texts[i].number == code - 128)
+            text = &signal_texts[i];
+    static char oom[8300];
+    if (!text)
+        fprintf(stderr, "sandrun: the app exited with status %d" EXPLAIN_ADVICE "\n", code);
+    else if (!text->why)
+        fprintf(stderr, "sandrun: exit status %d: the app was killed by %s (sent to it, or "
+                "forwarded by sandrun)" EXPLAIN_ADVICE "\n", code, text->name);
+    else if (text->number == SIGKILL &&
+             oom_kill(uid, started_ns / 1000 - 1000000, oom, sizeof oom))
+        fprintf(stderr, "sandrun: exit status %d: the app was killed by SIGKILL: the OOM "
+                "killer (%s); raise [limits] memory" EXPLAIN_ADVICE "\n", code, oom);
+    else
+        fprintf(stderr, "sandrun: exit status %d: the app was killed by %s: %s"
+                EXPLAIN_ADVICE "\n", code, text->name, text->why);
+    for (int i = 0; i < n_notes; i++)
+        fprintf(stderr, "sandrun: %s\n", notes[i]);
+}
+
 /* ------------------------------------------------------------ main */
 
 static int parse_int(const char *text, int *value) {
@@ -443,12 +596,36 @@ int main(int argc, char **argv) {
     }
     if (argc < 8 || strcmp(argv[1], "launcher") != 0)
         return usage();
-    int child, err_fd, go_fd, kill_leftovers, count = argc - 8;
+    long long started_ns = now_ns(); /* explain.oom_kill's `since` */
+    int end = 8;                     /* the NODEs end at "--" */
+    while (end < argc && strcmp(argv[end], "--") != 0)
+        end++;
+    int child, err_fd, go_fd, kill_leftovers, count = end - 8;
     struct node nodes[MAX_NODES];
     if (parse_int(argv[3], &child) || child <= 0 || parse_int(argv[4], &err_fd) ||
         parse_int(argv[5], &go_fd) || parse_int(argv[6], &kill_leftovers) ||
         count > MAX_NODES)
         return usage();
+    /* "-- UID [NOTE...]": explain a failed run (copied: set_title overwrites argv) */
+    int explain = end < argc, n_notes = 0;
+    static char uid[16];
+    char **notes = NULL;
+    if (explain) {
+        char *stop;
+        errno = 0;
+        unsigned long value = end + 1 < argc ? strtoul(argv[end + 1], &stop, 10) : 0;
+        if (end + 1 >= argc || errno || stop == argv[end + 1] || *stop ||
+            !all_digits(argv[end + 1]) || value > 0xfffffffeUL)
+            return usage();
+        snprintf(uid, sizeof uid, "%lu", value); /* str(uid): what explain compares */
+        n_notes = argc - end - 2;
+        notes = calloc((size_t)n_notes + 1, sizeof *notes);
+        for (int i = 0; notes && i < n_notes; i++)
+            if (!(notes[i] = strdup(argv[end + 2 + i])))
+                notes = NULL; /* no memory: no notes, the rest still works */
+        if (!notes)
+            n_notes = 0;
+    }
     static char name[256], title[256];
     snprintf(name, sizeof name, "%s", argv[7]);
     snprintf(title, sizeof title, "%s", argv[2]);
@@ -482,5 +659,11 @@ int main(int argc, char **argv) {
                 problems);
         return EXIT_REFUSED;
     }
-    return reported >= 0 ? reported : code;
+    if (reported >= 0)
+        return reported;
+    /* 130/143: ended by the SIGINT/SIGTERM we forwarded (a service being stopped), not
+     * by a failure worth explaining (cli.exec_) */
+    if (explain && code != 0 && code != 130 && code != 143)
+        explain_failure(code, uid, started_ns, notes, n_notes);
+    return code;
 }
