@@ -162,11 +162,19 @@ def sandrun_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "sandrun"]
 
 
+def python_script(script: Path) -> list[str]:
+    """What to put after `python [-X importtime | -m cProfile ...]` to run the Python side
+    of `script`: itself, or when it is the native front (an ELF), the entry script it
+    falls back to (sandrun-py next to it)."""
+    with open(script, "rb") as f:
+        native = f.read(4) == b"\x7fELF"
+    return [str(script.parent / "sandrun-py")] if native else [str(script)]
+
+
 SANDRUN = sandrun_cmd()
 SANDRUN_PY = sys.executable  # the interpreter of the sandrun measured
-# What to put after `python [-X importtime | -m cProfile ...]` to run exactly that command:
-# the console script itself (not `-m sandrun`, which adds runpy's imports).
-SANDRUN_SCRIPT = SANDRUN[:1] if len(SANDRUN) == 1 else ["-m", "sandrun"]
+# (not `-m sandrun`, which adds runpy's imports)
+SANDRUN_SCRIPT = python_script(Path(SANDRUN[0])) if len(SANDRUN) == 1 else ["-m", "sandrun"]
 
 
 def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -305,7 +313,7 @@ def use_sandrun(how: str, work: Path) -> str:
         described = f"{how}"
     if not script.exists():
         raise BenchError(f"no sandrun at {script}")
-    SANDRUN, SANDRUN_SCRIPT = [str(script)], [str(script)]
+    SANDRUN, SANDRUN_SCRIPT = [str(script)], python_script(script)
     SANDRUN_PY = str(script.parent / "python")
     return described
 
@@ -594,7 +602,21 @@ def breakdown(inp: Inputs, hello: Path, store: Path, runs: int, exec_times: list
     rest = total - interp - imports - app
     editable = next((v for k, v in top if k.startswith("__editable__")), 0.0)
     rows = [[v.name, ms(med[v.name]), ms(pct(v.times, 0.9))] for v in variants]
-    parts = [
+    native = SANDRUN_SCRIPT[0] != SANDRUN[0]  # `sandrun` is the native front (C)
+    if native:
+        front = total - app
+        parts = [
+            ["`sandrun exec hello.pyz` (total, from section 1; served by the native front)",
+             ms(total), "100%"],
+            ["the app itself (bootstrap run directly as the app user)", ms(app),
+             f"{app / total:.0%}"],
+            ["the native front: its start, the record and tree checks, the cgroup, fork, "
+             "namespaces, mounts, Landlock, seccomp, exec, wait", ms(front),
+             f"{front / total:.0%}"],
+        ]
+    else:
+        parts = []
+    parts = parts or [
         ["`sandrun exec hello.pyz` (total, from section 1)", ms(total), "100%"],
         ["interpreter start with site (`python -c pass`), of which imports at start "
          f"(site, .pth files): {ms(startup_imports)} ms"
@@ -615,8 +637,11 @@ def breakdown(inp: Inputs, hello: Path, store: Path, runs: int, exec_times: list
         "### Where `sandrun exec` spends its warm start", "",
         table(["measured separately", "median ms", "p90 ms"], rows), "",
         table(["share of the warm start", "ms", "share"], parts), "",
-        "Top-level imports of the launcher process (median of "
-        f"{max(5, runs // 3)} runs of `python -X importtime .venv/bin/sandrun exec ...`, "
+        ("The native front runs no Python on a warm start; what follows is its Python "
+         "fallback (`sandrun-py`: other commands, cold and changed launches). "
+         if native else "")
+        + "Top-level imports of the launcher process (median of "
+        f"{max(5, runs // 3)} runs of `python -X importtime {SANDRUN_SCRIPT[-1]} exec ...`, "
         "cumulative):",
         "", "```", *[f"{v * 1000:7.2f} ms  {name}" for name, v in top], "```", "",
         "sandrun functions by cumulative time in one `python -m cProfile .venv/bin/sandrun "
