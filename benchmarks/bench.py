@@ -582,8 +582,9 @@ def breakdown(inp: Inputs, hello: Path, store: Path, runs: int, exec_times: list
         Variant("`sandrun --version` (click CLI)", [*SANDRUN, "--version"]),
         Variant("`sandrun exec --dry-run hello.pyz`", [*sandrun_exec("hello"), "--dry-run",
                                                        "--store", str(store), str(hello)]),
-        Variant("the app alone: `python3 -I -B <tree>/.sandrun/bootstrap.py` as benchrun-hello,"
-                " no sandbox", [SYSTEM_PYTHON, "-I", "-B", str(bootstraps[0])], app_env, user),
+        Variant("the app alone: `python3 -I -B -S <tree>/.sandrun/bootstrap.py` (the launch's "
+                "command line) as benchrun-hello, no sandbox",
+                [SYSTEM_PYTHON, "-I", "-B", "-S", str(bootstraps[0])], app_env, user),
     ]
     no_site = Variant("the same launch without site: `PYTHONPATH=<repo> python -S -m sandrun "
                       "exec hello.pyz`", [SANDRUN_PY, "-S", "-m", "sandrun", *exec_args],
