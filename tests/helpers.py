@@ -51,8 +51,23 @@ def need(condition: bool, why: str) -> None:
 def sandrun_argv(*args: str) -> list[str]:
     """The command line of `sandrun ARGS` from this venv (for Popen). -P: the working
     directory is not put on sys.path, as with the installed `sandrun` command (as root,
-    sandrun refuses to import from a directory another user can change)."""
+    sandrun refuses to import from a directory another user can change).
+
+    With SANDRUN_TEST_FRONT=1: the installed command itself, the native front (.ci/run
+    runs the attack suites once more so: every launch they make goes through the front,
+    warm ones served by it)."""
+    if os.environ.get(FRONT_SWITCH) == "1":
+        return front_argv(*args)
+    return python_argv(*args)
+
+
+def python_argv(*args: str) -> list[str]:
+    """`python -P -m sandrun ARGS` always: the Python path, for tests that compare the
+    native front with it."""
     return [sys.executable, "-P", "-m", "sandrun", *args]
+
+
+FRONT_SWITCH = "SANDRUN_TEST_FRONT"
 
 
 FRONT = Path(sys.prefix) / "bin" / "sandrun"  # the installed command (setup.py)

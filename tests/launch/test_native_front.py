@@ -2,7 +2,7 @@
 without Python, from the record the cold path wrote (native_record.py).
 
 Every test runs the front on the real kernel as root, and compares what it does with
-the same launch through the Python warm path (`python -m sandrun`, helpers.sandrun_argv):
+the same launch through the Python warm path (`python -m sandrun`, helpers.python_argv):
 the front must behave exactly as that path does — output, exit code, errno of each
 denied attempt, signals — and fall back to Python (which then serves the launch as
 before) on any change, any word it does not serve, and when not started as root.
@@ -28,8 +28,8 @@ from helpers import (
     NOBODY,
     drop_to_nobody,
     front_argv,
+    python_argv,
     read_within,
-    sandrun_argv,
     users_removed_after,
     wait_for,
 )
@@ -137,7 +137,7 @@ def world(require_root: None) -> Iterator[World]:
         with users_removed_after(APP_USER):
             make_wheel(base / "wheels", APP_NAME, "1.0", {f"{APP_NAME}.py": APP})
             bundle = base / f"{APP_NAME}.pyz"
-            proc = run(sandrun_argv("bundle", APP_NAME, "--no-index", "--find-links",
+            proc = run(python_argv("bundle", APP_NAME, "--no-index", "--find-links",
                                     str(base / "wheels"), "-e", f"{APP_NAME}:main",
                                     "-o", str(bundle)), cwd=base)
             assert proc.returncode == 0, proc.stderr
@@ -175,7 +175,7 @@ def front(world: World, *app_args: str, **popen: object) -> subprocess.Completed
 
 
 def python(world: World, *app_args: str, **popen: object) -> subprocess.CompletedProcess[str]:
-    return run(sandrun_argv(*world.words(), *app_args), cwd=world.base, **popen)
+    return run(python_argv(*world.words(), *app_args), cwd=world.base, **popen)
 
 
 def warm(world: World, *app_args: str) -> subprocess.CompletedProcess[str]:
@@ -256,7 +256,7 @@ def test_sigterm_to_the_front_reaches_the_app(world: World) -> None:
     """The supervisor replaced the front (same pid): a service manager's SIGTERM to it is
     forwarded to the app, whose exit code comes back."""
     results = []
-    for argv in (front_argv(*world.words(), "term"), sandrun_argv(*world.words(), "term")):
+    for argv in (front_argv(*world.words(), "term"), python_argv(*world.words(), "term")):
         for _attempt in range(3):
             proc = subprocess.Popen(argv, cwd=world.base, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -384,7 +384,7 @@ def test_a_changed_tree_falls_back_and_python_decides(world: World) -> None:
         os.utime(target, ns=times)
         for path, mode in modes.items():
             path.chmod(mode)
-        for argv in (front_argv(*world.words()), sandrun_argv(*world.words())):
+        for argv in (front_argv(*world.words()), python_argv(*world.words())):
             proc = run(argv, cwd=world.base)
             assert ran_in_python(proc) and proc.returncode == 125, proc.stdout + proc.stderr
             assert f"{APP_NAME}.py: content differs from manifest" in proc.stderr
@@ -410,7 +410,7 @@ def test_words_the_front_does_not_serve_fall_back(world: World) -> None:
                   [*base[:4], "-p=" + str(world.profile), base[-1]],  # click: "=PATH"
                   ["exec", "--help"], ["exec"], ["list", "--store", "x"]):
         native = run(front_argv(*words), cwd=world.base)
-        reference = run(sandrun_argv(*words), cwd=world.base)
+        reference = run(python_argv(*words), cwd=world.base)
         assert ran_in_python(native), words
         assert (native.returncode, native.stdout, native.stderr) == (
             reference.returncode, reference.stdout, reference.stderr), words
@@ -505,7 +505,7 @@ def test_dash_V_names_the_front(world: World) -> None:
     proc = run(front_argv("-V"), cwd=world.base)
     assert proc.returncode == 0, proc.stderr
     assert f"front:       native ({front_argv()[0]})" in proc.stdout.splitlines()
-    reference = run(sandrun_argv("-V"), cwd=world.base).stdout
+    reference = run(python_argv("-V"), cwd=world.base).stdout
 
     def but_python(text: str) -> list[str]:  # sys.executable: python3 vs python
         return [line for line in text.splitlines() if not line.startswith("python:")]

@@ -439,22 +439,50 @@ static void fds_close(struct fd_stack *s) {
         close_keep_errno(s->items[--s->n]);
 }
 
+/* The refusals of kernel.open_trusted_path, worded as there (EnforcementError's message
+ * in *why, its hint in trusted_path_hint): REFUSED_WHAT "'PATH' DETAIL", REFUSED_MESSAGE
+ * "'PATH': DETAIL", REFUSED_OUT_OF "'PATH': a link's target leads back out of 'DETAIL'". */
+const char *trusted_path_hint;
+enum refused { REFUSED_WHAT, REFUSED_MESSAGE, REFUSED_OUT_OF };
+
+static void refusal(const char *path, enum refused kind, const char *detail,
+                    const char *hint, const char **why) {
+    static char text[3 * PATH_MAX + 300];
+    char shown[2 * PATH_MAX + 8], out_of[2 * PATH_MAX + 8];
+    py_repr(path, shown, sizeof shown);
+    if (kind == REFUSED_WHAT)
+        snprintf(text, sizeof text, "%s %s", shown, detail);
+    else if (kind == REFUSED_MESSAGE)
+        snprintf(text, sizeof text, "%s: %s", shown, detail);
+    else
+        snprintf(text, sizeof text, "%s: a link's target leads back out of %s, which another "
+                 "user can change", shown, py_repr(*detail ? detail : "/", out_of,
+                                                   sizeof out_of));
+    trusted_path_hint = hint;
+    *why = text;
+}
+
 int open_trusted_path(const char *path, int want_dir, const char **why) {
     static const char *ignored;
     struct names todo = {0};
     struct fd_stack parents = {0}; /* the directories above `current`, for a link's ".." */
     struct stat st, link_st;
     int current = -1, fd = -1, trusted = 1, links = 0;
+    /* the path as resolved so far ("" for "/"), for messages (kernel.py's `walked`) */
+    char walked[PATH_MAX] = "";
+    size_t walked_len = 0;
     if (!why)
         why = &ignored;
     *why = NULL;
+    trusted_path_hint = NULL;
     if (!path || path[0] != '/') {
-        *why = "is not an absolute path (sandrun resolves only absolute paths)";
+        refusal(path ? path : "", REFUSED_WHAT, "is not an absolute path",
+                "sandrun resolves only absolute paths (a sandrun bug)", why);
         errno = EINVAL;
         return -1;
     }
     if (has_dotdot(path)) {
-        *why = "contains '..': write the path without '..'";
+        refusal(path, REFUSED_WHAT, "contains '..'", "write the path without '..'", why);
         errno = EPERM;
         return -1;
     }
@@ -470,34 +498,54 @@ int open_trusted_path(const char *path, int want_dir, const char **why) {
         if (strcmp(name, "..") == 0) { /* only from a trusted link's target */
             free(name);
             if (!trusted) {
-                *why = "a link's target leads back out of a directory another user can "
-                       "change: point the link straight at its target";
+                refusal(path, REFUSED_OUT_OF, walked, "point the link straight at its target", why);
                 errno = EPERM;
                 goto fail;
             }
             if (parents.n) {
                 close(current);
                 current = parents.items[--parents.n];
+                char *slash = strrchr(walked, '/');
+                walked_len = slash ? (size_t)(slash - walked) : 0;
+                walked[walked_len] = 0;
                 if (fstat(current, &st))
                     goto fail;
             }
             continue;
         }
         fd = openat(current, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        size_t name_len = strlen(name);
+        char where[PATH_MAX];
+        int fits = walked_len + 1 + name_len < sizeof walked;
+        if (fits)
+            snprintf(where, sizeof where, "%s/%s", walked, name);
         free(name);
         if (fd < 0 || fstat(fd, &link_st))
             goto fail;
+        if (!fits) {
+            errno = ENAMETOOLONG;
+            goto fail;
+        }
         if (S_ISLNK(link_st.st_mode)) {
             if (!trusted) {
-                *why = "leads through a symbolic link inside a directory the app or another "
-                       "user can write: sandrun does not follow it (sandrun follows links "
-                       "only in root-owned directories nobody else can write)";
+                char message[PATH_MAX + 200], hint[PATH_MAX + 200];
+                snprintf(message, sizeof message, "%s is a symbolic link inside a directory "
+                         "the app or another user can write: sandrun does not follow it; "
+                         "remove it", where);
+                snprintf(hint, sizeof hint, "replace %s by the real directory or file (sandrun "
+                         "follows links only in root-owned directories nobody else can write)",
+                         where);
+                refusal(path, REFUSED_MESSAGE, message, hint, why);
                 errno = EPERM;
                 goto fail;
             }
             if (link_st.st_uid != 0) {
-                *why = "leads through a symbolic link not owned by root: sandrun follows only "
-                       "root's links in root's directories";
+                char message[PATH_MAX + 200];
+                snprintf(message, sizeof message, "%s is a symbolic link owned by uid %u: "
+                         "sandrun does not follow it; remove it", where,
+                         (unsigned)link_st.st_uid);
+                refusal(path, REFUSED_MESSAGE, message, "sandrun follows only root's links in root's "
+                        "directories", why);
                 errno = EPERM;
                 goto fail;
             }
@@ -516,6 +564,8 @@ int open_trusted_path(const char *path, int want_dir, const char **why) {
             if (failed)
                 goto fail;
             if (absolute) {
+                walked_len = 0;
+                walked[0] = 0;
                 fds_close(&parents);
                 close(current);
                 current = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -529,6 +579,8 @@ int open_trusted_path(const char *path, int want_dir, const char **why) {
         current = fd;
         fd = -1;
         st = link_st;
+        memcpy(walked, where, strlen(where) + 1);
+        walked_len = strlen(walked);
     }
     if (want_dir == 1 && !S_ISDIR(st.st_mode)) {
         errno = ENOTDIR;

@@ -164,8 +164,14 @@ _Noreturn void die(int code, const char *hint, const char *fmt, ...)
  * while every directory so far is root's and not group/other-writable, and the link is
  * root's; ".." in `path` refused). `want_dir`: 1 directory, 0 not a directory, -1
  * either. Returns -1 with errno (ENOENT/ENOTDIR: missing; EPERM: an untrusted link or
- * "..", with *why set to a static description; others as the kernel says). */
+ * "..", with *why set to the whole message, see trusted_path_hint; others as the kernel
+ * says). */
 int open_trusted_path(const char *path, int want_dir, const char **why);
+/* With a refusal of open_trusted_path (*why: kernel.open_trusted_path's message, the
+ * path included), its hint (static text). */
+extern const char *trusted_path_hint;
+/* Python's repr() of a str, as the messages show paths ('...' or "..."); into `out`. */
+const char *py_repr(const char *s, char *out, size_t size);
 
 /* ---- sandbox.c */
 /* runner._launch(spec, args, handoff=True, explain_failure=True) for a privileged spec:

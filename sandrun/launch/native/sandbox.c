@@ -186,7 +186,7 @@ static const char *oserror_text(int err, char *buf, size_t size) {
 }
 
 /* Python's repr() of a str, as the messages show paths: quoted, escaped (bounded). */
-static const char *py_repr(const char *s, char *out, size_t size) {
+const char *py_repr(const char *s, char *out, size_t size) {
     char quote = strchr(s, '\'') && !strchr(s, '"') ? '"' : '\'';
     size_t at = 0;
     out[at++] = quote;
@@ -278,9 +278,9 @@ static _Noreturn void fail_os(int err) {
 /* open_trusted_path failed (not as "missing"): its refusal (kernel.open_trusted_path's
  * EnforcementError: `why` completes "PATH ..." and says what to do), or the OSError. */
 static _Noreturn void fail_open(const char *path, int err, const char *why) {
-    char shown[1100];
+    (void)path; /* the refusal names it */
     if (why)
-        fail(EXIT_REFUSED, NULL, "%s %s", py_repr(path, shown, sizeof shown), why);
+        fail(EXIT_REFUSED, trusted_path_hint, "%s", why);
     fail_os(err);
 }
 
