@@ -462,16 +462,22 @@ def _refusal(refused: list[_Decision]) -> EnforcementError:
     return EnforcementError(reasons, _HINT_SHARED if shared else _HINT_UNAVAILABLE)
 
 
-def plan(limits: dict[str, Any], layout: Layout | None = None) -> list[tuple[str, str, str]]:
-    """Per limit, in LIMITS order: (name, "enforced"/"not enforced", how or why). Creates
-    nothing; for `--dry-run`."""
+def _decide(limits: dict[str, Any], layout: Layout | None
+            ) -> tuple[_Survey, list[_Decision]]:
+    """What create() decides for `limits`, creating nothing (the survey's fds closed)."""
     values, required = _normalize(limits)
     layout = discover() if layout is None else layout
     survey = _Survey(layout, {CONTROLLER[n] for n in values})
     try:
-        decisions = survey.decide(values, required)
+        return survey, survey.decide(values, required)
     finally:
         survey.close()
+
+
+def plan(limits: dict[str, Any], layout: Layout | None = None) -> list[tuple[str, str, str]]:
+    """Per limit, in LIMITS order: (name, "enforced"/"not enforced", how or why). Creates
+    nothing; for `--dry-run`."""
+    survey, decisions = _decide(limits, layout)
     rows = []
     for decision in decisions:
         hierarchy = decision.hierarchy
@@ -501,14 +507,9 @@ def native_plan(limits: dict[str, Any], layout: Layout | None = None
     "required", "settings": [(file, value, required, when)]}, the v2 tracking node last
     when create() adds one. A required limit that cannot be enforced raises
     EnforcementError, as create() does."""
-    values, required = _normalize(limits)
     own = _read_path("/proc/self/cgroup")
     layout = discover() if layout is None else layout
-    survey = _Survey(layout, {CONTROLLER[n] for n in values})
-    try:
-        decisions = survey.decide(values, required)
-    finally:
-        survey.close()
+    _, decisions = _decide(limits, layout)
     refused = [d for d in decisions if d.required and d.hierarchy is None]
     if refused:
         raise _refusal(refused)
