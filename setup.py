@@ -1,14 +1,15 @@
 """Build sandrun's native programs; everything else is declared in pyproject.toml.
 
-sandrun/launch/native/supervise.c becomes the executable
-sandrun/launch/native/sandrun-supervise inside the package (in place for an editable
+sandrun/launch/native/supervise.c (with cgroupfs.c, the cgroup removal it shares with
+the front) becomes the executable sandrun/launch/native/sandrun-supervise inside the
+package (in place for an editable
 install): the process that stays resident next to a running app instead of a root
 Python interpreter (sandrun/launch/runner.py). It needs a C compiler (`cc`, or $CC;
 Debian: `apt-get install gcc`). Without one the install still succeeds and launches
 fall back to the Python supervisor, which `sandrun exec --dry-run` reports.
 
 The `sandrun` command is the native front (BuildEntryScript): sandrun/launch/native/
-front.c, sandbox.c and cgroup.c compiled into one program that serves a warm
+front.c, sandbox.c, cgroup.c and cgroupfs.c compiled into one program that serves a warm
 `sandrun exec` as root without starting Python, and execs `sandrun-py` next to it for
 everything else. `sandrun-py` is ENTRY_SCRIPT, not pip's console script: it starts the
 venv's interpreter with -I -S, without site, whose .pth import lines and sitecustomize
@@ -29,9 +30,9 @@ from setuptools.command.build_ext import build_ext
 from setuptools.dist import Distribution
 
 SUPERVISOR = "sandrun.launch.native.sandrun-supervise"
-SOURCES = ["sandrun/launch/native/supervise.c"]
+SOURCES = ["sandrun/launch/native/supervise.c", "sandrun/launch/native/cgroupfs.c"]
 FRONT_SOURCES = ["sandrun/launch/native/front.c", "sandrun/launch/native/sandbox.c",
-                 "sandrun/launch/native/cgroup.c"]
+                 "sandrun/launch/native/cgroup.c", "sandrun/launch/native/cgroupfs.c"]
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
           "-fPIE", "-pie", "-Wl,-z,relro,-z,now"]
 

@@ -320,7 +320,8 @@ def test_the_sdist_holds_the_front_s_sources(tmp_path: Path) -> None:
     wanted = {f"sandrun/launch/native/{p.name}" for p in native.iterdir()
               if p.suffix in (".c", ".h")}
     assert wanted >= {f"sandrun/launch/native/{n}" for n in (
-        "front.c", "sandbox.c", "cgroup.c", "front.h", "supervise.c")}
+        "front.c", "sandbox.c", "cgroup.c", "front.h", "supervise.c", "cgroupfs.c",
+        "cgroupfs.h")}
     assert wanted <= names, sorted(wanted - names)
     assert "sandrun" not in names and "sandrun-py" not in names  # generated at build
 

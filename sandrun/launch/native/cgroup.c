@@ -15,6 +15,7 @@
  * required stops at its first failed write (what it wrote before stays, as in Python).
  */
 #include "front.h"
+#include "cgroupfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,9 +35,6 @@
 #define LAUNCHER_LEAF "sandrun-launcher"  /* cgroup.LAUNCHER_LEAF */
 #define NAME_MAX_LEN 100                  /* cgroup.NAME_MAX */
 #define PARENT_RETRIES 3                  /* cgroup._PARENT_RETRIES */
-#define KILL_ROUNDS 50                    /* cgroup._KILL_ROUNDS */
-#define EMPTY_TIMEOUT_NS 2000000000LL     /* cgroup._EMPTY_TIMEOUT */
-#define CGROUP_FILE_MAX (256u << 20)      /* cgroup._read_fd's bound */
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 /* Why the last helper failed when errno alone does not say it (cgroup.py's OSError
@@ -51,7 +49,6 @@ static int fail(int err, const char *text) {
 
 static const char *why(int err) { return failure_text ? failure_text : strerror(err); }
 
-static int gone(int err) { return err == ENOENT || err == ENODEV; }
 
 /* Append to a NUL-terminated message of `size` bytes; truncates, never overflows. */
 __attribute__((format(printf, 3, 4))) static void append(char *buf, size_t size,
@@ -71,96 +68,8 @@ static void close_fd(int *fd) {
     *fd = -1;
 }
 
-static void sleep_ns(long long ns) {
-    struct timespec ts = {ns / 1000000000LL, ns % 1000000000LL};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* ------------------------------------------------------------ fd-based file access */
 
-/* The whole of a cgroupfs file under dir_fd, malloc'ed and NUL-terminated; NULL with
- * errno on failure (cgroup._read). */
-static char *read_all(int dir_fd, const char *name) {
-    int fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    size_t size = 4096, len = 0;
-    char *buf = malloc(size);
-    while (buf) {
-        if (len + 1 == size) {
-            char *bigger = size < CGROUP_FILE_MAX ? realloc(buf, size * 2) : NULL;
-            if (!bigger) {
-                free(buf);
-                buf = NULL;
-                errno = size < CGROUP_FILE_MAX ? ENOMEM : EFBIG;
-                break;
-            }
-            buf = bigger;
-            size *= 2;
-        }
-        ssize_t n = read(fd, buf + len, size - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int saved = errno;
-            free(buf);
-            buf = NULL;
-            errno = saved;
-            break;
-        }
-        if (n == 0) {
-            buf[len] = 0;
-            break;
-        }
-        len += (size_t)n;
-    }
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return buf;
-}
-
-/* Kernfs.write: one write(2), cgroupfs takes a value only whole. */
-static int write_at(int dir_fd, const char *name, const char *text) {
-    int fd = openat(dir_fd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    size_t len = strlen(text);
-    ssize_t n = write(fd, text, len);
-    int saved = n < 0 ? errno : EIO; /* a short write: cgroup.py's "short write" */
-    close(fd);
-    if (n == (ssize_t)len)
-        return 0;
-    errno = saved;
-    return -1;
-}
-
-/* 1 exists, 0 does not (ENOENT), -1 another error (cgroup._exists). */
-static int exists_at(int dir_fd, const char *name) {
-    struct stat st;
-    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-        return 1;
-    return errno == ENOENT ? 0 : -1;
-}
-
-/* Whether `word` is one of the whitespace-separated words of `text`. */
-static int has_word(const char *text, const char *word, size_t len) {
-    for (const char *p = text; *p;) {
-        p += strspn(p, " \t\n");
-        size_t n = strcspn(p, " \t\n");
-        if (n == len && n && memcmp(p, word, n) == 0)
-            return 1;
-        p += n;
-    }
-    return 0;
-}
 
 /* _open_owned_dir: `name` under dir_fd, a directory owned by root, writable by it only. */
 static int open_owned_dir(int dir_fd, const char *name) {
@@ -334,13 +243,13 @@ static int missing_controllers(int dir_fd, const char *delegate, char *out, size
     out[0] = 0;
     if (!delegate[strspn(delegate, " ")])
         return 0; /* nothing to delegate (v1, the tracking node) */
-    char *enabled = read_all(dir_fd, "cgroup.subtree_control");
+    char *enabled = cgfs_read_all(dir_fd, "cgroup.subtree_control");
     if (!enabled)
         return -1;
     for (const char *p = delegate; *p;) {
         p += strspn(p, " ");
         size_t n = strcspn(p, " ");
-        if (n && !has_word(enabled, p, n))
+        if (n && !cgfs_has_word(enabled, p, n))
             append(out, size, "%s+%.*s", out[0] ? " " : "", (int)n, p);
         p += n;
     }
@@ -357,7 +266,7 @@ static int delegate(int base_fd, const char *controllers) {
     char missing[1024];
     if (missing_controllers(base_fd, controllers, missing, sizeof missing) < 0)
         return -1;
-    if (!missing[0] || write_at(base_fd, "cgroup.subtree_control", missing) == 0)
+    if (!missing[0] || cgfs_write_at(base_fd, "cgroup.subtree_control", missing) == 0)
         return 0;
     if (errno != EBUSY)
         return -1;
@@ -365,7 +274,7 @@ static int delegate(int base_fd, const char *controllers) {
      * leaf so our cgroup can delegate; shared with others: it cannot. */
     char me[32];
     snprintf(me, sizeof me, "%d", (int)getpid());
-    char *procs = read_all(base_fd, "cgroup.procs");
+    char *procs = cgfs_read_all(base_fd, "cgroup.procs");
     if (!procs)
         return -1;
     int alone = 0;
@@ -388,12 +297,12 @@ static int delegate(int base_fd, const char *controllers) {
     int leaf = open_owned_dir(base_fd, LAUNCHER_LEAF);
     if (leaf < 0)
         return -1;
-    int moved = write_at(leaf, "cgroup.procs", me);
+    int moved = cgfs_write_at(leaf, "cgroup.procs", me);
     int saved = errno;
     close(leaf);
     if (moved < 0)
         return fail(saved, NULL);
-    return write_at(base_fd, "cgroup.subtree_control", missing);
+    return cgfs_write_at(base_fd, "cgroup.subtree_control", missing);
 }
 
 /* _make_launch_dir: DIR/sandrun/<name>, reusing a stale empty one. -1 with errno, or -2
@@ -407,7 +316,7 @@ static int make_launch_dir(int parent_fd, const char *name, char *err, size_t si
         int stale = openat(parent_fd, name, DIR_FLAGS);
         if (stale < 0)
             return -1;
-        char *procs = read_all(stale, "cgroup.procs");
+        char *procs = cgfs_read_all(stale, "cgroup.procs");
         int saved = errno;
         close(stale);
         if (!procs)
@@ -453,7 +362,7 @@ static int make_node(struct cgroup_node *node, const char *name, char *err, size
         node->parent_fd = open_owned_dir(node->base_fd, PARENT);
         if (node->parent_fd >= 0 &&
             missing_controllers(node->parent_fd, controllers, missing, sizeof missing) == 0 &&
-            (!missing[0] || write_at(node->parent_fd, "cgroup.subtree_control", missing) == 0))
+            (!missing[0] || cgfs_write_at(node->parent_fd, "cgroup.subtree_control", missing) == 0))
             result = make_launch_dir(node->parent_fd, name, err, size);
         if (result >= 0) {
             node->fd = result;
@@ -462,7 +371,7 @@ static int make_node(struct cgroup_node *node, const char *name, char *err, size
         int saved = errno;
         close_fd(&node->parent_fd);
         /* A concurrent remove took `sandrun` away between our mkdir and now: again. */
-        if (result == -2 || !gone(saved) || attempt + 1 == PARENT_RETRIES) {
+        if (result == -2 || !cgfs_gone(saved) || attempt + 1 == PARENT_RETRIES) {
             /* Not left behind when we made it (a launch using it keeps it: EBUSY);
              * one found there, maybe refused as another user's, is never touched. */
             if (made_parent)
@@ -484,14 +393,14 @@ static int write_settings(struct cgroup_node *node, char *err, size_t size) {
             char reason[4600];
             int present = 1;
             if (when[0] == '+' || when[0] == '-') {
-                present = exists_at(node->fd, when + 1);
+                present = cgfs_exists_at(node->fd, when + 1);
                 if (present == (when[0] == '+' ? 0 : 1))
                     continue; /* not for this kernel's files */
             }
             if (present < 0) {
                 snprintf(reason, sizeof reason, "looking for %s in %s failed: %s", when + 1,
                          node->path, strerror(errno));
-            } else if (write_at(node->fd, s->file, s->value) == 0) {
+            } else if (cgfs_write_at(node->fd, s->file, s->value) == 0) {
                 continue;
             } else {
                 snprintf(reason, sizeof reason, "writing %s=%s in %s failed: %s", s->file,
@@ -597,7 +506,7 @@ int cgroup_enter(struct spec *spec, pid_t pid, char *err, size_t err_size) {
         struct cgroup_node *node = &spec->nodes[i];
         if (node->fd < 0)
             continue;
-        if (write_at(node->fd, "cgroup.procs", text) < 0) {
+        if (cgfs_write_at(node->fd, "cgroup.procs", text) < 0) {
             snprintf(err, err_size, "cannot put process %d into cgroup %s: %s", (int)pid,
                      node->path, strerror(errno));
             return -1;
@@ -608,109 +517,6 @@ int cgroup_enter(struct spec *spec, pid_t pid, char *err, size_t err_size) {
 
 /* ------------------------------------------------------------ removing */
 
-/* 1 while the v2 cgroup holds processes; 0 empty; -1 error. */
-static int populated(int fd) {
-    char *events = read_all(fd, "cgroup.events");
-    if (!events)
-        return -1;
-    int result = strstr(events, "populated 0") ? 0 : 1;
-    free(events);
-    return result;
-}
-
-/* Whether a cgroup.procs text lists no process. */
-static int no_pids(const char *text) { return text[strspn(text, " \n")] == 0; }
-
-/* SIGKILL the pids listed in `list` (read from fd's cgroup.procs) through pidfds taken
- * before looking again: a pid that exited and was reused outside is never hit. */
-static void kill_listed(int fd, const char *list) {
-    size_t count = 0, max = 0;
-    for (const char *p = list; *p; p++)
-        max += *p == '\n';
-    max++;
-    int *pids = calloc(max, sizeof *pids), *pidfds = calloc(max, sizeof *pidfds);
-    if (!pids || !pidfds)
-        goto out;
-    for (const char *p = list; *p && count < max;) {
-        char *end;
-        long pid = strtol(p, &end, 10);
-        if (end == p)
-            break;
-        p = end + strspn(end, " \n");
-        if (pid <= 0 || pid > 0x7fffffff)
-            continue;
-        int pidfd = (int)syscall(SYS_pidfd_open, (int)pid, 0);
-        if (pidfd >= 0) {
-            pids[count] = (int)pid;
-            pidfds[count++] = pidfd;
-        }
-    }
-    char *still = read_all(fd, "cgroup.procs");
-    for (size_t i = 0; i < count; i++) {
-        char me[32];
-        int n = snprintf(me, sizeof me, "%d", pids[i]);
-        if (still && has_word(still, me, (size_t)n))
-            syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, NULL, 0);
-        close(pidfds[i]);
-    }
-    free(still);
-out:
-    free(pids);
-    free(pidfds);
-}
-
-/* Kill every process in the node: 1 once none is left (or it is gone), 0 if some
- * survive, -1 on another error (supervise.c's empty_node). */
-static int empty_node(const struct cgroup_node *node) {
-    if (node->version == 2 && exists_at(node->fd, "cgroup.kill") == 1) {
-        int p = populated(node->fd);
-        if (p < 0)
-            return gone(errno) ? 1 : -1;
-        if (p && write_at(node->fd, "cgroup.kill", "1") < 0)
-            return gone(errno) ? 1 : -1;
-        long long deadline = now_ns() + EMPTY_TIMEOUT_NS, delay = 200000;
-        for (;;) {
-            p = populated(node->fd);
-            if (p < 0)
-                return gone(errno) ? 1 : -1;
-            if (!p)
-                return 1;
-            if (now_ns() > deadline)
-                return 0;
-            sleep_ns(delay);
-            delay = delay * 2 < 20000000 ? delay * 2 : 20000000;
-        }
-    }
-    for (int round = 0; round <= KILL_ROUNDS; round++) {
-        char *procs = read_all(node->fd, "cgroup.procs");
-        if (!procs)
-            return gone(errno) ? 1 : -1;
-        int empty = no_pids(procs);
-        if (!empty && round < KILL_ROUNDS)
-            kill_listed(node->fd, procs);
-        free(procs);
-        if (empty)
-            return 1;
-        long long pause = 500000LL * (round + 1);
-        if (round < KILL_ROUNDS)
-            sleep_ns(pause < 20000000 ? pause : 20000000);
-    }
-    return 0;
-}
-
-/* rmdir the launch dir, retrying while killed processes leave; then `sandrun` (EBUSY or
- * ENOTEMPTY while other launches use it: fine). */
-static void remove_node(const struct cgroup_node *node, const char *name) {
-    long long deadline = now_ns() + EMPTY_TIMEOUT_NS, delay = 200000;
-    while (unlinkat(node->parent_fd, name, AT_REMOVEDIR) < 0 && !gone(errno)) {
-        if (errno != EBUSY || now_ns() > deadline)
-            return;
-        sleep_ns(delay);
-        delay = delay * 2 < 20000000 ? delay * 2 : 20000000;
-    }
-    unlinkat(node->base_fd, PARENT, AT_REMOVEDIR);
-}
-
 void cgroup_remove(struct spec *spec, const char *name) {
     int saved = errno;
     /* v2 first: cgroup.kill kills every process of the launch at once. */
@@ -720,8 +526,8 @@ void cgroup_remove(struct spec *spec, const char *name) {
             if ((node->version == 2) != (pass == 0))
                 continue;
             if (node->fd >= 0 && node->parent_fd >= 0 && node->base_fd >= 0 &&
-                empty_node(node) == 1)
-                remove_node(node, name);
+                cgfs_empty(node->version, node->fd) == 1)
+                cgfs_remove_launch_dir(node->base_fd, node->parent_fd, name);
             reset_node(node);
             node->path[0] = 0;
         }

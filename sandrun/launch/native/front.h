@@ -11,7 +11,7 @@
  *
  * Files: front.c (main, argv, key, record, checks, fallback), sandbox.c (the launch:
  * namespaces, mounts, Landlock, credentials, seccomp, exec), cgroup.c (the launch
- * cgroup). Nothing here allocates after the fork but what the child execs with.
+ * cgroup), cgroupfs.c (its removal, shared with supervise.c). Nothing here allocates after the fork but what the child execs with.
  *
  * ------------------------------------------------------------------ the native record
  * <store>/launch/<NAME>.native, NAME = 16 lowercase hex digits of the 64-bit FNV-1a hash

@@ -29,6 +29,8 @@
  * keep them in step. The process title (argv and comm) becomes TITLE ("sandrun: <app>").
  */
 #define _GNU_SOURCE
+#include "cgroupfs.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -46,8 +48,6 @@
 #define EXIT_REFUSED 125
 #define MAX_NODES 16
 #define REPORT_MAGIC "SANDRUN-REPORT"
-#define EMPTY_TIMEOUT_NS 2000000000LL /* cgroup._EMPTY_TIMEOUT */
-#define KILL_ROUNDS 50                /* cgroup._KILL_ROUNDS */
 
 static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2,
                                 SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU};
@@ -120,18 +120,6 @@ static int supervise(pid_t child, const sigset_t *set) {
     }
 }
 
-static void sleep_ns(long long ns) {
-    struct timespec ts = {ns / 1000000000LL, ns % 1000000000LL};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* Non-root fallback for the PID namespace: kill what got reparented to us. */
 static void kill_orphans(void) {
     char me[32];
@@ -174,143 +162,6 @@ static void kill_orphans(void) {
 
 /* ------------------------------------------------------------ the launch cgroup */
 
-/* A small cgroupfs file under dir_fd, NUL-terminated; -1 and errno on failure. */
-static ssize_t read_at(int dir_fd, const char *name, char *buf, size_t size) {
-    int fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    size_t len = 0;
-    while (len < size - 1) {
-        ssize_t n = read(fd, buf + len, size - 1 - len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            int saved = errno;
-            close(fd);
-            errno = saved;
-            return -1;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    close(fd);
-    buf[len] = 0;
-    return (ssize_t)len;
-}
-
-static int write_at(int dir_fd, const char *name, const char *text) {
-    int fd = openat(dir_fd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = write(fd, text, strlen(text));
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return n == (ssize_t)strlen(text) ? 0 : -1;
-}
-
-static int gone(int err) { return err == ENOENT || err == ENODEV; }
-
-/* 1 while the v2 cgroup holds processes; 0 empty; -1 error */
-static int populated(int fd) {
-    char buf[4096];
-    if (read_at(fd, "cgroup.events", buf, sizeof buf) < 0)
-        return -1;
-    return strstr(buf, "populated 0") ? 0 : 1;
-}
-
-/* Up to `max` pids of a cgroup.procs text. */
-static int parse_pids(char *text, int *pids, int max) {
-    int count = 0;
-    for (char *word = strtok(text, " \n"); word && count < max; word = strtok(NULL, " \n"))
-        pids[count++] = atoi(word);
-    return count;
-}
-
-/* SIGKILL the pids listed in `list` (read from fd's cgroup.procs) through pidfds taken
- * before looking again: a pid that exited and was reused outside is never hit. */
-static void kill_listed(int fd, char *list) {
-    static int pids[4096], still[4096];
-    int pidfds[4096], count = 0, listed = parse_pids(list, pids, 4096);
-    for (int i = 0; i < listed; i++) {
-        int pidfd = (int)syscall(SYS_pidfd_open, pids[i], 0);
-        if (pidfd >= 0) {
-            pids[count] = pids[i];
-            pidfds[count++] = pidfd;
-        }
-    }
-    char text[65536];
-    int remaining = read_at(fd, "cgroup.procs", text, sizeof text) < 0
-                        ? 0 : parse_pids(text, still, 4096);
-    for (int i = 0; i < count; i++) {
-        for (int j = 0; j < remaining; j++) {
-            if (still[j] == pids[i]) {
-                syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, NULL, 0);
-                break;
-            }
-        }
-        close(pidfds[i]);
-    }
-}
-
-/* Kill every process in the node: 1 once none is left (or it is gone), 0 if some
- * survive, -1 with errno on another error. */
-static int empty_node(struct node *node) {
-    char buf[65536];
-    if (node->version == 2 && faccessat(node->fd, "cgroup.kill", F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
-        int p = populated(node->fd);
-        if (p < 0)
-            return gone(errno) ? 1 : -1;
-        if (p && write_at(node->fd, "cgroup.kill", "1") < 0)
-            return gone(errno) ? 1 : -1;
-        long long deadline = now_ns() + EMPTY_TIMEOUT_NS, delay = 200000;
-        for (;;) {
-            p = populated(node->fd);
-            if (p < 0)
-                return gone(errno) ? 1 : -1;
-            if (!p)
-                return 1;
-            if (now_ns() > deadline)
-                return 0;
-            sleep_ns(delay);
-            delay = delay * 2 < 20000000 ? delay * 2 : 20000000;
-        }
-    }
-    for (int round = 0; round < KILL_ROUNDS; round++) {
-        ssize_t n = read_at(node->fd, "cgroup.procs", buf, sizeof buf);
-        if (n < 0)
-            return gone(errno) ? 1 : -1;
-        if (strspn(buf, " \n") == (size_t)n)
-            return 1;
-        kill_listed(node->fd, buf);
-        long long pause = 500000LL * (round + 1);
-        sleep_ns(pause < 20000000 ? pause : 20000000);
-    }
-    ssize_t n = read_at(node->fd, "cgroup.procs", buf, sizeof buf);
-    if (n < 0)
-        return gone(errno) ? 1 : -1;
-    return strspn(buf, " \n") == (size_t)n;
-}
-
-/* rmdir the launch dir, retrying while killed processes leave; then `sandrun` (EBUSY
- * while other launches use it). 1 done, 0 still busy, -1 with errno. */
-static int remove_node(struct node *node, const char *name) {
-    long long deadline = now_ns() + EMPTY_TIMEOUT_NS, delay = 200000;
-    for (;;) {
-        if (unlinkat(node->parent_fd, name, AT_REMOVEDIR) == 0 || gone(errno))
-            break;
-        if (errno != EBUSY)
-            return -1;
-        if (now_ns() > deadline)
-            return 0;
-        sleep_ns(delay);
-        delay = delay * 2 < 20000000 ? delay * 2 : 20000000;
-    }
-    unlinkat(node->base_fd, "sandrun", AT_REMOVEDIR);
-    return 1;
-}
-
 /* cgroup.Cgroup.remove: v2 first (cgroup.kill ends every process at once). Appends the
  * problems to `problems`; returns how many there were. */
 static int remove_cgroup(struct node *nodes, int count, const char *name, char *problems,
@@ -322,10 +173,11 @@ static int remove_cgroup(struct node *nodes, int count, const char *name, char *
             if ((node->version == 2) != (pass == 0))
                 continue;
             const char *what = NULL;
-            int result = empty_node(node);
+            int result = cgfs_empty(node->version, node->fd);
             if (result == 0)
                 what = "processes survived SIGKILL";
-            else if (result > 0 && (result = remove_node(node, name)) == 0)
+            else if (result > 0 &&
+                     (result = cgfs_remove_launch_dir(node->base_fd, node->parent_fd, name)) == 0)
                 what = "still busy";
             if (result < 0)
                 what = strerror(errno);
@@ -596,7 +448,7 @@ int main(int argc, char **argv) {
     }
     if (argc < 8 || strcmp(argv[1], "launcher") != 0)
         return usage();
-    long long started_ns = now_ns(); /* explain.oom_kill's `since` */
+    long long started_ns = cgfs_now_ns(); /* explain.oom_kill's `since` */
     int end = 8;                     /* the NODEs end at "--" */
     while (end < argc && strcmp(argv[end], "--") != 0)
         end++;
