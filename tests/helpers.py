@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
@@ -46,6 +48,15 @@ def need(condition: bool, why: str) -> None:
 
 
 # ---------------------------------------------------------------- the CLI
+
+
+def load_tool(name: str) -> ModuleType:
+    """tools/<name>.py (a script, not a package) as a module, for its tests."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sandrun_argv(*args: str) -> list[str]:

@@ -9,31 +9,20 @@ the command to regenerate (tools/gen_exec_options.py).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from helpers import ROOT, need
+from helpers import ROOT, load_tool, need
 
 from sandrun.launch import options
 from sandrun.launch.options import EXEC_OPTIONS
 
-GENERATOR = ROOT / "tools" / "gen_exec_options.py"
 HEADER = ROOT / "sandrun" / "launch" / "native" / "exec_options.h"
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_exec_options", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_tool("gen_exec_options")
 
 
 def expected_rows() -> list[tuple[str, str, int, str, tuple[str, ...]]]:

@@ -9,29 +9,18 @@ CI=true).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from helpers import ROOT, need
+from helpers import ROOT, load_tool, need
 
 from sandrun.sandbox import seccomp, syscall_table
 from sandrun.sandbox.syscall_table import SYSTEMD_GROUPS, X86_64_SYSCALLS
 
 REPO = ROOT
-GENERATOR = REPO / "tools" / "gen_syscall_table.py"
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_syscall_table", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_tool("gen_syscall_table")
 
 
 def fail_with_drift(lines: list[str], sources: str) -> None:
