@@ -105,8 +105,14 @@ def launch(*args, **kw):
     save()  # the launch may exec: what came before is on record
     return real_launch(*args, **kw)
 runner.launch = launch
+from sandrun import cli_exec
+real_hand = cli_exec.hand_to_front
+def hand_to_front(*args, **kw):
+    save()  # the cold path execs the native front, which launches
+    return real_hand(*args, **kw)
+cli_exec.hand_to_front = hand_to_front
 from sandrun.__main__ import main
-sys.argv = ["sandrun", *sys.argv[1:]]
+sys.argv = [os.environ.pop("BENCH_SANDRUN_PY"), *sys.argv[1:]]  # the front is next to it
 sys.exit(main())
 """
 
@@ -669,7 +675,9 @@ def cold_phases(corpus: Corpus) -> list[str]:
         cmd = [str(python), str(script), *corpus.exec_cmd(app, store=store / "s")[1:]]
         start = time.perf_counter()
         try:
-            run(cmd, env={**BASE_ENV, "BENCH_PHASES": str(out)}, cwd=app.work, capture=False,
+            run(cmd, env={**BASE_ENV, "BENCH_PHASES": str(out),
+                          "BENCH_SANDRUN_PY": str(Path(corpus.sandrun[0]).parent / "sandrun-py")},
+                cwd=app.work, capture=False,
                 timeout=RUN_TIMEOUT)
         except BenchError as exc:
             rows.append([app.key, f"failed: {failure(exc)}"] + [""] * 9)

@@ -6,9 +6,10 @@ does not serve itself, with its own argv. The program is `sandrun` either way (c
 names it so for click, whatever argv[0] is).
 
 `sandrun exec` first tries the warm path (warm_exec), which imports neither click nor
-the cold launch path; a plain `sandrun dev` first tries its quick path (dev.quick: the
-warm launch its last run recorded). Everything else, and every launch those decline (an
-unknown option among them: the click command reports it), goes to the click CLI.
+the cold launch path; when it declines words it parsed, the cold launch runs without
+click too (cli_exec). A plain `sandrun dev` first tries its quick path (dev.quick: the
+warm launch its last run recorded). Everything else (an unknown option, --dry-run,
+--explain, ... : the click command parses and reports them) goes to the click CLI.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~2 ms per warm start
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sandrun.launch.warm_exec import ExecArgs
 
 
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None, *, site_pending: bool = False) -> None:
 
         site.main()
         _check_install(args)
+    if parsed is not None and args[:1] == ["exec"]:
+        sys.exit(_cold_exec(parsed))  # the exec words parsed: no need for click
     from sandrun.cli import main as cli_main
 
     cli_main(args)
@@ -84,13 +89,28 @@ def _check_install(args: list[str]) -> None:
 
 
 def _warm_exec(parsed: ExecArgs) -> int | None:
-    """The warm launch's exit code, None to take the cold path; errors are reported as
-    the cold path reports them (cli.main)."""
-    from sandrun.errors import EXIT_REFUSED, SandrunError
+    """The warm launch's exit code, None to take the cold path."""
     from sandrun.launch.warm_exec import try_warm_exec
 
+    return _reporting_errors(parsed, lambda: try_warm_exec(parsed))
+
+
+def _cold_exec(parsed: ExecArgs) -> int:
+    """The cold launch of exec words the warm path parsed but could not serve
+    (cli_exec.cold_exec, without click's ~50 ms)."""
+    from sandrun.cli_exec import cold_exec, options_of
+
+    code = _reporting_errors(parsed, lambda: cold_exec(options_of(parsed)))
+    assert code is not None
+    return code
+
+
+def _reporting_errors(parsed: ExecArgs, launch: Callable[[], int | None]) -> int | None:
+    """launch(), its errors reported as the click CLI reports them (cli.main)."""
+    from sandrun.errors import EXIT_REFUSED, SandrunError
+
     try:
-        return try_warm_exec(parsed)
+        return launch()
     except SandrunError as exc:
         if parsed.verbose:
             _print_traceback(exc)

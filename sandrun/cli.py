@@ -157,18 +157,8 @@ def _exec_quiet(command: click.Command) -> click.Command:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
     """Verify, install and run BUNDLE as an unprivileged user in a sandbox."""
-    import time
-
-    from sandrun.launch import runner
-    from sandrun.launch.launcher import (
-        ExecOptions,
-        decide,
-        materialise,
-        plan_to_json,
-        render_plan,
-        run_spec,
-        save_record,
-    )
+    from sandrun.cli_exec import cold_exec
+    from sandrun.launch.launcher import ExecOptions, decide, plan_to_json, render_plan
 
     if args[:1] == ("--",):  # `sandrun exec BUNDLE -- ARGS`: the separator is not an arg
         args = args[1:]
@@ -178,48 +168,17 @@ def exec_(bundle_path: str, args: tuple[str, ...], **values: Any) -> int:
         raise click.UsageError(f"{'--json' if as_json else '-q'} goes with --dry-run (a "
                                "launch prints what the app prints)")
     _one_output(quiet, as_json)
+    if not dry_run:
+        return cold_exec(options, explain=values.get("explain", False))
     plan = decide(options)
-    if dry_run:
-        if as_json:
-            _print_json(plan_to_json(plan))
-        elif quiet:
-            for refusal in plan.refusals:
-                click.echo(f"sandrun: error: would refuse: {refusal.diagnostics()}", err=True)
-        else:
-            click.echo(render_plan(plan))
-        return EXIT_REFUSED if plan.refusals else 0
-    plan.raise_for_refusals()
-    from sandrun.cli_common import progress_printer
-
-    materialise(plan, options, progress=progress_printer(ellipsis=False))
-    for notice in plan.notices:
-        click.echo(f"sandrun: {notice}", err=True)
-    spec = run_spec(plan)
-    save_record(options, plan, spec)
-    session = None
-    if values.get("explain", False):  # record the run's denials (cold path only)
-        from sandrun.launch.explain import ExplainSession
-
-        session = ExplainSession()
-        session.start()
-    started = time.monotonic()
-    try:
-        # Without --explain nothing is left to do after the app: the native supervisor
-        # replaces this process (no Python stays resident as root) and says how a
-        # failed run ended. --explain keeps it: the capture must be stopped.
-        code = runner.launch(spec, plan.args, handoff=session is None)
-    finally:
-        if session is not None:
-            session.stop()  # restores the audit setting, also when the launch failed
-    # Here without the native supervisor, or with --explain. 130/143: the app ended by
-    # the SIGINT/SIGTERM sandrun forwarded to it (a service being stopped), not by a
-    # failure worth explaining.
-    if (code != 0 and code not in (130, 143)) or session is not None:
-        from sandrun.launch.explain import explanation
-
-        for line in explanation(plan, code, session, started):
-            click.echo(f"sandrun: {line}", err=True)
-    return code
+    if as_json:
+        _print_json(plan_to_json(plan))
+    elif quiet:
+        for refusal in plan.refusals:
+            click.echo(f"sandrun: error: would refuse: {refusal.diagnostics()}", err=True)
+    else:
+        click.echo(render_plan(plan))
+    return EXIT_REFUSED if plan.refusals else 0
 
 
 @cli.command()

@@ -357,7 +357,7 @@ def _other_process(record: audit_log.Record) -> str:
 
 def _syscall_name(number: int) -> str:
     try:
-        import pyseccomp
+        pyseccomp = seccomp.import_pyseccomp()
 
         name = pyseccomp.resolve_syscall(pyseccomp.Arch.X86_64, number)
         return name.decode() if isinstance(name, bytes) else str(name)

@@ -11,7 +11,6 @@ import os
 import re
 import stat
 import struct
-import subprocess
 from dataclasses import dataclass
 
 from sandrun.errors import BundleError, InterpreterNotExecutable, InterpreterNotFound
@@ -113,6 +112,8 @@ def _describe(path: str, real: str, version: str) -> Interpreter:
 
 
 def _ask_version(path: str) -> str:
+    import subprocess  # only for --python of an unversioned name
+
     try:
         out = subprocess.run([path, "-I", "-S", "-c",
                               "import sys; print('%d.%d' % sys.version_info[:2])"],

@@ -1101,10 +1101,11 @@ def cgroup_limits(profile: Profile) -> dict[str, object]:
     return limits
 
 
-def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) -> None:
+def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) -> str | None:
     """Remember a launch this cold path fully checked, for warm_exec to reuse while every
     input it was derived from is unchanged. Best effort: a store that cannot take the
-    record only means the next start is cold again."""
+    record only means the next start is cold again. Returns the name of the native
+    front's record written for this process's `exec` words, if one was."""
     from sandrun.launch.interpreter import candidates
     from sandrun.launch.safefile import UnsafePath
 
@@ -1138,7 +1139,9 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
     from sandrun.launch import native_record
 
     with contextlib.suppress(SandrunError, UnsafePath, OSError):
-        native_record.save(plan.store.dir_fd(), key, inputs, str(plan.tree), spec, not_after)
+        return native_record.save(plan.store.dir_fd(), key, inputs, str(plan.tree), spec,
+                                  not_after)
+    return None
 
 
 def launch(plan: LaunchPlan) -> int:

@@ -180,7 +180,7 @@ class _Observer:
 
 
 def _syscall_number(name: str) -> int:
-    import pyseccomp
+    pyseccomp = seccomp.import_pyseccomp()
 
     return int(pyseccomp.resolve_syscall(pyseccomp.Arch.X86_64, name))
 
@@ -204,7 +204,7 @@ def _learnable(name: str, detail: str) -> bool:
 
 @functools.lru_cache(maxsize=512)
 def _syscall_name(number: int) -> str:
-    import pyseccomp
+    pyseccomp = seccomp.import_pyseccomp()
 
     try:
         return str(pyseccomp.resolve_syscall(pyseccomp.Arch.X86_64, number).decode())

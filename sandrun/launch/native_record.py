@@ -295,6 +295,24 @@ def tree_of(data: bytes) -> str | None:
 
 
 ELF_MAGIC = b"\x7fELF"
+# Set by the cold path when it execs the front on the record it just wrote
+# (cli_exec.hand_to_front): the front's -v line then says so instead of "warm start".
+COLD_ENV = "SANDRUN_FRONT_COLD"
+
+
+def trusted_front() -> int | None:
+    """As root: an fd of this installation's native front (front_path()) to exec, when
+    it is the C program and only root can change it or its directories (what the front
+    checks of sandrun-py before it execs that); else None."""
+    from sandrun.launch import safefile
+
+    if os.geteuid() != 0:
+        return None
+    fd = safefile.open_trusted_program(front_path(), (0,))
+    if fd is not None and os.pread(fd, 4, 0) != ELF_MAGIC:
+        os.close(fd)
+        return None
+    return fd
 
 
 def front_path() -> str:

@@ -424,24 +424,8 @@ def open_supervisor() -> int:
     """An O_RDONLY fd of the native supervisor, or -1 when it is missing or others could
     have changed it (reached from "/" through directories only root or we can change,
     owned by root or us, not writable by group or others)."""
-    owner = os.geteuid()
-    try:
-        dir_fd = safefile.open_trusted_dir(os.path.dirname(SUPERVISOR), owner)
-    except (safefile.UnsafePath, OSError):
-        return -1
-    try:
-        fd = os.open(os.path.basename(SUPERVISOR), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
-    except OSError:
-        return -1
-    finally:
-        os.close(dir_fd)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, owner) or \
-            st.st_mode & 0o022 or not st.st_mode & 0o100:
-        os.close(fd)
-        return -1
-    return fd
+    fd = safefile.open_trusted_program(SUPERVISOR, (0, os.geteuid()))
+    return -1 if fd is None else fd
 
 
 def supervisor_status() -> tuple[bool, str]:

@@ -219,6 +219,30 @@ def open_trusted_dir(path: str, owner: int, *, create_mode: int | None = None) -
             os.close(fd)
 
 
+def open_trusted_program(path: str, owners: tuple[int, ...]) -> int | None:
+    """An O_RDONLY fd of the program at `path` to exec by fd, when others could not have
+    changed it: reached from "/" through trusted directories (open_trusted_dir, for the
+    running uid), not a link, a regular file owned by one of `owners`, executable by its
+    owner and not writable by group or others; else None."""
+    try:
+        dir_fd = open_trusted_dir(os.path.dirname(path), os.geteuid())
+    except (UnsafePath, OSError):
+        return None
+    try:
+        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners or \
+            st.st_mode & 0o022 or not st.st_mode & 0o100:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _make_dir(name: str, parent_fd: int, mode: int) -> int:
     """Create `name` (a concurrent creator may win: its dir is then checked as found)."""
     try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from sandrun.bundle.manifest import USER_PREFIX, app_name_problem
@@ -198,6 +196,9 @@ def system_uid_range(login_defs: str = LOGIN_DEFS) -> tuple[int, int]:
 
 
 def _create_system_user(name: str) -> pwd.struct_passwd:
+    import shutil  # only to create a user: not on every cold launch
+    import subprocess
+
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     shell = next((s for s in NOLOGIN_SHELLS if os.path.exists(s)), "/bin/false")
     proc = subprocess.run(
@@ -226,6 +227,9 @@ def remove_default_user(name: str) -> bool:
         raise UserError(f"user {name!r} is not an account sandrun created: "
                         + "; ".join(problems), f"remove it yourself if you mean to "
                         f"(userdel {name})")
+    import shutil
+    import subprocess
+
     userdel = shutil.which("userdel") or "/usr/sbin/userdel"
     proc = subprocess.run([userdel, name], capture_output=True, text=True, check=False,
                           stdin=subprocess.DEVNULL)

@@ -25,9 +25,9 @@ import difflib
 import errno
 import functools
 import importlib.util
-import platform
+import os
 import struct
-import tempfile
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -360,7 +360,7 @@ def compile_filter(policy: SeccompPolicy) -> bytes:
     """The BPF program for `policy` (libseccomp's export_bpf); same policy, same bytes."""
     plan = resolve_policy(policy)
     try:
-        import pyseccomp as sc
+        sc = import_pyseccomp()
     except (ImportError, RuntimeError) as exc:  # RuntimeError: libseccomp.so is missing
         raise EnforcementError(f"cannot compile the seccomp filter: {exc}",
                                "install libseccomp2 and the pyseccomp package") from exc
@@ -434,7 +434,7 @@ def add_rules(s: Any, plan: FilterPlan) -> bytes:
             _allow_only(flt, allow, eperm, name, low32, [AF_UNIX])
         else:
             flt.add_rule(allow, name)
-    with tempfile.TemporaryFile() as out:
+    with open(os.memfd_create("sandrun-seccomp", os.MFD_CLOEXEC), "w+b") as out:
         flt.export_bpf(out)
         out.seek(0)
         return out.read()
@@ -561,9 +561,44 @@ def _self_check(bpf: bytes, plan: FilterPlan) -> list[str]:
     return wrong
 
 
+# The sonames the dynamic loader finds by itself, for pyseccomp's import (below).
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+
+def import_pyseccomp() -> Any:
+    """`import pyseccomp`, without its two ctypes.util.find_library calls running
+    /sbin/ldconfig -p (~10 ms of every cold launch): while it imports, a library the
+    loader opens by its usual soname is named so; anything else is looked up as before.
+    The loader then searches exactly where it would for what ldconfig names."""
+    if "pyseccomp" in sys.modules:
+        return sys.modules["pyseccomp"]
+    import ctypes
+    import ctypes.util
+
+    real = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        soname = _SONAMES.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)
+            except OSError:
+                pass
+            else:
+                return soname
+        return real(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = real
+    return pyseccomp
+
+
 @functools.cache
 def _syscall_numbers() -> Mapping[str, int]:
-    import pyseccomp as sc
+    sc = import_pyseccomp()
 
     return MappingProxyType({name: sc.resolve_syscall(sc.Arch.X86_64, name)
                              for name in X86_64_SYSCALLS})
@@ -736,6 +771,8 @@ def describe(policy: SeccompPolicy) -> list[str]:
 
 def status() -> ProtectionStatus:
     """Whether this host can compile and enforce the filter (filter mode, KILL_PROCESS)."""
+    import platform
+
     if platform.machine() != "x86_64":
         return ProtectionStatus("seccomp", NOT_ENFORCED,
                                 f"sandrun's syscall tables cover x86_64 only, not "

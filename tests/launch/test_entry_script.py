@@ -68,8 +68,9 @@ def test_site_runs_only_once_the_cli_needs_it(tmp_path: Path) -> None:
     proc = run([venv["script"], "-V"])  # click: only through the import line
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("sandrun ")
-    # An exec the warm path declines (no record): sandrun, then site, then the CLI; also
-    # through a link elsewhere (README: /usr/local/bin/sandrun).
+    # An exec the warm path declines (no record): sandrun, then site, then the cold
+    # launch, without click (cli_exec); also through a link elsewhere (README:
+    # /usr/local/bin/sandrun). Words only click parses (--dry-run): the CLI, after site.
     link = tmp_path / "elsewhere" / "sandrun"
     link.parent.mkdir()
     link.symlink_to(venv["script"])
@@ -79,7 +80,13 @@ def test_site_runs_only_once_the_cli_needs_it(tmp_path: Path) -> None:
         names = imported(proc.stderr)
         assert proc.returncode != 0 and "missing.pyz" in proc.stderr
         assert names.index("sandrun.launch.warm_exec") < names.index("site") < \
-            names.index("click") < names.index("sandrun.cli")
+            names.index("sandrun.cli_exec")
+        assert "click" not in names and "sandrun.cli" not in names
+        proc = run([venv["python"], "-I", "-S", "-X", "importtime", script, "exec",
+                    "--dry-run", "--store", tmp_path / "no-store", tmp_path / "missing.pyz"])
+        names = imported(proc.stderr)
+        assert proc.returncode != 0 and "missing.pyz" in proc.stderr
+        assert names.index("site") < names.index("click") < names.index("sandrun.cli")
     assert run([link, "-V"]).returncode == 0
 
 

@@ -209,13 +209,21 @@ def launch_dirs(pid: int) -> list[Path]:
 # ---------------------------------------------------------------- served, and the same
 
 
+COLD_LINE = re.compile(r"^sandrun: cold start, launched by the native front \(record "
+                       r"(?P<path>\S+\.native)\)$", re.MULTILINE)
+
+
 def test_cold_then_warm_through_the_front(world: World) -> None:
+    """The cold path (Python: verify, install, decide) writes the record and execs the
+    front on it, which launches; the next start is the front's alone."""
     record_dir = world.store / "launch"
     cold = front(world, "hi", "a", "b")
     assert cold.returncode == 0, cold.stderr
     assert native_name(cold) is None  # no record yet: Python's cold path
     assert cold.stdout.startswith("hi ")
     record = record_dir / f"{expected_name(world)}.native"
+    found = COLD_LINE.search(cold.stderr)
+    assert found is not None and found["path"] == str(record), cold.stderr
     st = record.stat()
     assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o600)
     assert record_dir.stat().st_mode & 0o7777 == 0o700
@@ -225,6 +233,21 @@ def test_cold_then_warm_through_the_front(world: World) -> None:
     uid = int(proc.stdout.split()[1])
     assert uid != 0 and proc.stdout.startswith(f"hi {uid} ['c', '--', 'd'] ")
     assert without_native_line(proc.stderr) == ""
+
+
+def test_a_cold_start_the_front_gave_back_is_launched_by_python(world: World) -> None:
+    """When the front falls back after the cold path handed it the launch, it leaves
+    native_record.COLD_ENV set: Python then launches itself instead of handing the
+    launch back (no loop), with the same result."""
+    shutil.rmtree(world.store / "launch", ignore_errors=True)  # cold again
+    env = {**os.environ, native_record.COLD_ENV: "1"}
+    proc = run(python_argv(*world.words(), "hi", "x"), cwd=world.base, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("hi ") and "['x']" in proc.stdout
+    assert COLD_LINE.search(proc.stderr) is None and native_name(proc) is None
+    assert (world.store / "launch" / f"{expected_name(world)}.native").exists()
+    cold = front(world, "hi")  # the record it wrote serves the front
+    assert native_name(cold) is not None, cold.stderr
 
 
 def test_exit_codes_and_signals_pass_through(world: World) -> None:

@@ -409,3 +409,63 @@ def test_tree_of_a_record() -> None:
     for broken in (b"", data[:40], b"x" + data, data.replace(b"21:sandrun", b"21:sandrux"),
                    b"1:x,", b"-1:,"):
         assert native_record.tree_of(broken) is None, broken
+
+
+def test_the_cold_path_execs_only_a_trusted_front(require_root: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli_exec.hand_to_front runs what trusted_front() opens: the `sandrun` next to the
+    entry script, an ELF of root's nobody else may write, in root's directories; every
+    other case is None (Python launches itself)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sandrun-front-trust-", dir="/var/lib"))
+    try:
+        base.chmod(0o755)
+        bin_dir = base / "bin"
+        bin_dir.mkdir(mode=0o755)
+        front = bin_dir / "sandrun"
+        shutil.copyfile("/bin/true", front)
+        front.chmod(0o755)
+        monkeypatch.setattr("sys.argv", [str(bin_dir / "sandrun-py")])
+        assert native_record.front_path() == str(front)
+
+        def opened() -> bool:
+            fd = native_record.trusted_front()
+            if fd is None:
+                return False
+            assert os.path.samestat(os.fstat(fd), front.stat())
+            os.close(fd)
+            return True
+
+        assert opened()
+        front.chmod(0o775)  # group-writable
+        assert not opened()
+        front.chmod(0o755)
+        os.chown(front, 65534, -1)  # not root's
+        assert not opened()
+        os.chown(front, 0, -1)
+        bin_dir.chmod(0o777)  # a directory others can write
+        assert not opened()
+        bin_dir.chmod(0o755)
+        front.unlink()
+        front.symlink_to("/bin/true")  # a link, even to root's program
+        assert not opened()
+        front.unlink()
+        front.write_text("#!/bin/sh\nexit 0\n")  # the Python entry script (no gcc)
+        front.chmod(0o755)
+        assert not opened()
+        front.unlink()
+        assert not opened()  # missing
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_no_front_is_execd_but_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert native_record.trusted_front() is None
+
+
+def test_the_cold_marker_is_front_c_s() -> None:
+    source = (FRONT_H.parent / "front.c").read_text()
+    assert f'#define COLD_ENV "{native_record.COLD_ENV}"' in source

@@ -152,6 +152,38 @@ def test_warm_parse_is_click_parse(argv: list[str]) -> None:
         assert getattr(warm, name) == cold[name], name
 
 
+@pytest.mark.parametrize("store_env", [None, "", "/env/store"])
+@pytest.mark.parametrize("argv", [
+    ["app.pyz"],
+    ["-p", "web", "app.pyz", "--", "-b"],
+    ["-v", "--store=/s", "app.pyz", "--verify", "full"],
+    ["--verify", "cheap", "--trust", "t.toml", "-u", "svc", "--python", "/p", "app.pyz"],
+    ["-e", "A=1", "--env", "B", "--env-file", "f", "--read", "/r", "--rw", "/w",
+     "--bind-tcp", "8080", "--connect-tcp", "443", "-w", "/wd", "--audit-db", "db",
+     "--audit-severity", "low", "app.pyz", "x"],
+    ["--", "app.pyz", "--", "--"],
+])
+def test_the_click_free_cold_path_builds_click_s_options(
+        argv: list[str], store_env: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """__main__ runs the cold launch of words the warm path parsed without click
+    (cli_exec.options_of): the ExecOptions must be the ones the click command builds,
+    $SANDRUN_STORE included (click's envvar: an empty value is no value)."""
+    from sandrun.cli_exec import options_of
+
+    if store_env is None:
+        monkeypatch.delenv("SANDRUN_STORE", raising=False)
+    else:
+        monkeypatch.setenv("SANDRUN_STORE", store_env)
+    parsed = warm_exec.parse_exec_args(argv)
+    assert parsed is not None
+    values = click_params(argv)
+    args = tuple(values.pop("args"))
+    expected = ExecOptions(bundle=values.pop("bundle_path"),
+                           args=args[1:] if args[:1] == ("--",) else args,
+                           **options.exec_option_fields(values))
+    assert options_of(parsed) == expected
+
+
 @pytest.mark.parametrize("argv", [
     ["-pweb", "app.pyz"], ["-p=web", "app.pyz"], ["-vp", "web", "app.pyz"],
     ["--dry-run=1", "app.pyz"], ["--verbose=yes", "app.pyz"], ["--verify", "quick", "app.pyz"],

@@ -740,3 +740,26 @@ def test_fork_false_blocks_processes_not_threads(require_root: None,
     assert result["thread"] is True
     # vfork cannot be called safely from Python: check the filter's decision instead.
     assert seccomp.evaluate(bpf, 58, ()) == (0x00050000 | errno.EPERM)
+
+
+def test_compiling_runs_no_program() -> None:
+    """seccomp.import_pyseccomp: pyseccomp's import looks its libraries up without
+    running /sbin/ldconfig (ctypes.util.find_library would, twice: ~10 ms of every cold
+    launch), and the filter compiles the same. A fresh interpreter: no program may be
+    started at all while importing and compiling."""
+    import importlib.util
+
+    need(importlib.util.find_spec("pyseccomp") is not None, "pyseccomp is not installed")
+    code = (
+        "import subprocess, sys\n"
+        "def refuse(*a, **k): raise AssertionError(f'a program was run: {a}')\n"
+        "subprocess.Popen = refuse\n"
+        "from sandrun.sandbox import seccomp\n"
+        "bpf = seccomp.compile_filter(seccomp.SeccompPolicy())\n"
+        "import ctypes.util\n"
+        "assert ctypes.util.find_library.__module__ == 'ctypes.util'  # restored\n"
+        "print(len(bpf) % 8, 'pyseccomp' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "0 True\n"

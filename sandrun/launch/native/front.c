@@ -32,6 +32,8 @@
 #define KEY_MAGIC "sandrun-native-key"
 #define RECORD_MAGIC "sandrun-native-record"
 #define PYTHON_FRONT "sandrun-py"
+/* native_record.COLD_ENV: the cold path exec'd us on the record it just wrote */
+#define COLD_ENV "SANDRUN_FRONT_COLD"
 #define SMALL_FILE_MAX (1u << 20) /* boot id, /proc/self/cgroup */
 #define INSTALL_HINT                                                                   \
     "install sandrun root-owned, e.g. `python3 -m venv /opt/sandrun && "               \
@@ -1576,6 +1578,10 @@ static struct spec *load_record(char **argv, const struct exec_words *words,
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
+    /* Set by the cold path that exec'd us on the record it just wrote (cli_exec): the -v
+     * line says so, and if we fall back it stays set, so that Python launches itself
+     * instead of handing the launch to us again. */
+    int cold = getenv(COLD_ENV) != NULL;
     if (argc < 2 || strcmp(argv[1], "exec") != 0 || geteuid() != 0)
         fall_back(argc, argv);
     struct exec_words words;
@@ -1585,7 +1591,11 @@ int main(int argc, char **argv) {
     struct spec *spec = load_record(argv, &words, &record_path);
     if (!spec)
         fall_back(argc, argv);
+    unsetenv(COLD_ENV);
     if (words.verbose)
-        fprintf(stderr, "sandrun: warm start (native front, record %s)\n", record_path);
+        fprintf(stderr, cold ? "sandrun: cold start, launched by the native front (record "
+                               "%s)\n"
+                             : "sandrun: warm start (native front, record %s)\n",
+                record_path);
     launch(spec, argv + words.args, words.n_args);
 }
