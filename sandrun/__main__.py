@@ -100,13 +100,16 @@ def _cold_exec(parsed: ExecArgs) -> int:
     (cli_exec.cold_exec, without click's ~50 ms)."""
     from sandrun.cli_exec import cold_exec, options_of
 
-    code = _reporting_errors(parsed, lambda: cold_exec(options_of(parsed)))
+    code = _reporting_errors(parsed, lambda: cold_exec(options_of(parsed)), as_click=True)
     assert code is not None
     return code
 
 
-def _reporting_errors(parsed: ExecArgs, launch: Callable[[], int | None]) -> int | None:
-    """launch(), its errors reported as the click CLI reports them (cli.main)."""
+def _reporting_errors(parsed: ExecArgs, launch: Callable[[], int | None], *,
+                      as_click: bool = False) -> int | None:
+    """launch(), its errors reported as the click CLI reports them (cli.main).
+    `as_click`: also Ctrl-C, EOF and a closed stdout as the click command would see
+    them (click: "Aborted", exit 130; EPIPE: exit 1)."""
     from sandrun.errors import EXIT_REFUSED, SandrunError
 
     try:
@@ -116,9 +119,13 @@ def _reporting_errors(parsed: ExecArgs, launch: Callable[[], int | None]) -> int
             _print_traceback(exc)
         sys.stderr.write(f"sandrun: error: {exc.diagnostics()}\n")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError):
+        if as_click:
+            sys.stderr.write("\nsandrun: aborted\n")
         sys.exit(130)
     except Exception as exc:  # a sandrun bug, not a user mistake: still no raw traceback
+        if as_click and isinstance(exc, BrokenPipeError):
+            sys.exit(1)
         if parsed.verbose:
             _print_traceback(exc)
         sys.stderr.write(f"sandrun: internal error: {type(exc).__name__}: {exc}\n"

@@ -97,10 +97,13 @@ def hand_to_front(record: str) -> None:
     for these words and launches as it does every warm start (the same checks, order,
     messages and supervisor as runner.launch with the hand-off), without this
     interpreter's ~40 ms of launching. Not when the front fell back after such a hand-off
-    (it left COLD_ENV set: it would again), nor when it is not the trusted C program."""
+    (it left COLD_ENV set: it would again), not for `python -m sandrun` (the front next
+    to the interpreter may be another installation's), nor when it is not the trusted
+    C program. The front launches only from the record named in COLD_ENV."""
     from sandrun.launch import native_record, warm_exec
 
-    if warm_exec.INVOKED is None or native_record.COLD_ENV in os.environ:
+    if warm_exec.INVOKED is None or native_record.COLD_ENV in os.environ or \
+            not native_record.started_as_entry_script():
         return
     front = native_record.trusted_front()
     if front is None:
@@ -112,14 +115,14 @@ def hand_to_front(record: str) -> None:
     # them for the app anyway, as it does every signal it forwards).
     import signal
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    saved = [(sig, signal.signal(sig, signal.SIG_DFL))
+             for sig in (signal.SIGPIPE, signal.SIGXFSZ)]
     env = dict(os.environ)
     env[native_record.COLD_ENV] = record  # the front says "cold start", not "warm"
     try:
         os.execve(front, argv, env)  # by fd: the very file just checked
     except OSError:
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        for sig, handler in saved:
+            signal.signal(sig, handler)
         os.close(front)
 

@@ -263,6 +263,8 @@ def save(store_fd: int, key: tuple[Any, ...], inputs: list[tuple[str, bool, Any]
     if found is None:
         return None
     words, store = found
+    if ".." in store.split("/"):
+        return None  # the front refuses such a store (has_dotdot): it would fall back
     native_key = key_bytes(words, store, os.getcwd(), os.geteuid())
     return write(store_fd, native_key, inputs, tree, spec, not_after)
 
@@ -313,6 +315,14 @@ def trusted_front() -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def started_as_entry_script() -> bool:
+    """Whether this process is the installation's `sandrun` command (the entry script,
+    maybe as `sandrun-py` exec'd by the front), not `python -m sandrun`, whose front
+    next to the interpreter may belong to another installation."""
+    script = sys.argv[0] if sys.argv else ""
+    return os.path.basename(script) in ("sandrun", "sandrun-py")
 
 
 def front_path() -> str:

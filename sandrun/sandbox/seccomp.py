@@ -28,10 +28,11 @@ import importlib.util
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO
 
 from sandrun.errors import EnforcementError
 from sandrun.sandbox import kernel
@@ -434,10 +435,22 @@ def add_rules(s: Any, plan: FilterPlan) -> bytes:
             _allow_only(flt, allow, eperm, name, low32, [AF_UNIX])
         else:
             flt.add_rule(allow, name)
-    with open(os.memfd_create("sandrun-seccomp", os.MFD_CLOEXEC), "w+b") as out:
+    with _scratch_file() as out:
         flt.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _scratch_file() -> BinaryIO:
+    """An anonymous file for libseccomp's export: a memfd, or a temporary file where
+    memfd_create is denied (a seccomp filter around sandrun itself)."""
+    try:
+        fd = os.memfd_create("sandrun-seccomp", os.MFD_CLOEXEC)
+    except OSError:
+        import tempfile
+
+        return tempfile.TemporaryFile()
+    return open(fd, "w+b")  # the caller closes it
 
 
 def _inet_protocols(plan: FilterPlan) -> dict[int, tuple[int, ...]]:
@@ -563,6 +576,7 @@ def _self_check(bpf: bytes, plan: FilterPlan) -> list[str]:
 
 # The sonames the dynamic loader finds by itself, for pyseccomp's import (below).
 _SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+_IMPORT_LOCK = threading.Lock()  # one patch of ctypes.util.find_library at a time
 
 
 def import_pyseccomp() -> Any:
@@ -571,11 +585,18 @@ def import_pyseccomp() -> Any:
     loader opens by its usual soname is named so; anything else is looked up as before.
     The loader then searches exactly where it would for what ldconfig names."""
     if "pyseccomp" in sys.modules:
-        return sys.modules["pyseccomp"]
+        import pyseccomp  # waits for an import another thread has under way
+
+        return pyseccomp
     import ctypes
     import ctypes.util
 
-    real = ctypes.util.find_library
+    with _IMPORT_LOCK:
+        return _import_pyseccomp(ctypes, ctypes.util)
+
+
+def _import_pyseccomp(ctypes: Any, util: Any) -> Any:
+    real: Callable[[str], str | None] = util.find_library
 
     def find_library(name: str) -> str | None:
         soname = _SONAMES.get(name)
@@ -588,11 +609,11 @@ def import_pyseccomp() -> Any:
                 return soname
         return real(name)
 
-    ctypes.util.find_library = find_library
+    util.find_library = find_library
     try:
         import pyseccomp
     finally:
-        ctypes.util.find_library = real
+        util.find_library = real
     return pyseccomp
 
 

@@ -250,6 +250,21 @@ def test_a_cold_start_the_front_gave_back_is_launched_by_python(world: World) ->
     assert native_name(cold) is not None, cold.stderr
 
 
+def test_the_front_launches_only_the_record_the_cold_path_named(world: World) -> None:
+    """With native_record.COLD_ENV set, the front serves only the record it names (the
+    cold path names the one it just wrote); another name is a doubt: it falls back,
+    leaving the variable set, and Python launches itself."""
+    warm(world)  # the record exists
+    name = f"{expected_name(world)}.native"
+    for value, served in ((name, True), ("0123456789abcdef.native", False)):
+        env = {**os.environ, native_record.COLD_ENV: value}
+        proc = run(front_argv(*world.words(), "hi", "y"), cwd=world.base, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("hi ") and "['y']" in proc.stdout
+        assert native_name(proc) is None  # never "warm start" with the variable set
+        assert (COLD_LINE.search(proc.stderr) is not None) == served, proc.stderr
+
+
 def test_exit_codes_and_signals_pass_through(world: World) -> None:
     for code in ("0", "3", "125", "255"):
         assert same_as_python(world, "exit", code).returncode == int(code)

@@ -469,3 +469,11 @@ def test_no_front_is_execd_but_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_cold_marker_is_front_c_s() -> None:
     source = (FRONT_H.parent / "front.c").read_text()
     assert f'#define COLD_ENV "{native_record.COLD_ENV}"' in source
+
+
+def test_no_record_for_a_store_the_front_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store given with a '..' component: the front refuses it (has_dotdot), so no
+    native record is written for it (each cold start would hand over and fall back)."""
+    monkeypatch.setattr(native_record, "words_for",
+                        lambda key: (["app.pyz"], "/var/lib/x/../sandrun"))
+    assert native_record.save(-1, ("key",), [], "/tree", None) is None  # type: ignore[arg-type]

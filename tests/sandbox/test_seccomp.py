@@ -763,3 +763,19 @@ def test_compiling_runs_no_program() -> None:
                           timeout=60, check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "0 True\n"
+
+
+def test_compiling_without_memfd_create(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a filter around sandrun denies memfd_create, the export goes through a
+    temporary file: the same bytes."""
+    import importlib.util
+
+    need(importlib.util.find_spec("pyseccomp") is not None, "pyseccomp is not installed")
+    policy = SeccompPolicy()
+    expected = seccomp.compile_filter(policy)
+
+    def denied(*_: object) -> int:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", denied)
+    assert seccomp.compile_filter(policy) == expected

@@ -1581,7 +1581,7 @@ int main(int argc, char **argv) {
     /* Set by the cold path that exec'd us on the record it just wrote (cli_exec): the -v
      * line says so, and if we fall back it stays set, so that Python launches itself
      * instead of handing the launch to us again. */
-    int cold = getenv(COLD_ENV) != NULL;
+    const char *cold = getenv(COLD_ENV);
     if (argc < 2 || strcmp(argv[1], "exec") != 0 || geteuid() != 0)
         fall_back(argc, argv);
     struct exec_words words;
@@ -1591,6 +1591,13 @@ int main(int argc, char **argv) {
     struct spec *spec = load_record(argv, &words, &record_path);
     if (!spec)
         fall_back(argc, argv);
+    if (cold) {
+        /* Only the record the cold path named: any other (a key computed otherwise, a
+         * record replaced since) is a doubt, and Python launches itself. */
+        const char *slash = strrchr(record_path, '/');
+        if (strcmp(cold, slash ? slash + 1 : record_path) != 0)
+            fall_back(argc, argv);
+    }
     unsetenv(COLD_ENV);
     if (words.verbose)
         fprintf(stderr, cold ? "sandrun: cold start, launched by the native front (record "
