@@ -15,15 +15,15 @@ disagree.
 from __future__ import annotations
 
 import argparse
-import difflib
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: this checkout's options
+sys.path.insert(0, str(REPO / "tools"))  # also when a test loads this file by its path
+
+from generated_file import write_or_check  # noqa: E402
 
 from sandrun.launch.options import EXEC_OPTIONS, Option  # noqa: E402
 
@@ -104,14 +104,6 @@ def generate() -> str:
     return render(EXEC_OPTIONS)
 
 
-def _write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
-                                     prefix=f".{path.name}.", delete=False) as out:
-        out.write(text)
-    os.chmod(out.name, 0o644)
-    os.replace(out.name, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true",
@@ -124,22 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"gen_exec_options: {exc}", file=sys.stderr)
         return 2
-    try:
-        old = options.output.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        old = ""
-    if old == text:
-        print(f"{options.output}: up to date")
-        return 0
-    diff = difflib.unified_diff(old.splitlines(keepends=True), text.splitlines(keepends=True),
-                                str(options.output), "generated")
-    sys.stdout.writelines(diff)
-    if options.check:
-        print(f"{options.output} is stale: regenerate with {REGENERATE}", file=sys.stderr)
-        return 1
-    _write(options.output, text)
-    print(f"{options.output}: written")
-    return 0
+    return write_or_check(options.output, text, check=options.check,
+                          regenerate=REGENERATE)
 
 
 if __name__ == "__main__":

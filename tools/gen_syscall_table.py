@@ -20,17 +20,19 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import difflib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))  # also when a test loads this file by its path
+
+from generated_file import write_or_check  # noqa: E402
+
 TABLE = REPO / "sandrun" / "sandbox" / "syscall_table.py"
 REGENERATE = ".venv/bin/python tools/gen_syscall_table.py"
 
@@ -247,14 +249,6 @@ def _set_drift(what: str, table: frozenset[str], installed: frozenset[str],
     return lines
 
 
-def _write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
-                                     prefix=f".{path.name}.", delete=False) as out:
-        out.write(text)
-    os.chmod(out.name, 0o644)
-    os.replace(out.name, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true",
@@ -267,22 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"gen_syscall_table: {exc}", file=sys.stderr)
         return 2
-    try:
-        old = options.output.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        old = ""
-    if old == text:
-        print(f"{options.output}: up to date")
-        return 0
-    diff = difflib.unified_diff(old.splitlines(keepends=True), text.splitlines(keepends=True),
-                                str(options.output), "generated")
-    sys.stdout.writelines(diff)
-    if options.check:
-        print(f"{options.output} is stale: regenerate with {REGENERATE}", file=sys.stderr)
-        return 1
-    _write(options.output, text)
-    print(f"{options.output}: written")
-    return 0
+    return write_or_check(options.output, text, check=options.check,
+                          regenerate=REGENERATE)
 
 
 if __name__ == "__main__":
