@@ -353,6 +353,33 @@ def users_removed_after(*names: str) -> Iterator[None]:
                 remove_user(name)
 
 
+@contextlib.contextmanager
+def bundled_app(prefix: str, app_name: str, source: str) -> Iterator[tuple[Path, Path]]:
+    """(a scratch dir, the bundle in it): a dir under /var/lib (root's, 0755: a store may
+    live in it) holding APP_NAME.pyz, one module `source` with the entry point
+    APP_NAME:main; the dir and the app user sandrun-APP_NAME are removed afterwards."""
+    import shutil
+    import tempfile
+
+    from wheelcraft import make_wheel
+
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/lib"))
+    base.chmod(0o755)
+    try:
+        with users_removed_after(f"{APP_USER_PREFIX}{app_name}"):
+            make_wheel(base / "wheels", app_name, "1.0", {f"{app_name}.py": source})
+            bundle = base / f"{app_name}.pyz"
+            proc = subprocess.run(
+                python_argv("bundle", app_name, "--no-index", "--find-links",
+                            str(base / "wheels"), "-e", f"{app_name}:main", "-o", str(bundle)),
+                cwd=base, capture_output=True, text=True, timeout=120, check=False,
+                stdin=subprocess.DEVNULL)
+            assert proc.returncode == 0, proc.stderr
+            yield base, bundle
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def app_accounts() -> tuple[set[str], set[str]]:
     """The sandrun-* users and groups in /etc/passwd and /etc/group."""
     return ({n for n in local_users() if n.startswith(APP_USER_PREFIX)},

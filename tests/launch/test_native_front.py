@@ -26,14 +26,13 @@ from typing import NamedTuple
 import pytest
 from helpers import (
     NOBODY,
+    bundled_app,
     drop_to_nobody,
     front_argv,
     python_argv,
     read_within,
-    users_removed_after,
     wait_for,
 )
-from wheelcraft import make_wheel
 
 from sandrun.launch import native_record, runner
 from sandrun.sandbox import cgroup
@@ -131,21 +130,10 @@ class World(NamedTuple):
 @pytest.fixture(scope="module")
 def world(require_root: None) -> Iterator[World]:
     front_argv()  # fails under CI=true (skips otherwise) without the native front
-    base = Path(tempfile.mkdtemp(prefix="sandrun-front-", dir="/var/lib"))
-    base.chmod(0o755)
-    try:
-        with users_removed_after(APP_USER):
-            make_wheel(base / "wheels", APP_NAME, "1.0", {f"{APP_NAME}.py": APP})
-            bundle = base / f"{APP_NAME}.pyz"
-            proc = run(python_argv("bundle", APP_NAME, "--no-index", "--find-links",
-                                    str(base / "wheels"), "-e", f"{APP_NAME}:main",
-                                    "-o", str(bundle)), cwd=base)
-            assert proc.returncode == 0, proc.stderr
-            profile = base / "front.toml"
-            profile.write_text(PROFILE)
-            yield World(base, bundle, base / "store", profile)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with bundled_app("sandrun-front-", APP_NAME, APP) as (base, bundle):
+        profile = base / "front.toml"
+        profile.write_text(PROFILE)
+        yield World(base, bundle, base / "store", profile)
 
 
 def run(argv: list[str], *, cwd: Path, **popen: object) -> subprocess.CompletedProcess[str]:

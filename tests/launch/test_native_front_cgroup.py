@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import NOBODY, front_argv, sandrun_argv, users_removed_after
-from wheelcraft import make_wheel
+from helpers import NOBODY, bundled_app, front_argv
 
 pytestmark = pytest.mark.usefixtures("require_root", "require_landlock", "require_seccomp")
 
@@ -63,21 +60,9 @@ def memory_cgroup(require_root: None) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def bundle(require_root: None) -> Iterator[Path]:
     front_argv()  # fails under CI=true (skips otherwise) without the native front
-    base = Path(tempfile.mkdtemp(prefix="sandrun-front-cg-", dir="/var/lib"))
-    base.chmod(0o755)
-    try:
-        with users_removed_after(f"sandrun-{APP_NAME}"):
-            make_wheel(base / "wheels", APP_NAME, "1.0", {f"{APP_NAME}.py": APP})
-            out = base / f"{APP_NAME}.pyz"
-            proc = subprocess.run(
-                sandrun_argv("bundle", APP_NAME, "--no-index", "--find-links",
-                             str(base / "wheels"), "-e", f"{APP_NAME}:main", "-o", str(out)),
-                cwd=base, capture_output=True, text=True, timeout=120, check=False)
-            assert proc.returncode == 0, proc.stderr
-            (base / "p.toml").write_text(PROFILE)
-            yield out
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with bundled_app("sandrun-front-cg-", APP_NAME, APP) as (base, out):
+        (base / "p.toml").write_text(PROFILE)
+        yield out
 
 
 def _front_in(cgroup_dir: Path, bundle: Path) -> subprocess.CompletedProcess[str]:
