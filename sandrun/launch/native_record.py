@@ -16,7 +16,6 @@ front starts Python, which serves the launch as before.
 
 from __future__ import annotations
 
-import marshal
 import os
 import resource
 import sys
@@ -231,14 +230,8 @@ def write(store_fd: int, key: bytes, inputs: list[tuple[str, bool, warm_exec.Ide
     tree_sha = os.path.basename(tree)
     # The snapshot the tree was verified against (installed or fully re-hashed), not a
     # walk now: the front must accept only the tree the cold path checked.
-    data = warm_exec.read_launch_file(store_fd, tree_sha + warm_exec.SNAPSHOT_SUFFIX)
-    if data is None:
-        return None
-    try:
-        snapshot = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
-        return None
-    if not isinstance(snapshot, list):
+    snapshot = warm_exec.load_snapshot(store_fd, tree_sha)
+    if snapshot is None:
         return None
     own_cgroup, nodes = cgroup.native_plan(spec.limits)
     try:

@@ -342,19 +342,32 @@ def write_record(store_fd: int, key: tuple[Any, ...], inputs: list[Any], tree: s
     write_launch_file(store_fd, _record_name(key), marshal.dumps(record))
 
 
+def load_snapshot(store_fd: int, bundle_sha256: str) -> list[Any] | None:
+    """The tree's snapshot taken when it was last fully verified (save_snapshot), or None
+    when there is none that reads as one; raises OSError or UnsafePath."""
+    data = read_launch_file(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX)
+    if data is None:
+        return None
+    try:
+        snapshot = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
+        return None
+    return snapshot if isinstance(snapshot, list) else None
+
+
 def snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
     """Whether the tree is exactly (names, modes, owners, sizes, inodes, ctimes) as it
     was when last fully verified."""
     try:
-        data = read_launch_file(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX)
-        if data is None:
+        snapshot = load_snapshot(store_fd, bundle_sha256)
+        if snapshot is None:
             return False
         top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
         try:
-            return bool(marshal.loads(data) == tree_snapshot(top))
+            return snapshot == tree_snapshot(top)
         finally:
             os.close(top)
-    except (safefile.UnsafePath, ValueError, EOFError, TypeError, OSError):
+    except (safefile.UnsafePath, OSError):
         return False
 
 
