@@ -50,15 +50,23 @@ def cold_exec(options: ExecOptions, *, explain: bool = False) -> int:
     import time
 
     from sandrun.launch import runner
-    from sandrun.launch.launcher import decide, materialise, run_spec, save_record
+    from sandrun.launch.launcher import (
+        compile_after_launch,
+        decide,
+        materialise,
+        run_spec,
+        save_record,
+    )
 
     plan = decide(options)
     plan.raise_for_refusals()
-    materialise(plan, options, progress=progress if sys.stderr.isatty() else None)
+    materialise(plan, options, progress=progress if sys.stderr.isatty() else None,
+                defer_bytecode=True)
     for notice in plan.notices:
         say(notice)
     spec = run_spec(plan)
     front_record = save_record(options, plan, spec)
+    compile_after_launch(plan, spec)  # the bytecode the install left for after the launch
     if not explain and front_record is not None:
         hand_to_front(front_record)  # returns only when the front cannot take it
     session: ExplainSession | None = None

@@ -20,6 +20,7 @@ from helpers import (
     need,
     other_test_sessions,
     remove_app_accounts_made_since,
+    wait_for_background_compiles,
 )
 
 __all__ = ["IN_CI", "need"]  # older tests import them from here
@@ -75,6 +76,15 @@ def no_app_users_left() -> Iterator[None]:
         _user_cleanup_notes.append(("", f"removed sandrun-* users/groups that tests left: "
                                         f"{', '.join(removed)}"))
     _user_cleanup_notes.extend(("red", f"could not remove {failure}") for failure in failures)
+
+
+@pytest.fixture(autouse=True)
+def no_background_compile_left() -> Iterator[None]:
+    """After each test, wait for the bytecode compiles its cold starts left running
+    (they outlive `sandrun exec` by design): the next test, and this module's teardown
+    removing its store, must not race them."""
+    yield
+    wait_for_background_compiles()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -306,6 +306,36 @@ def free_port() -> int:
 # ---------------------------------------------------------------- system users
 
 
+COMPILE_TITLE = "sandrun-compile"  # the comm of a cold start's detached bytecode compile
+
+
+def background_compiles() -> list[int]:
+    """Pids of the bytecode compiles cold starts left running (store.run_detached)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat_line = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat_line[stat_line.index("(") + 1:stat_line.rindex(")")]
+            state = stat_line.rpartition(")")[2].split()[0]
+            if comm == COMPILE_TITLE and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+def wait_for_background_compiles(timeout: float = 120) -> None:
+    """Wait (bounded) until no cold start's bytecode compile runs: what a test checks
+    of a store, removes or times next must not race it."""
+    deadline = time.monotonic() + timeout
+    while background_compiles():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"bytecode compiles still running after {timeout} s: "
+                                 f"{background_compiles()}")
+        time.sleep(0.01)
+
+
 def _names_in(path: str) -> set[str]:
     with open(path, encoding="utf-8", errors="replace") as f:
         return {line.split(":", 1)[0] for line in f if ":" in line}

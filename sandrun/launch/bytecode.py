@@ -6,7 +6,10 @@ Bytecode is generated once, at install, by sandrun's own interpreter — only wh
 has the app interpreter's bytecode format (same CPython X.Y), never by running another
 program as root — next to each source as `__pycache__/<stem>.<tag>.pyc`, timestamp-
 validated, by the processes that write the tree (store.py: each compiles the sources it
-has just written, from the verified bytes in memory). It is not in the manifest, so
+has just written, from the verified bytes in memory), or, for a cold `sandrun exec` as
+root, after the launch by a detached process that compiles the installed sources
+(Store.compile_bytecode): the app's first run imports from source, as shiv's does. It
+is not in the manifest, so
 the store checks it on its own terms: the cheap check accepts only those names, beside
 a listed source, owned by the store owner and read-only; the full check compiles each
 source again and compares the code objects (co_filename aside), so a forged .pyc cannot

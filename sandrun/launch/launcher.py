@@ -133,6 +133,9 @@ class LaunchPlan:
     limit_rows: list[tuple[str, str, str]] = field(default_factory=list)  # name, status, how
     protections: list[ProtectionStatus] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bytecode_pending: bool = False  # installed without its bytecode, added after launch
+    # What save_record wrote the records from: (key, inputs, not_after).
+    record_inputs: tuple[Any, ...] | None = None
 
     def raise_for_refusals(self) -> None:
         """Nothing was created: refuse with the one reason (its own exit code) or all."""
@@ -299,7 +302,9 @@ def _verified_bundle(options: ExecOptions, store: Store) -> _Bundle:
                 [Problem(n, "bytecode entry in the bundle") for n in bytecode_entries],
                 f"remove the tree (rm -rf {tree}) and rebuild the bundle")
         # Re-hash in full unless the tree is exactly as it was last fully verified (ctime
-        # and inode of every entry): a same-size edit cannot pass the cheap check.
+        # and inode of every entry): a same-size edit cannot pass the cheap check. A
+        # compile adding the tree's deferred bytecode is waited for first.
+        store.wait_for_bytecode(sha256)
         full_check = options.verify_full or not store.tree_matches_snapshot(sha256)
         store.check_tree(tree, manifest, manifest_bytes, full=full_check)
         return _Bundle(archive, manifest, manifest_bytes, sha256, tree, True, full_check,
@@ -671,10 +676,14 @@ def _limit_rows(profile: Profile, privileged: bool,
 
 
 def materialise(plan: LaunchPlan, options: ExecOptions,
-                progress: Callable[[str], None] | None = None) -> None:
+                progress: Callable[[str], None] | None = None, *,
+                defer_bytecode: bool = False) -> None:
     """Create what decide() found missing: the user, the store tree, the state dir, the
     owner record. Each step is idempotent; plan.notices gets one line per creation.
-    `progress` gets the cold install's lines (the CLI passes one on a terminal)."""
+    `progress` gets the cold install's lines (the CLI passes one on a terminal).
+    `defer_bytecode`: a root store's tree is installed without its bytecode and
+    plan.bytecode_pending is set, for compile_after_launch; without it, bytecode still
+    pending from an earlier launch is compiled here."""
     app = plan.manifest.app_name
     if plan.privileged and not plan.user.exists:
         plan.user = resolve_user(options.user, app, create=True)
@@ -684,7 +693,7 @@ def materialise(plan: LaunchPlan, options: ExecOptions,
         assert plan.archive is not None  # decide() read it
         plan.tree = plan.store.install(plan.bundle_sha256, plan.archive, plan.manifest,
                                        plan.interpreter.version, gid=plan.user.gid,
-                                       progress=progress)
+                                       progress=progress, defer_bytecode=defer_bytecode)
         plan.store.check_tree(plan.tree, plan.manifest, plan.manifest_bytes, full=False,
                               gid=plan.user.gid)
         plan.store.save_tree_snapshot(plan.bundle_sha256)
@@ -696,6 +705,11 @@ def materialise(plan: LaunchPlan, options: ExecOptions,
                                 f"{plan.user.gid} (was another app group's)")
         if plan.full_check:
             plan.store.save_tree_snapshot(plan.bundle_sha256)
+    plan.bytecode_pending = plan.store.bytecode_pending(plan.bundle_sha256)
+    if plan.bytecode_pending and not defer_bytecode:
+        plan.store.compile_bytecode(plan.bundle_sha256, plan.manifest, plan.manifest_bytes,
+                                    plan.interpreter.version)
+        plan.bytecode_pending = False
     existed = os.path.lexists(plan.state_dir)
     plan.store.state_dir(app, plan.user.uid, plan.user.gid, create=True)
     if not existed:
@@ -1131,6 +1145,7 @@ def save_record(options: ExecOptions, plan: LaunchPlan, spec: runner.RunSpec) ->
         from sandrun.supply.trust import trusted_until
 
         not_after = trusted_until(plan.trust_policy, plan.signature)
+    plan.record_inputs = (key, inputs, not_after)
     with contextlib.suppress(SandrunError, UnsafePath, OSError):
         warm_exec.write_record(plan.store.dir_fd(), key, inputs, str(plan.tree), spec,
                                not_after)
@@ -1156,3 +1171,53 @@ def _bootstrap_flags(bundle: _Bundle) -> list[str]:
     if entry is None or b"\nBOOTSTRAP_API = 2 " not in bundle.archive.read(entry):
         return []
     return ["-S"]
+
+
+def compile_after_launch(plan: LaunchPlan, spec: runner.RunSpec) -> None:
+    """Start adding the bytecode materialise(defer_bytecode=True) left out, in a process
+    of its own that outlives this one (store.run_detached): a cold start runs the app
+    first, compiling in memory only what it imports, as a shiv or pex first run does,
+    instead of waiting for every module of every dependency to be compiled. Once the
+    bytecode is in place the tree is snapshot again and the native record of this
+    launch rewritten with that snapshot, from the inputs this launch checked (not a new
+    look at them), so the next start is warm and finds its bytecode. Launches meanwhile
+    run without it, or wait for it where they would check the tree.
+
+    The compile waits to publish until this process has become the app's supervisor
+    (or 1 s): the native front re-checks the tree against the record just written, and
+    must find it as it was checked."""
+    if not plan.bytecode_pending:
+        return
+    from sandrun.launch import native_record
+    from sandrun.launch.safefile import UnsafePath
+    from sandrun.launch.store import run_detached
+
+    store = plan.store
+    store_fd = store.dir_fd()
+    launcher = os.getpid()
+    launching = {os.readlink("/proc/self/exe"), os.path.realpath(native_record.front_path())}
+
+    import time
+
+    def launched() -> None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                if os.readlink(f"/proc/{launcher}/exe") not in launching:
+                    return
+            except OSError:
+                return  # it is gone
+            time.sleep(0.002)
+
+    def rewrite_record() -> None:  # under the tree's lock: before a waiting launch looks
+        if plan.record_inputs is not None:
+            key, inputs, not_after = plan.record_inputs
+            with contextlib.suppress(SandrunError, UnsafePath, OSError):
+                native_record.save(store_fd, key, inputs, str(plan.tree), spec, not_after)
+
+    def work() -> None:
+        store.compile_bytecode(plan.bundle_sha256, plan.manifest, plan.manifest_bytes,
+                               plan.interpreter.version, before_publishing=launched,
+                               after_snapshot=rewrite_record)
+
+    run_detached(work, b"sandrun-compile", keep=(store_fd,))

@@ -42,7 +42,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 TREE_DIR_MODE = 0o555  # every directory inside a tree
 ROOT_MODE = 0o755
 LISTING_MODE = 0o711  # apps/ and state/: traversable, not listable
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = ".tmp-"  # apps/.tmp-<sha>-<pid>: an extraction in progress
+_PYC_TMP_PREFIX = ".pyc-"  # apps/.pyc-<sha>-<pid>: bytecode compiled after the launch
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _STORE_HINT = ("use a store whose every directory, from /, is owned by root (or by you "
                f"when not root), not writable by others and not a symlink (default "
@@ -241,15 +242,19 @@ class Store:
 
     def install(self, bundle_sha256: str, archive: StrictArchive, manifest: Manifest,
                 python_version: str | None = None, gid: int = 0,
-                progress: Callable[[str], None] | None = None) -> Path:
+                progress: Callable[[str], None] | None = None, *,
+                defer_bytecode: bool = False) -> Path:
         """Extract a verified archive once; concurrent callers wait and reuse it. The
         tree's top dir gets group `gid` (the app user's; ignored in a user's own store).
 
         With the app's Python X.Y, bytecode is precompiled when sandrun's interpreter
-        writes that format (bytecode.py). `progress` gets one line per phase (what is
-        installed and how much, then what it took); it is not called when the tree was
-        installed already."""
+        writes that format (bytecode.py). `defer_bytecode` (a root store only): the
+        tree is installed without it and marked pending (bytecode_pending), for
+        compile_bytecode to add once the app runs. `progress` gets one line per phase
+        (what is installed and how much, then what it took); it is not called when the
+        tree was installed already."""
         tree = self.tree(bundle_sha256)
+        defer = defer_bytecode and defers_bytecode(self.owner, manifest, python_version)
         with self._subdir("apps") as apps, self._lock(apps, bundle_sha256):
             if _lexists(bundle_sha256, apps):  # installed, maybe while we waited
                 self._set_group(apps, bundle_sha256, gid)
@@ -258,10 +263,13 @@ class Store:
             tmp = f"{_TMP_PREFIX}{bundle_sha256}-{os.getpid()}"
             os.mkdir(tmp, 0o700, dir_fd=apps)
             try:
+                if defer:  # before the rename: no tree without its mark
+                    os.close(os.open(_pending_name(bundle_sha256), _CREATE_OR_KEEP, 0o600,
+                                     dir_fd=apps))
                 tmp_fd = os.open(tmp, _DIR, dir_fd=apps)
                 try:
                     self._extract(archive, manifest, tmp_fd, tree, python_version,
-                                  progress or _no_progress)
+                                  progress or _no_progress, deferred=defer)
                     if self.owner == 0:
                         os.fchown(tmp_fd, 0, gid)
                     os.fchmod(tmp_fd, self.tree_top_mode)
@@ -272,10 +280,72 @@ class Store:
                 os.fsync(apps)
             except BaseException:
                 _remove_at(apps, tmp)
+                if defer:
+                    with contextlib.suppress(OSError):
+                        os.unlink(_pending_name(bundle_sha256), dir_fd=apps)
                 raise
             finally:
                 archive.drop_contents()
         return tree
+
+    # ------------------------------------------------------------ deferred bytecode
+
+    def bytecode_pending(self, bundle_sha256: str) -> bool:
+        """Whether the tree was installed without its bytecode, which compile_bytecode
+        has not finished adding (it may be running now, or have been killed)."""
+        with self._subdir("apps") as apps:
+            return _lexists(_pending_name(bundle_sha256), apps)
+
+    def wait_for_bytecode(self, bundle_sha256: str) -> None:
+        """Wait while a compile_bytecode of this tree runs (it holds the tree's lock): a
+        launch then checks the tree it finished, against the snapshot it saved."""
+        with self._subdir("apps") as apps:
+            if not _lexists(_pending_name(bundle_sha256), apps):
+                return
+            with self._lock(apps, bundle_sha256, fcntl.LOCK_SH):
+                pass
+
+    def compile_bytecode(self, bundle_sha256: str, manifest: Manifest, manifest_bytes: bytes,
+                         python_version: str,
+                         before_publishing: Callable[[], None] | None = None,
+                         after_snapshot: Callable[[], None] | None = None) -> bool:
+        """Add the bytecode an install deferred, under the tree's install lock: compile
+        every listed source that has none yet (on every CPU) into a private temp dir,
+        call `before_publishing`, rename each .pyc into place (root-owned, 0444, in
+        0555 __pycache__ dirs, exactly what an install writes), one syncfs, check the
+        tree, save its snapshot, call `after_snapshot` (the launch records), and only then
+        drop the pending mark: a compile that is killed leaves the mark, and the next
+        launch finishes it. True when this call finished the tree; False when nothing
+        was pending."""
+        tree = self.tree(bundle_sha256)
+        with self._subdir("apps") as apps, self._lock(apps, bundle_sha256):
+            pending = _pending_name(bundle_sha256)
+            if not _lexists(pending, apps):
+                return False
+            top = os.open(bundle_sha256, _DIR, dir_fd=apps)
+            try:
+                if bytecode.compatible(python_version):
+                    self._remove_leftovers(apps, bundle_sha256)
+                    tmp = f"{_PYC_TMP_PREFIX}{bundle_sha256}-{os.getpid()}"
+                    os.mkdir(tmp, 0o700, dir_fd=apps)
+                    try:
+                        tmp_fd = os.open(tmp, _DIR, dir_fd=apps)
+                        try:
+                            _compile_deferred(manifest, top, tmp_fd, tree, before_publishing)
+                        finally:
+                            os.close(tmp_fd)
+                    finally:
+                        _remove_at(apps, tmp)
+                _sync_file_system(top, tree)
+            finally:
+                os.close(top)
+            self.check_tree(tree, manifest, manifest_bytes, full=False)
+            self.save_tree_snapshot(bundle_sha256)
+            if after_snapshot is not None:
+                after_snapshot()
+            os.unlink(pending, dir_fd=apps)
+            os.fsync(apps)
+        return True
 
     def grant_tree(self, bundle_sha256: str, gid: int) -> bool:
         """Give the app group `gid` access to an installed tree: re-group its top dir
@@ -310,46 +380,54 @@ class Store:
             os.close(fd)
 
     @contextlib.contextmanager
-    def _lock(self, apps: int, bundle_sha256: str) -> Iterator[None]:
+    def _lock(self, apps: int, bundle_sha256: str, how: int = fcntl.LOCK_EX) -> Iterator[None]:
         fd = os.open(f".{bundle_sha256}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=apps)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, how)
             yield
         finally:
             os.close(fd)
 
     def _remove_leftovers(self, apps: int, bundle_sha256: str) -> None:
-        """Temp dirs of crashed extractions are never used; delete them."""
-        prefix = f"{_TMP_PREFIX}{bundle_sha256}-"
+        """Temp dirs of crashed extractions and compiles are never used; delete them
+        (under the tree's lock: none is in use)."""
+        prefixes = (f"{_TMP_PREFIX}{bundle_sha256}-", f"{_PYC_TMP_PREFIX}{bundle_sha256}-")
         with os.scandir(apps) as it:
-            names = [entry.name for entry in it if entry.name.startswith(prefix)]
+            names = [entry.name for entry in it if entry.name.startswith(prefixes)]
         for name in names:
             _remove_at(apps, name)
 
     def _extract(self, archive: StrictArchive, manifest: Manifest, tmp: int, final: Path,
-                 python_version: str | None, progress: Callable[[str], None]) -> None:
+                 python_version: str | None, progress: Callable[[str], None],
+                 deferred: bool = False) -> None:
         """Write every entry of an archive that verify_archive() passed, relative to the
         fd of the private temp dir, and the bytecode of its sources. The archive parses
         an in-memory copy of the bundle, so what was hashed is what is written.
 
         Large trees are written by one process per CPU (the caller and forked helpers
         taking entries from one queue, the costliest first): compiling is most of an
-        install (numpy: 2.4 s of CPU for 9.8 MB of sources)."""
+        install (numpy: 2.4 s of CPU for 9.8 MB of sources). `deferred`: the bytecode
+        is compiled after the launch (Store.compile_bytecode), not here."""
         started = time.monotonic()
         entries = archive.entries
         compile_sources = python_version is not None and bytecode.compatible(python_version)
         sources = [compile_sources and bytecode.compiles(e.name) and e.name in manifest.entries
                    for e in entries]
+        later = " after the launch" if deferred else ""
+        if deferred:  # counted for the progress lines, compiled by compile_bytecode
+            count = sum(sources)
+            sources = [False] * len(entries)
         dirs = _make_parents(tmp, [e.name for e in entries])
         costs = [_COST_PER_FILE + e.size * (_COST_PER_SOURCE_BYTE if source else 1)
                  for e, source in zip(entries, sources, strict=True)]
         workers = _worker_count(sum(costs))
         size = sum(e.size for e in entries)
-        count = sum(sources)
+        if not deferred:
+            count = sum(sources)
         progress(f"installing {manifest.app_name} {manifest.app_version}: {len(entries)} "
-                 f"files, {size / 1e6:.1f} MB" + (f", compiling {count} modules" if count
-                                                   else "")
+                 f"files, {size / 1e6:.1f} MB" + (f", compiling {count} modules{later}"
+                                                   if count else "")
                  + (f" on {workers} CPUs" if workers > 1 else ""))
         status = mmap.mmap(-1, max(len(entries), 1))  # MAP_SHARED: the helpers report here
         collecting = gc.isenabled()
@@ -374,7 +452,8 @@ class Store:
             os.chmod(directory, TREE_DIR_MODE, dir_fd=tmp)
         progress(f"installed {manifest.app_name} {manifest.app_version} in "
                  f"{time.monotonic() - started:.1f} s: {len(entries)} files"
-                 + (f", {len(compiled)} modules compiled" if count else ""))
+                 + (f", {count} modules to compile after the launch" if deferred and count
+                    else f", {len(compiled)} modules compiled" if count else ""))
 
     # ------------------------------------------------------------ checking a tree
 
@@ -516,8 +595,10 @@ class Store:
         installing it at the same time waits, then installs it again)."""
         with self._subdir("apps") as apps, self._lock(apps, bundle_sha256):
             _remove_at(apps, bundle_sha256)
-            with contextlib.suppress(OSError):
-                os.unlink(f".{bundle_sha256}.lock", dir_fd=apps)
+            self._remove_leftovers(apps, bundle_sha256)
+            for name in (_pending_name(bundle_sha256), f".{bundle_sha256}.lock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=apps)
         self.remove_launch_files(lambda name: name == bundle_sha256 + warm_exec.SNAPSHOT_SUFFIX)
 
     def _launch_dir(self) -> int | None:
@@ -643,6 +724,7 @@ def _no_progress(_: str) -> None:
 
 _PENDING, _WRITTEN, _COMPILED = 0, 1, 2  # an entry's state in the shared status map
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_OR_KEEP = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 # Relative costs of writing an entry (about 8 ns per byte written, 100 us per file) and of
 # compiling a source (about 250 ns per byte), for the order and the number of processes.
 _COST_PER_FILE = 12_000
@@ -725,6 +807,138 @@ class _TreeWriter:
             raise StoreError(f"cannot write {self.final / name}: {exc.strerror}",
                              "check the free space and inodes of the store's file system "
                              f"(df -h {self.final.parent}; df -i {self.final.parent})") from None
+
+
+def defers_bytecode(owner: int, manifest: Manifest, python_version: str | None) -> bool:
+    """Whether an install asked to defer its bytecode does: only in a root store (only
+    root adds files to a tree after its rename: its dirs are 0555, which stop a store's
+    unprivileged owner, and they are never made writable), with bytecode to compile."""
+    return (owner == 0 and python_version is not None and bytecode.compatible(python_version)
+            and any(bytecode.compiles(name) for name in manifest.entries))
+
+
+def _pending_name(bundle_sha256: str) -> str:
+    """apps/.<sha>.bytecode: the tree's bytecode was deferred and is not all there yet."""
+    return f".{bundle_sha256}{warm_exec.BYTECODE_PENDING_SUFFIX}"
+
+
+class _BytecodeWriter:
+    """Compiles one source of an installed tree into the private temp dir, as `<job>`
+    (the job's index), from the installed file's own bytes, mtime and size: the same
+    .pyc an install writes."""
+
+    def __init__(self, names: list[str], top: int, tmp: int, final: Path,
+                 status: mmap.mmap) -> None:
+        self.names = names
+        self.top = top
+        self.tmp = tmp
+        self.final = final
+        self.status = status
+
+    def write(self, index: int) -> None:
+        name = self.names[index]
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=self.top)
+        with os.fdopen(fd, "rb") as source:
+            st = os.fstat(source.fileno())
+            data = source.read()
+        pyc = bytecode.pyc_data(data, st.st_mtime, st.st_size, str(self.final / name))
+        if pyc is None:
+            return
+        out = os.open(str(index), _CREATE, 0o600, dir_fd=self.tmp)
+        try:
+            view = memoryview(pyc)
+            while view:
+                view = view[os.write(out, view):]
+            os.fchmod(out, 0o444)
+        except OSError as exc:
+            raise StoreError(f"cannot write the bytecode of {self.final / name}: "
+                             f"{exc.strerror}", "check the free space and inodes of the "
+                             f"store's file system (df -h {self.final.parent})") from None
+        finally:
+            os.close(out)
+        self.status[index] = _COMPILED
+
+
+def _compile_deferred(manifest: Manifest, top: int, tmp: int, final: Path,
+                      before_publishing: Callable[[], None] | None) -> None:
+    """Store.compile_bytecode's work: every listed source without its .pyc, compiled
+    into `tmp`, then renamed into the tree (whose dirs only root may write)."""
+    names = [name for name in manifest.entries
+             if bytecode.compiles(name) and not _lexists(bytecode.pyc_name(name), top)]
+    if not names:
+        return
+    costs = [_COST_PER_FILE + manifest.entries[n].size * _COST_PER_SOURCE_BYTE for n in names]
+    status = mmap.mmap(-1, len(names))  # MAP_SHARED: the helpers report here
+    collecting = gc.isenabled()
+    gc.disable()  # compile() makes no cycles; the collector only slows it (~10%)
+    try:
+        writer = _BytecodeWriter(names, top, tmp, final, status)
+        order = sorted(range(len(names)), key=costs.__getitem__, reverse=True)
+        _run_jobs(writer.write, order, _worker_count(sum(costs)), final)
+        done = status[:len(names)]
+    finally:
+        if collecting:
+            gc.enable()
+        status.close()
+    if before_publishing is not None:
+        before_publishing()
+    made: set[str] = set()
+    for index, state in enumerate(done):
+        if state != _COMPILED:
+            continue  # a source that does not compile: imported as without sandrun
+        pyc = bytecode.pyc_name(names[index])
+        directory = pyc.rpartition("/")[0]
+        if directory not in made:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o500, dir_fd=top)
+            dir_fd = os.open(directory, _DIR, dir_fd=top)
+            try:
+                os.fchmod(dir_fd, TREE_DIR_MODE)  # whatever the umask
+            finally:
+                os.close(dir_fd)
+            made.add(directory)
+        os.rename(str(index), pyc, src_dir_fd=tmp, dst_dir_fd=top)
+
+
+def run_detached(work: Callable[[], None], title: bytes, keep: Iterable[int] = ()) -> None:
+    """Run work() in a grandchild of this process that outlives it: its own session (no
+    terminal signal reaches it), standard streams on /dev/null and no other inherited
+    fd but those `keep` lists, so nothing waiting for the app's output or
+    end waits for it; scheduled SCHED_IDLE (it runs on what the app leaves idle), named
+    `title` in ps. Returns once the intermediate child is reaped: the grandchild is
+    nobody's child here (no stray exit reaches the supervisor this process becomes)."""
+    keep = set(keep)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                for name in os.listdir("/proc/self/fd"):
+                    fd = int(name)
+                    if fd > 2 and fd not in keep:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+                    signal.signal(sig, signal.SIG_DFL)
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(_PR_SET_NAME, ctypes.c_char_p(title[:15]), 0, 0, 0)
+                work()
+            code = 0
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
+
+
+_PR_SET_NAME = 15
 
 
 def _run_jobs(work: Callable[[int], None], jobs: list[int], workers: int, final: Path) -> None:

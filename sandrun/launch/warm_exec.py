@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 RECORD_FORMAT = 7
 RECORD_DIR = "launch"  # <store>/launch/<key>: root-owned, 0700
 SNAPSHOT_SUFFIX = ".tree"  # <store>/launch/<bundle sha256>.tree
+# <store>/apps/.<sha>.bytecode: the tree's bytecode is being added after its first launch
+# (store.compile_bytecode, under <store>/apps/.<sha>.lock), then it is snapshot again.
+BYTECODE_PENDING_SUFFIX = ".bytecode"
 TREE_TOP_MODE = 0o750  # <store>/apps/<sha>, root:<app group>
 TREE_TOP_MODE_UNSHARED = 0o500  # the same in an unprivileged user's own store
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -313,7 +316,8 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...],
         if identity(path, follow=follow) != expected:
             return None
     apps, sha = os.path.split(record["tree"])
-    if apps != os.path.join(store_root, "apps") or not snapshot_matches(store_fd, sha):
+    if apps != os.path.join(store_root, "apps") or not snapshot_matches(store_fd, sha) or \
+            _bytecode_abandoned(store_fd, sha):
         return None
     spec = runner.RunSpec.from_dict(record["spec"])
     owner = os.geteuid()
@@ -359,16 +363,69 @@ def snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
     """Whether the tree is exactly (names, modes, owners, sizes, inodes, ctimes) as it
     was when last fully verified."""
     try:
-        snapshot = load_snapshot(store_fd, bundle_sha256)
-        if snapshot is None:
-            return False
-        top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
-        try:
-            return snapshot == tree_snapshot(top)
-        finally:
-            os.close(top)
+        if _snapshot_matches(store_fd, bundle_sha256):
+            return True
+        # The bytecode deferred at install may be being added: once it is, the compile
+        # saves a new snapshot (a wait of at most what the install would have taken).
+        return _waited_for_bytecode(store_fd, bundle_sha256) and \
+            _snapshot_matches(store_fd, bundle_sha256)
     except (safefile.UnsafePath, OSError):
         return False
+
+
+def _snapshot_matches(store_fd: int, bundle_sha256: str) -> bool:
+    snapshot = load_snapshot(store_fd, bundle_sha256)
+    if snapshot is None:
+        return False
+    top = os.open(os.path.join("apps", bundle_sha256), _DIR, dir_fd=store_fd)
+    try:
+        return snapshot == tree_snapshot(top)
+    finally:
+        os.close(top)
+
+
+def _bytecode_abandoned(store_fd: int, bundle_sha256: str) -> bool:
+    """Whether the tree's bytecode is pending while no compile holds its lock (one was
+    killed): the cold path, which starts another, serves the launch instead."""
+    apps = os.path.join("apps", f".{bundle_sha256}")
+    try:
+        os.stat(apps + BYTECODE_PENDING_SUFFIX, dir_fd=store_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    import fcntl
+
+    try:
+        lock = os.open(apps + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=store_fd)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a compile is adding it
+    except OSError:
+        return True
+    finally:
+        os.close(lock)
+    return True
+
+
+def _waited_for_bytecode(store_fd: int, bundle_sha256: str) -> bool:
+    """If the tree's bytecode is pending: wait for the lock its compile holds, then True."""
+    apps = os.path.join("apps", f".{bundle_sha256}")
+    try:
+        os.stat(apps + BYTECODE_PENDING_SUFFIX, dir_fd=store_fd, follow_symlinks=False)
+        lock = os.open(apps + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=store_fd)
+    except OSError:
+        return False
+    try:
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    finally:
+        os.close(lock)
+    return True
 
 
 def save_snapshot(store_fd: int, bundle_sha256: str) -> None:

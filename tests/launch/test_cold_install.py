@@ -9,6 +9,7 @@ The store tests drive `Store.install` in this process (a root-owned store under
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
@@ -25,7 +26,13 @@ from pathlib import Path
 
 import pytest
 from bundlecraft import bundle_bytes, default_files
-from helpers import run_sandrun, sandrun_argv, users_removed_after
+from helpers import (
+    background_compiles,
+    run_sandrun,
+    sandrun_argv,
+    users_removed_after,
+    wait_for_background_compiles,
+)
 from wheelcraft import make_wheel
 
 from sandrun.bundle.archive import parse_archive
@@ -232,6 +239,123 @@ def test_a_failing_installer_kills_its_helpers_first(
     assert remains(store_root) == [tree.name]
 
 
+# ------------------------------------------------------------------ bytecode after the launch
+
+
+def test_deferred_bytecode_makes_the_same_tree_once_compiled(
+        verified: tuple, store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """install(defer_bytecode=True) writes the sources only and marks the tree pending;
+    compile_bytecode then adds exactly the .pyc files an install writes (same bytes,
+    modes, dirs), publishes none before `before_publishing` returns, snapshots the tree
+    and drops the mark."""
+    if not bytecode.compatible("3.11"):
+        pytest.skip("sandrun's interpreter is not CPython 3.11: no bytecode is written")
+    _, _, manifest, manifest_bytes = verified
+    _, inline = install(store_root / "one", verified, 2, monkeypatch)
+    deferred_store, deferred = install(store_root / "two", verified, 2, monkeypatch,
+                                       defer_bytecode=True)
+    sha = deferred.name
+    tag = sys.implementation.cache_tag
+    assert deferred_store.bytecode_pending(sha)
+    assert not [n for n in tree_listing(deferred) if n.endswith(f".{tag}.pyc")]
+    deferred_store.check_tree(deferred, manifest, manifest_bytes, full=True)  # valid as is
+    seen_before_publishing: list[int] = []
+
+    def before_publishing() -> None:
+        seen_before_publishing.append(len(list(deferred.rglob(f"*.{tag}.pyc"))))
+
+    assert deferred_store.compile_bytecode(sha, manifest, manifest_bytes, "3.11",
+                                           before_publishing)
+    assert seen_before_publishing == [0]
+    assert not deferred_store.bytecode_pending(sha)
+    assert deferred_store.tree_matches_snapshot(sha)
+    one, two = tree_listing(inline), tree_listing(deferred)
+    assert sorted(one) == sorted(two)
+    differ = [name for name in one if one[name][:2] != two[name][:2]
+              or (name.endswith(".pyc") and one[name][2] != two[name][2])]
+    assert differ == [], differ[:5]
+    deferred_store.check_tree(deferred, manifest, manifest_bytes, full=True)  # re-compiles
+    assert remains(store_root / "two") == [sha]
+    # Nothing pending: a second call does nothing.
+    assert not deferred_store.compile_bytecode(sha, manifest, manifest_bytes, "3.11")
+
+
+def test_a_compile_that_dies_leaves_the_mark_and_the_next_one_finishes(
+        verified: tuple, store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not bytecode.compatible("3.11"):
+        pytest.skip("sandrun's interpreter is not CPython 3.11: no bytecode is written")
+    _, _, manifest, manifest_bytes = verified
+    st, tree = install(store_root, verified, 2, monkeypatch, defer_bytecode=True)
+
+    def killed() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        st.compile_bytecode(tree.name, manifest, manifest_bytes, "3.11", killed)
+    assert st.bytecode_pending(tree.name)
+    # Its temp dir is gone, the mark is not.
+    assert remains(store_root) == [f".{tree.name}.bytecode", tree.name]
+    assert st.compile_bytecode(tree.name, manifest, manifest_bytes, "3.11")
+    tag = sys.implementation.cache_tag
+    assert len(list(tree.rglob(f"*.{tag}.pyc"))) == COMPILED
+    assert remains(store_root) == [tree.name]
+    assert no_children()
+
+
+def test_only_a_root_store_defers_and_only_what_it_can_compile(verified: tuple) -> None:
+    """Only root adds files to an installed tree (its dirs are 0555 to their owner too);
+    no mark without bytecode this interpreter can write, or without a source."""
+    manifest = verified[2]
+    compatible = "3.11" if bytecode.compatible("3.11") else None
+    assert store.defers_bytecode(0, manifest, compatible) is (compatible is not None)
+    assert not store.defers_bytecode(1000, manifest, compatible)
+    assert not store.defers_bytecode(0, manifest, None)
+    assert not store.defers_bytecode(0, manifest, "2.7")
+
+
+def test_run_detached_leaves_nothing_of_the_caller(tmp_path: Path) -> None:
+    """The detached work runs in its own session, as nobody's child here, on /dev/null,
+    with no inherited fd but those kept, SCHED_IDLE, named in ps; the caller returns
+    before it ends."""
+    report = tmp_path / "report"
+    gate_r, gate_w = os.pipe()  # inherited by the fork, closed in the grandchild
+    keep_r, keep_w = os.pipe()
+    os.set_inheritable(keep_w, True)
+    me = os.getpid()
+
+    def work() -> None:
+        time.sleep(0.3)
+        fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+        facts = {
+            "sid": os.getsid(0) == os.getpid(), "ppid_is_caller": os.getppid() == me,
+            "stdio": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
+            "fds": [fd for fd in fds if fd > 2 and os.path.exists(f"/proc/self/fd/{fd}")
+                    and fd != keep_w],
+            "kept": keep_w in fds, "idle": os.sched_getscheduler(0) == os.SCHED_IDLE,
+            "comm": Path("/proc/self/comm").read_text().strip(),
+        }
+        partial = report.with_suffix(".partial")
+        partial.write_text(json.dumps(facts))
+        partial.rename(report)
+
+    started = time.monotonic()
+    store.run_detached(work, b"sandrun-compile", keep=(keep_w,))
+    assert time.monotonic() - started < 0.25  # it did not wait for the work
+    assert no_children()
+    os.close(gate_w)
+    os.close(keep_w)
+    deadline = time.monotonic() + 30
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    facts = json.loads(report.read_text())
+    os.close(gate_r)
+    os.close(keep_r)
+    assert facts["sid"] and not facts["ppid_is_caller"]
+    assert facts["stdio"] == ["/dev/null"] * 3
+    assert facts["kept"] and facts["fds"] == []
+    assert facts["idle"] and facts["comm"] == "sandrun-compile"
+
+
 def no_children() -> bool:
     """Whether this process has no child left (zombie or alive)."""
     me = str(os.getpid())
@@ -257,9 +381,12 @@ def cold_world(require_root: None, require_landlock: int, require_seccomp: None
     wheels = base / "wheels"
     make_wheel(wheels, "coldtest", "1.0", {"coldtest.py":
                                            "def main():\n    print('cold ok')\n    return 0\n"})
-    make_wheel(wheels, "coldbulk", "1.0", {
-        f"coldbulk/m{i}.py": "".join(f"def f{j}(x):\n    return x + {j}\n\n"
-                                     for j in range(60)) for i in range(600)})
+    # Enough to write that the install forks helpers without compiling anything (a cold
+    # start adds the bytecode after the launch): 600 modules and 16 MB of data.
+    bulk = {f"coldbulk/m{i}.py": "".join(f"def f{j}(x):\n    return x + {j}\n\n"
+                                         for j in range(60)) for i in range(600)}
+    bulk.update({f"coldbulk/data{i}.bin": "\0" * 4_000_000 for i in range(4)})
+    make_wheel(wheels, "coldbulk", "1.0", bulk)
     bundle = base / "coldtest.pyz"
     proc = run_sandrun("bundle", "coldtest", "coldbulk", "--no-index", "--find-links",
                        str(wheels), "-e", "coldtest:main", "-o", str(bundle), timeout=300)
@@ -313,6 +440,7 @@ def test_sigkill_of_the_launcher_mid_install_kills_its_helpers(
     again = run_sandrun("exec", "--store", str(store_root), str(cold_world["bundle"]),
                         timeout=300)
     assert again.returncode == 0 and "cold ok" in again.stdout, again.stderr
+    wait_for_background_compiles()  # the bytecode, added after the launch, in its temp dir
     assert not list(apps.glob(".tmp-*"))
     shutil.rmtree(store_root, ignore_errors=True)
 
@@ -354,10 +482,11 @@ def test_cold_install_shows_progress_on_a_terminal_only(cold_world: dict[str, Pa
     status, out, shown = run_with_stderr_on_a_pty(
         sandrun_argv("exec", "--store", str(on_tty), bundle))
     assert status == 0 and "cold ok" in out, shown
+    # The bytecode of a cold start is compiled after the launch (Store.compile_bytecode).
     assert re.search(r"sandrun: installing coldtest 1\.0: \d+ files, [\d.]+ MB, compiling "
-                     r"\d+ modules", shown), shown
+                     r"\d+ modules after the launch", shown), shown
     assert re.search(r"sandrun: installed coldtest 1\.0 in [\d.]+ s: \d+ files, \d+ modules "
-                     r"compiled", shown), shown
+                     r"to compile after the launch", shown), shown
     # Warm: nothing is installed, nothing said.
     status, out, shown = run_with_stderr_on_a_pty(
         sandrun_argv("exec", "--store", str(on_tty), bundle))
@@ -369,3 +498,35 @@ def test_cold_install_shows_progress_on_a_terminal_only(cold_world: dict[str, Pa
     assert "installing" not in piped.stderr and "installed" not in piped.stderr
     for path in (on_tty, cold_world["base"] / "pipe-store"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_cold_start_compiles_the_bytecode_after_the_launch(
+        cold_world: dict[str, Path]) -> None:
+    """The app runs before its bytecode is compiled: `sandrun exec` is done, and its
+    output closed, while a detached `sandrun-compile` still works on 600 modules; a
+    launch meanwhile is served; once it is done the tree has every .pyc and no pending
+    mark, and the next start is warm."""
+    store_root = cold_world["base"] / "defer-store"
+    bundle = str(cold_world["bundle"])
+    try:
+        first = run_sandrun("exec", "--store", str(store_root), bundle, timeout=300)
+        assert first.returncode == 0 and "cold ok" in first.stdout, first.stderr
+        assert background_compiles(), "the bytecode was compiled before the app ran"
+        meanwhile = run_sandrun("exec", "--store", str(store_root), bundle, timeout=300)
+        assert meanwhile.returncode == 0 and "cold ok" in meanwhile.stdout, meanwhile.stderr
+        wait_for_background_compiles()
+        sha = hashlib.sha256(cold_world["bundle"].read_bytes()).hexdigest()
+        apps = store_root / "apps"
+        assert sorted(p.name for p in apps.iterdir()) == [f".{sha}.lock", sha]
+        tag = sys.implementation.cache_tag
+        if bytecode.compatible("3.11"):
+            assert len(list((apps / sha).glob(f"site-packages/coldbulk/__pycache__/"
+                                              f"*.{tag}.pyc"))) == 600
+        # Warm: served from the records as the compile left them (none is written again).
+        records = {p.name: p.stat().st_mtime_ns for p in (store_root / "launch").iterdir()}
+        warm = run_sandrun("exec", "--store", str(store_root), bundle, timeout=300)
+        assert warm.returncode == 0 and "cold ok" in warm.stdout, warm.stderr
+        assert records == {p.name: p.stat().st_mtime_ns
+                           for p in (store_root / "launch").iterdir()}
+    finally:
+        shutil.rmtree(store_root, ignore_errors=True)

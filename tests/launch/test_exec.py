@@ -28,6 +28,7 @@ from helpers import (
     run_sandrun,
     sandrun_argv,
     users_removed_after,
+    wait_for_background_compiles,
 )
 from wheelcraft import make_wheel
 
@@ -258,6 +259,7 @@ def test_concurrent_first_launches_extract_once(world: dict[str, Path]) -> None:
                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, results
+    wait_for_background_compiles()  # its temp dir is in apps/ while it runs
     apps = sorted(p.name for p in (store / "apps").iterdir() if not p.name.startswith(".")
                   or p.name.startswith(".tmp"))
     assert apps == [bundle_sha(world)]
@@ -397,6 +399,7 @@ def test_bytecode_is_precompiled_and_checked(world: dict[str, Path]) -> None:
     store = world["base"] / "bytecode-store"
     try:
         assert exec_app(world, "hello", store=store).returncode == 0
+        wait_for_background_compiles()  # a cold start adds the bytecode after the launch
         site = store / "apps" / bundle_sha(world) / "site-packages"
         tag = sys.implementation.cache_tag
         pyc = site / "__pycache__" / f"exectest.{tag}.pyc"

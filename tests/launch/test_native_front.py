@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,9 +33,12 @@ from helpers import (
     python_argv,
     read_within,
     wait_for,
+    wait_for_background_compiles,
 )
 
-from sandrun.launch import native_record, runner
+from sandrun.bundle.manifest import MANIFEST_NAME, Manifest
+from sandrun.launch import native_record, runner, warm_exec
+from sandrun.launch.store import Store
 from sandrun.sandbox import cgroup
 
 pytestmark = pytest.mark.usefixtures("require_root", "require_landlock", "require_seccomp")
@@ -426,6 +430,75 @@ def test_a_changed_tree_falls_back_and_python_decides(world: World) -> None:
     proc = front(world)  # re-hashed: the original content passes again
     assert proc.returncode == 0, proc.stderr
     warm(world)
+
+
+def test_a_start_while_the_bytecode_is_compiled_waits_for_it(world: World) -> None:
+    """A tree whose bytecode a cold start's detached compile is still adding (pending
+    mark, lock held) does not match the record: the front waits for the lock instead of
+    falling back at once, then the launch runs, and the next is the front's again."""
+    warm(world)
+    apps = world.store / "apps"
+    tree = next(p for p in apps.iterdir() if p.is_dir() and not p.name.startswith("."))
+    manifest_bytes = (tree / MANIFEST_NAME).read_bytes()
+    manifest = Manifest.from_bytes(manifest_bytes)
+    pyc = tree / "site-packages" / "__pycache__" / f"{APP_NAME}.{sys.implementation.cache_tag}.pyc"
+    if not pyc.exists():
+        pytest.skip("no bytecode in the tree: sandrun's interpreter is not the app's X.Y")
+    pyc.unlink()  # as if the compile had not put it there yet
+    mark = apps / f".{tree.name}{warm_exec.BYTECODE_PENDING_SUFFIX}"
+    mark.touch(0o600)
+    waiting: list[subprocess.Popen[str]] = []
+
+    def while_locked() -> None:
+        proc = subprocess.Popen(front_argv(*world.words(), "hi", "w"), cwd=world.base,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        waiting.append(proc)
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        assert os.readlink(f"/proc/{proc.pid}/exe") == os.path.realpath(front_argv()[0])
+
+    try:
+        assert Store(world.store, 0).compile_bytecode(tree.name, manifest, manifest_bytes,
+                                                      f"{sys.version_info[0]}."
+                                                      f"{sys.version_info[1]}", while_locked)
+        out, err = waiting[0].communicate(timeout=RUN_TIMEOUT)
+        assert waiting[0].returncode == 0 and out.startswith("hi ") and "['w']" in out, err
+        assert pyc.exists() and not mark.exists()
+        warm(world)
+    finally:
+        for proc in waiting:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        mark.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("missing_pyc", [False, True])
+def test_an_abandoned_bytecode_compile_is_finished_by_the_next_start(
+        world: World, missing_pyc: bool) -> None:
+    """A pending mark that no compile holds the lock for (it was killed, say by the
+    service's stop): the front does not serve the start, the cold path does and starts
+    the compile again, which finishes the tree; then the front serves it again."""
+    warm(world)
+    apps = world.store / "apps"
+    tree = next(p for p in apps.iterdir() if p.is_dir() and not p.name.startswith("."))
+    pyc = tree / "site-packages" / "__pycache__" / f"{APP_NAME}.{sys.implementation.cache_tag}.pyc"
+    if not pyc.exists():
+        pytest.skip("no bytecode in the tree: sandrun's interpreter is not the app's X.Y")
+    if missing_pyc:
+        pyc.unlink()  # killed after it published some of the bytecode
+    mark = apps / f".{tree.name}{warm_exec.BYTECODE_PENDING_SUFFIX}"
+    mark.touch(0o600)
+    try:
+        proc = front(world, "hi", "z")
+        assert proc.returncode == 0 and "['z']" in proc.stdout, proc.stderr
+        assert ran_in_python(proc)
+        wait_for_background_compiles()
+        assert pyc.exists() and not mark.exists()
+        warm(world)
+    finally:
+        mark.unlink(missing_ok=True)
 
 
 def test_words_the_front_does_not_serve_fall_back(world: World) -> None:

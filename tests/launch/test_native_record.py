@@ -469,6 +469,7 @@ def test_no_front_is_execd_but_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_cold_marker_is_front_c_s() -> None:
     source = (FRONT_H.parent / "front.c").read_text()
     assert f'#define COLD_ENV "{native_record.COLD_ENV}"' in source
+    assert f'#define BYTECODE_PENDING_SUFFIX "{warm_exec.BYTECODE_PENDING_SUFFIX}"' in source
 
 
 def test_no_record_for_a_store_the_front_refuses(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +28,9 @@
 #define DEFAULT_STORE "/var/lib/sandrun"
 #define RECORD_DIR "launch"
 #define RECORD_SUFFIX ".native"
+/* warm_exec.BYTECODE_PENDING_SUFFIX: apps/.<sha>.bytecode, a tree whose bytecode a cold
+ * start's detached compile is adding (store.compile_bytecode, under apps/.<sha>.lock) */
+#define BYTECODE_PENDING_SUFFIX ".bytecode"
 #define BOOT_ID "/proc/sys/kernel/random/boot_id"
 #define OWN_CGROUP "/proc/self/cgroup"
 #define KEY_MAGIC "sandrun-native-key"
@@ -1402,6 +1406,46 @@ out:
     return match;
 }
 
+/* warm_exec._waited_for_bytecode: when the tree's bytecode is pending, wait for the lock
+ * its compile holds (it then has snapshot the tree and rewritten the records); 1 if so,
+ * and the caller reads the record again, once. */
+static int waited_for_bytecode(int apps_fd, const char *tree_sha) {
+    char *mark = concat(".", tree_sha, BYTECODE_PENDING_SUFFIX, NULL);
+    char *lock = concat(".", tree_sha, ".lock", NULL);
+    struct stat st;
+    int waited = 0;
+    if (mark && lock && fstatat(apps_fd, mark, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        int fd = openat(apps_fd, lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            waited = flock(fd, LOCK_SH) == 0;
+            close(fd);
+        }
+    }
+    free(mark);
+    free(lock);
+    return waited;
+}
+
+/* warm_exec._bytecode_abandoned: the tree's bytecode is pending but no compile holds its
+ * lock (one was killed): the cold path, which starts another, must serve this launch. */
+static int bytecode_abandoned(int apps_fd, const char *tree_sha) {
+    char *mark = concat(".", tree_sha, BYTECODE_PENDING_SUFFIX, NULL);
+    char *lock = concat(".", tree_sha, ".lock", NULL);
+    struct stat st;
+    int abandoned = 0;
+    if (!mark || !lock)
+        abandoned = 1;
+    else if (fstatat(apps_fd, mark, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        int fd = openat(apps_fd, lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        abandoned = fd < 0 || flock(fd, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK;
+        if (fd >= 0)
+            close(fd);
+    }
+    free(mark);
+    free(lock);
+    return abandoned;
+}
+
 /* The spec's state dir is <store>/state/<one component>, a 0700 dir of the app user. */
 static int state_matches(int state_fd, const char *abs_store, const struct spec *spec) {
     char *states = store_join(abs_store, "state");
@@ -1542,22 +1586,32 @@ static struct spec *load_record(char **argv, const struct exec_words *words,
     char *name = concat(key.name, RECORD_SUFFIX, NULL);
     if (!name)
         return NULL;
-    size_t len;
-    char *data = read_private(launch_fd, name, &len);
-    if (!data)
-        return NULL;
-    struct record *rec = parse_record(data, len);
-    if (!rec || rec->key_len != key.len || memcmp(rec->key, key.bytes, key.len) != 0)
-        return NULL;
-    /* _load_record's checks, in its order */
-    if (!boot_id_matches(rec->boot_id))
-        return NULL;
-    if (rec->has_not_after && time(NULL) >= rec->not_after)
-        return NULL; /* the signer's validity window ended: the cold path decides again */
-    for (size_t i = 0; i < rec->n_inputs; i++)
-        if (!input_matches(&rec->inputs[i]))
+    struct record *rec;
+    for (int attempt = 0;; attempt++) {
+        size_t len;
+        char *data = read_private(launch_fd, name, &len);
+        if (!data)
             return NULL;
-    if (!tree_matches(apps_fd, rec) || !state_matches(state_fd, abs_store, rec->spec))
+        rec = parse_record(data, len);
+        if (!rec || rec->key_len != key.len || memcmp(rec->key, key.bytes, key.len) != 0)
+            return NULL;
+        /* _load_record's checks, in its order */
+        if (!boot_id_matches(rec->boot_id))
+            return NULL;
+        if (rec->has_not_after && time(NULL) >= rec->not_after)
+            return NULL; /* the signer's validity window ended: the cold path decides again */
+        for (size_t i = 0; i < rec->n_inputs; i++)
+            if (!input_matches(&rec->inputs[i]))
+                return NULL;
+        if (tree_matches(apps_fd, rec)) {
+            if (bytecode_abandoned(apps_fd, rec->tree_sha))
+                return NULL;
+            break;
+        }
+        if (attempt > 0 || !waited_for_bytecode(apps_fd, rec->tree_sha))
+            return NULL;
+    }
+    if (!state_matches(state_fd, abs_store, rec->spec))
         return NULL;
     if (!own_cgroup_matches(rec))
         return NULL;
