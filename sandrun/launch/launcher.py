@@ -302,9 +302,8 @@ def _verified_bundle(options: ExecOptions, store: Store) -> _Bundle:
                 [Problem(n, "bytecode entry in the bundle") for n in bytecode_entries],
                 f"remove the tree (rm -rf {tree}) and rebuild the bundle")
         # Re-hash in full unless the tree is exactly as it was last fully verified (ctime
-        # and inode of every entry): a same-size edit cannot pass the cheap check. A
-        # compile adding the tree's deferred bytecode is waited for first.
-        store.wait_for_bytecode(sha256)
+        # and inode of every entry): a same-size edit cannot pass the cheap check. (A tree
+        # whose deferred bytecode is being published is waited for: snapshot_matches.)
         full_check = options.verify_full or not store.tree_matches_snapshot(sha256)
         store.check_tree(tree, manifest, manifest_bytes, full=full_check)
         return _Bundle(archive, manifest, manifest_bytes, sha256, tree, True, full_check,
@@ -1183,9 +1182,16 @@ def compile_after_launch(plan: LaunchPlan, spec: runner.RunSpec) -> None:
     look at them), so the next start is warm and finds its bytecode. Launches meanwhile
     run without it, or wait for it where they would check the tree.
 
-    The compile waits to publish until this process has become the app's supervisor
-    (or 1 s): the native front re-checks the tree against the record just written, and
-    must find it as it was checked."""
+    The tree's lock is taken here, before the fork, and held by the compile to its end:
+    a pending tree always has a holder while it is worked on (else it is abandoned and
+    the next start compiles it). The compile waits to publish until this process has
+    become the app's supervisor (or 1 s): the native front re-checks the tree against
+    the record just written, and must find it as it was checked; it publishes at normal
+    priority (launches that find the tree changed wait for it).
+
+    Where the launch may have to enable cgroup v2 controllers in this process's cgroup
+    (a delegated unit), a process left in it would make that fail (no internal
+    processes): the bytecode is then compiled here, before the launch, as before."""
     if not plan.bytecode_pending:
         return
     from sandrun.launch import native_record
@@ -1194,6 +1200,21 @@ def compile_after_launch(plan: LaunchPlan, spec: runner.RunSpec) -> None:
 
     store = plan.store
     store_fd = store.dir_fd()
+
+    def rewrite_record() -> None:  # under the tree's lock: before a waiting launch looks
+        if plan.record_inputs is not None:
+            key, inputs, not_after = plan.record_inputs
+            with contextlib.suppress(SandrunError, UnsafePath, OSError):
+                native_record.save(store_fd, key, inputs, str(plan.tree), spec, not_after)
+
+    if _may_delegate_v2(spec):
+        store.compile_bytecode(plan.bundle_sha256, plan.manifest, plan.manifest_bytes,
+                               plan.interpreter.version, after_snapshot=rewrite_record)
+        plan.bytecode_pending = False
+        return
+    lock = store.lock_tree_now(plan.bundle_sha256)
+    if lock is None:
+        return  # a compile of this tree runs already (or a removal): nothing to start
     launcher = os.getpid()
     launching = {os.readlink("/proc/self/exe"), os.path.realpath(native_record.front_path())}
 
@@ -1204,20 +1225,35 @@ def compile_after_launch(plan: LaunchPlan, spec: runner.RunSpec) -> None:
         while time.monotonic() < deadline:
             try:
                 if os.readlink(f"/proc/{launcher}/exe") not in launching:
-                    return
+                    break
             except OSError:
-                return  # it is gone
+                break  # it is gone
             time.sleep(0.002)
-
-    def rewrite_record() -> None:  # under the tree's lock: before a waiting launch looks
-        if plan.record_inputs is not None:
-            key, inputs, not_after = plan.record_inputs
-            with contextlib.suppress(SandrunError, UnsafePath, OSError):
-                native_record.save(store_fd, key, inputs, str(plan.tree), spec, not_after)
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
     def work() -> None:
         store.compile_bytecode(plan.bundle_sha256, plan.manifest, plan.manifest_bytes,
                                plan.interpreter.version, before_publishing=launched,
-                               after_snapshot=rewrite_record)
+                               after_snapshot=rewrite_record, held_lock=lock)
 
-    run_detached(work, b"sandrun-compile", keep=(store_fd,))
+    try:
+        run_detached(work, b"sandrun-compile", keep=(store_fd, lock))
+    except OSError:
+        pass  # no process to spare (EAGAIN): the mark stays, the next start compiles
+    finally:
+        os.close(lock)  # the compile's copy keeps the lock held
+
+
+def _may_delegate_v2(spec: runner.RunSpec) -> bool:
+    """Whether launching `spec` may enable cgroup v2 controllers for this process's
+    cgroup (cgroup.native_plan: a v2 node with controllers to delegate)."""
+    if not spec.limits:
+        return False
+    from sandrun.sandbox import cgroup
+
+    try:
+        _, nodes = cgroup.native_plan(spec.limits)
+    except (SandrunError, OSError):
+        return True  # undecided: do as before
+    return any(node["version"] == 2 and node["delegate"] for node in nodes)

@@ -4,7 +4,11 @@ Layout (DESIGN.md): <store>/apps/<bundle sha256>/ is the extracted tree; <store>
 <app>/ is the app's only writable place; <store>/launch/ holds the warm-start records
 and tree snapshots (warm_exec.py). Extraction goes to a private temporary dir in apps/
 and is renamed into place only after every entry was written and checked, so a crash
-leaves nothing that is ever used.
+leaves nothing that is ever used. A cold `sandrun exec` as root installs the tree without
+its bytecode (marked apps/.<sha>.bytecode) and compiles it after the launch
+(compile_bytecode, in a detached process: apps/.pyc-<sha>-<pid> is its temp dir); each
+.pyc is renamed into the tree whole, under the tree's lock, and the tree is snapshot
+again before the mark goes.
 
 The store path is checked as given, component by component from "/", never through a
 symlink another user controls (safefile.open_trusted_dir); the store keeps the fd of its
@@ -296,19 +300,24 @@ class Store:
         with self._subdir("apps") as apps:
             return _lexists(_pending_name(bundle_sha256), apps)
 
-    def wait_for_bytecode(self, bundle_sha256: str) -> None:
-        """Wait while a compile_bytecode of this tree runs (it holds the tree's lock): a
-        launch then checks the tree it finished, against the snapshot it saved."""
+    def lock_tree_now(self, bundle_sha256: str) -> int | None:
+        """An fd holding the tree's install lock exclusively, taken without waiting (the
+        caller closes it: a forked compile keeps it held), or None when someone holds it."""
         with self._subdir("apps") as apps:
-            if not _lexists(_pending_name(bundle_sha256), apps):
-                return
-            with self._lock(apps, bundle_sha256, fcntl.LOCK_SH):
-                pass
+            fd = os.open(f".{bundle_sha256}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=apps)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
 
     def compile_bytecode(self, bundle_sha256: str, manifest: Manifest, manifest_bytes: bytes,
                          python_version: str,
                          before_publishing: Callable[[], None] | None = None,
-                         after_snapshot: Callable[[], None] | None = None) -> bool:
+                         after_snapshot: Callable[[], None] | None = None,
+                         held_lock: int | None = None) -> bool:
         """Add the bytecode an install deferred, under the tree's install lock: compile
         every listed source that has none yet (on every CPU) into a private temp dir,
         call `before_publishing`, rename each .pyc into place (root-owned, 0444, in
@@ -316,9 +325,11 @@ class Store:
         tree, save its snapshot, call `after_snapshot` (the launch records), and only then
         drop the pending mark: a compile that is killed leaves the mark, and the next
         launch finishes it. True when this call finished the tree; False when nothing
-        was pending."""
+        was pending. `held_lock`: an fd of the tree's lock the caller already holds
+        exclusively (lock_tree_now), used instead of taking it."""
         tree = self.tree(bundle_sha256)
-        with self._subdir("apps") as apps, self._lock(apps, bundle_sha256):
+        with self._subdir("apps") as apps, (contextlib.nullcontext() if held_lock is not None
+                                            else self._lock(apps, bundle_sha256)):
             pending = _pending_name(bundle_sha256)
             if not _lexists(pending, apps):
                 return False
@@ -793,20 +804,28 @@ class _TreeWriter:
         self.status[index] = _COMPILED
 
     def _write_file(self, name: str, data: bytes, mode: int) -> os.stat_result:
+        return _write_new_file(self.tmp, name, data, mode, self.final / name, self.final.parent)
+
+
+def _write_new_file(dir_fd: int, name: str, data: bytes, mode: int, shown: Path,
+                    apps: Path) -> os.stat_result:
+    """Create `name` (new, private until complete) under dir_fd with `data`, then `mode`;
+    its stat (the source's mtime and size go into its .pyc). StoreError names `shown`
+    and the file system of `apps`."""
+    try:
+        fd = os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
         try:
-            fd = os.open(name, _CREATE, 0o600, dir_fd=self.tmp)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-                return os.fstat(fd)  # the source's mtime and size go into its .pyc
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.final / name}: {exc.strerror}",
-                             "check the free space and inodes of the store's file system "
-                             f"(df -h {self.final.parent}; df -i {self.final.parent})") from None
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot write {shown}: {exc.strerror}",
+                         "check the free space and inodes of the store's file system "
+                         f"(df -h {apps}; df -i {apps})") from None
 
 
 def defers_bytecode(owner: int, manifest: Manifest, python_version: str | None) -> bool:
@@ -845,18 +864,8 @@ class _BytecodeWriter:
         pyc = bytecode.pyc_data(data, st.st_mtime, st.st_size, str(self.final / name))
         if pyc is None:
             return
-        out = os.open(str(index), _CREATE, 0o600, dir_fd=self.tmp)
-        try:
-            view = memoryview(pyc)
-            while view:
-                view = view[os.write(out, view):]
-            os.fchmod(out, 0o444)
-        except OSError as exc:
-            raise StoreError(f"cannot write the bytecode of {self.final / name}: "
-                             f"{exc.strerror}", "check the free space and inodes of the "
-                             f"store's file system (df -h {self.final.parent})") from None
-        finally:
-            os.close(out)
+        _write_new_file(self.tmp, str(index), pyc, 0o444,
+                        self.final / bytecode.pyc_name(name), self.final.parent)
         self.status[index] = _COMPILED
 
 
@@ -881,6 +890,7 @@ def _compile_deferred(manifest: Manifest, top: int, tmp: int, final: Path,
         if collecting:
             gc.enable()
         status.close()
+    _sync_file_system(tmp, final)  # each .pyc whole on disk before its name is in the tree
     if before_publishing is not None:
         before_publishing()
     made: set[str] = set()
@@ -891,7 +901,7 @@ def _compile_deferred(manifest: Manifest, top: int, tmp: int, final: Path,
         directory = pyc.rpartition("/")[0]
         if directory not in made:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, 0o500, dir_fd=top)
+                os.mkdir(directory, TREE_DIR_MODE, dir_fd=top)  # the umask is 022 here
             dir_fd = os.open(directory, _DIR, dir_fd=top)
             try:
                 os.fchmod(dir_fd, TREE_DIR_MODE)  # whatever the umask
@@ -925,6 +935,7 @@ def run_detached(work: Callable[[], None], title: bytes, keep: Iterable[int] = (
                             os.close(fd)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
                     signal.signal(sig, signal.SIG_DFL)
+                os.umask(0o022)  # what it creates has its final mode from the start
                 with contextlib.suppress(OSError):
                     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 libc = ctypes.CDLL(None, use_errno=True)

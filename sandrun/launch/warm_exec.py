@@ -303,7 +303,8 @@ def decode_record(data: bytes | None, key: tuple[Any, ...]) -> dict[str, Any] | 
 
 
 def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...],
-                 found: list[Any] | None = None) -> runner.RunSpec | None:
+                 found: list[Any] | None = None, waited: bool = False
+                 ) -> runner.RunSpec | None:
     record = decode_record(read_launch_file(store_fd, _record_name(key)), key)
     if record is None:
         return None
@@ -316,8 +317,15 @@ def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...],
         if identity(path, follow=follow) != expected:
             return None
     apps, sha = os.path.split(record["tree"])
-    if apps != os.path.join(store_root, "apps") or not snapshot_matches(store_fd, sha) or \
-            _bytecode_abandoned(store_fd, sha):
+    if apps != os.path.join(store_root, "apps"):
+        return None
+    if not _snapshot_matches(store_fd, sha):
+        # The bytecode deferred at install may be being published: once it is, read the
+        # record again (the compile rewrote the snapshot; inputs may have changed since).
+        if waited or not _waited_for_bytecode(store_fd, sha):
+            return None
+        return _load_record(store_fd, store_root, key, found, waited=True)
+    if _bytecode_abandoned(store_fd, sha):
         return None
     spec = runner.RunSpec.from_dict(record["spec"])
     owner = os.geteuid()

@@ -8,6 +8,7 @@ The store tests drive `Store.install` in this process (a root-owned store under
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -313,6 +315,23 @@ def test_only_a_root_store_defers_and_only_what_it_can_compile(verified: tuple) 
     assert not store.defers_bytecode(0, manifest, "2.7")
 
 
+def test_the_bytecode_is_compiled_before_a_launch_that_may_delegate_v2(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process left in the launcher's cgroup would stop the launch from enabling v2
+    controllers there (no internal processes): such launches compile first."""
+    from sandrun.launch import launcher
+    from sandrun.sandbox import cgroup
+
+    spec = types.SimpleNamespace(limits={})
+    assert not launcher._may_delegate_v2(spec)  # type: ignore[arg-type]
+    spec.limits = {"memory": 1 << 26, "required": []}
+    for nodes, expected in (([{"version": 1, "delegate": ""}], False),
+                            ([{"version": 2, "delegate": ""}], False),
+                            ([{"version": 2, "delegate": "memory pids"}], True)):
+        monkeypatch.setattr(cgroup, "native_plan", lambda limits, nodes=nodes: ("", nodes))
+        assert launcher._may_delegate_v2(spec) is expected  # type: ignore[arg-type]
+
+
 def test_run_detached_leaves_nothing_of_the_caller(tmp_path: Path) -> None:
     """The detached work runs in its own session, as nobody's child here, on /dev/null,
     with no inherited fd but those kept, SCHED_IDLE, named in ps; the caller returns
@@ -511,12 +530,21 @@ def test_a_cold_start_compiles_the_bytecode_after_the_launch(
     try:
         first = run_sandrun("exec", "--store", str(store_root), bundle, timeout=300)
         assert first.returncode == 0 and "cold ok" in first.stdout, first.stderr
+        sha = hashlib.sha256(cold_world["bundle"].read_bytes()).hexdigest()
+        apps = store_root / "apps"
+        # The tree's lock was taken before the fork and is held by the compile: the
+        # pending tree is never seen without a holder (which would mean abandoned).
+        lock = os.open(apps / f".{sha}.lock", os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(lock)
+        assert (apps / f".{sha}.bytecode").exists()
         assert background_compiles(), "the bytecode was compiled before the app ran"
         meanwhile = run_sandrun("exec", "--store", str(store_root), bundle, timeout=300)
         assert meanwhile.returncode == 0 and "cold ok" in meanwhile.stdout, meanwhile.stderr
         wait_for_background_compiles()
-        sha = hashlib.sha256(cold_world["bundle"].read_bytes()).hexdigest()
-        apps = store_root / "apps"
         assert sorted(p.name for p in apps.iterdir()) == [f".{sha}.lock", sha]
         tag = sys.implementation.cache_tag
         if bytecode.compatible("3.11"):
