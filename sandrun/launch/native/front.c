@@ -1406,43 +1406,48 @@ out:
     return match;
 }
 
+#define NOT_PENDING (-2) /* pending_lock: the tree's bytecode is not pending */
+
+/* When the tree's bytecode is pending (apps/.<sha>.bytecode), an fd of its lock
+ * (apps/.<sha>.lock), or -1 when that cannot be opened; NOT_PENDING otherwise. */
+static int pending_lock(int apps_fd, const char *tree_sha) {
+    char *mark = concat(".", tree_sha, BYTECODE_PENDING_SUFFIX, NULL);
+    char *lock = concat(".", tree_sha, ".lock", NULL);
+    struct stat st;
+    int fd = -1;
+    if (mark && lock) {
+        if (fstatat(apps_fd, mark, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            fd = errno == ENOENT ? NOT_PENDING : -1;
+        else
+            fd = openat(apps_fd, lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    }
+    free(mark);
+    free(lock);
+    return fd;
+}
+
 /* warm_exec._waited_for_bytecode: when the tree's bytecode is pending, wait for the lock
  * its compile holds (it then has snapshot the tree and rewritten the records); 1 if so,
  * and the caller reads the record again, once. */
 static int waited_for_bytecode(int apps_fd, const char *tree_sha) {
-    char *mark = concat(".", tree_sha, BYTECODE_PENDING_SUFFIX, NULL);
-    char *lock = concat(".", tree_sha, ".lock", NULL);
-    struct stat st;
-    int waited = 0;
-    if (mark && lock && fstatat(apps_fd, mark, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        int fd = openat(apps_fd, lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd >= 0) {
-            waited = flock(fd, LOCK_SH) == 0;
-            close(fd);
-        }
-    }
-    free(mark);
-    free(lock);
+    int fd = pending_lock(apps_fd, tree_sha);
+    if (fd < 0)
+        return 0;
+    int waited = flock(fd, LOCK_SH) == 0;
+    close(fd);
     return waited;
 }
 
 /* warm_exec._bytecode_abandoned: the tree's bytecode is pending but no compile holds its
  * lock (one was killed): the cold path, which starts another, must serve this launch. */
 static int bytecode_abandoned(int apps_fd, const char *tree_sha) {
-    char *mark = concat(".", tree_sha, BYTECODE_PENDING_SUFFIX, NULL);
-    char *lock = concat(".", tree_sha, ".lock", NULL);
-    struct stat st;
-    int abandoned = 0;
-    if (!mark || !lock)
-        abandoned = 1;
-    else if (fstatat(apps_fd, mark, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        int fd = openat(apps_fd, lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        abandoned = fd < 0 || flock(fd, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK;
-        if (fd >= 0)
-            close(fd);
-    }
-    free(mark);
-    free(lock);
+    int fd = pending_lock(apps_fd, tree_sha);
+    if (fd == NOT_PENDING)
+        return 0;
+    if (fd < 0)
+        return 1;
+    int abandoned = flock(fd, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK;
+    close(fd);
     return abandoned;
 }
 
