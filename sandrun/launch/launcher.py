@@ -1208,9 +1208,12 @@ def compile_after_launch(plan: LaunchPlan, spec: runner.RunSpec) -> None:
                 native_record.save(store_fd, key, inputs, str(plan.tree), spec, not_after)
 
     if _may_delegate_v2(spec):
-        store.compile_bytecode(plan.bundle_sha256, plan.manifest, plan.manifest_bytes,
-                               plan.interpreter.version, after_snapshot=rewrite_record)
-        plan.bytecode_pending = False
+        # Optional: a failure (say, ENOSPC) leaves the mark for the next start, and this
+        # one runs from the sources it has checked.
+        with contextlib.suppress(StoreError, OSError):
+            store.compile_bytecode(plan.bundle_sha256, plan.manifest, plan.manifest_bytes,
+                                   plan.interpreter.version, after_snapshot=rewrite_record)
+            plan.bytecode_pending = False
         return
     lock = store.lock_tree_now(plan.bundle_sha256)
     if lock is None:

@@ -291,15 +291,20 @@ def load_record(args: ExecArgs, found: list[Any] | None = None) -> runner.RunSpe
 
 def decode_record(data: bytes | None, key: tuple[Any, ...]) -> dict[str, Any] | None:
     """A record's dict if `data` is one (marshal) and was written for `key`; else None."""
-    if data is None:
-        return None
-    try:
-        record = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
-        return None
+    record = _unmarshal(data)
     if not isinstance(record, dict) or record.get("key") != key:
         return None
     return record
+
+
+def _unmarshal(data: bytes | None) -> Any:
+    """What a launch file holds (marshal), or None when it reads as nothing."""
+    if data is None:
+        return None
+    try:
+        return marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
+        return None
 
 
 def _load_record(store_fd: int, store_root: str, key: tuple[Any, ...],
@@ -357,13 +362,7 @@ def write_record(store_fd: int, key: tuple[Any, ...], inputs: list[Any], tree: s
 def load_snapshot(store_fd: int, bundle_sha256: str) -> list[Any] | None:
     """The tree's snapshot taken when it was last fully verified (save_snapshot), or None
     when there is none that reads as one; raises OSError or UnsafePath."""
-    data = read_launch_file(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX)
-    if data is None:
-        return None
-    try:
-        snapshot = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
-        return None
+    snapshot = _unmarshal(read_launch_file(store_fd, bundle_sha256 + SNAPSHOT_SUFFIX))
     return snapshot if isinstance(snapshot, list) else None
 
 

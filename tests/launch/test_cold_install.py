@@ -8,6 +8,7 @@ The store tests drive `Store.install` in this process (a root-owned store under
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -23,13 +24,15 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from bundlecraft import bundle_bytes, default_files
 from helpers import (
     background_compiles,
+    fork_and_report,
+    need,
     run_sandrun,
     sandrun_argv,
     users_removed_after,
@@ -250,8 +253,8 @@ def test_deferred_bytecode_makes_the_same_tree_once_compiled(
     compile_bytecode then adds exactly the .pyc files an install writes (same bytes,
     modes, dirs), publishes none before `before_publishing` returns, snapshots the tree
     and drops the mark."""
-    if not bytecode.compatible("3.11"):
-        pytest.skip("sandrun's interpreter is not CPython 3.11: no bytecode is written")
+    need(bytecode.compatible("3.11"), "sandrun's interpreter is not CPython 3.11: no "
+         "bytecode is written")
     _, _, manifest, manifest_bytes = verified
     _, inline = install(store_root / "one", verified, 2, monkeypatch)
     deferred_store, deferred = install(store_root / "two", verified, 2, monkeypatch,
@@ -262,13 +265,21 @@ def test_deferred_bytecode_makes_the_same_tree_once_compiled(
     assert not [n for n in tree_listing(deferred) if n.endswith(f".{tag}.pyc")]
     deferred_store.check_tree(deferred, manifest, manifest_bytes, full=True)  # valid as is
     seen_before_publishing: list[int] = []
+    attempts: list[dict[str, str]] = []
+    apps = store_root / "two" / "apps"
 
     def before_publishing() -> None:
         seen_before_publishing.append(len(list(deferred.rglob(f"*.{tag}.pyc"))))
+        temp = next(apps.glob(f".pyc-{sha}-*"))  # the compile's private temp dir
+        attempts.append(fork_and_report(lambda: nobody_meddles(apps, temp, sha)).value)
 
     assert deferred_store.compile_bytecode(sha, manifest, manifest_bytes, "3.11",
                                            before_publishing)
     assert seen_before_publishing == [0]
+    # Another user, while the compile works: nothing it could plant or swap is reachable.
+    assert attempts == [{"plant in temp dir": "EACCES", "swap the mark": "EACCES",
+                         "hold the lock": "EACCES", "add to apps/": "EACCES",
+                         "add bytecode to the tree": "EACCES"}]
     assert not deferred_store.bytecode_pending(sha)
     assert deferred_store.tree_matches_snapshot(sha)
     one, two = tree_listing(inline), tree_listing(deferred)
@@ -282,10 +293,32 @@ def test_deferred_bytecode_makes_the_same_tree_once_compiled(
     assert not deferred_store.compile_bytecode(sha, manifest, manifest_bytes, "3.11")
 
 
+def nobody_meddles(apps: Path, temp: Path, sha: str) -> dict[str, str]:
+    """As nobody (fork_and_report refuses root): try to plant a .pyc in the compile's temp
+    dir, replace the pending mark, take the tree's lock, add to apps/ and to the tree."""
+    def attempt(action: Callable[[], object]) -> str:
+        try:
+            action()
+            return "ok"
+        except OSError as exc:
+            return errno.errorcode[exc.errno or 0]
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+    return {
+        "plant in temp dir": attempt(lambda: os.close(os.open(temp / "0", flags, 0o444))),
+        "swap the mark": attempt(lambda: os.close(os.open(apps / f".{sha}.bytecode",
+                                                          os.O_WRONLY | os.O_TRUNC))),
+        "hold the lock": attempt(lambda: os.close(os.open(apps / f".{sha}.lock",
+                                                          os.O_RDONLY))),
+        "add to apps/": attempt(lambda: os.mkdir(apps / f".pyc-{sha}-1")),
+        "add bytecode to the tree": attempt(lambda: os.mkdir(apps / sha / "__pycache__")),
+    }
+
+
 def test_a_compile_that_dies_leaves_the_mark_and_the_next_one_finishes(
         verified: tuple, store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not bytecode.compatible("3.11"):
-        pytest.skip("sandrun's interpreter is not CPython 3.11: no bytecode is written")
+    need(bytecode.compatible("3.11"), "sandrun's interpreter is not CPython 3.11: no "
+         "bytecode is written")
     _, _, manifest, manifest_bytes = verified
     st, tree = install(store_root, verified, 2, monkeypatch, defer_bytecode=True)
 

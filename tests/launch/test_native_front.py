@@ -30,6 +30,7 @@ from helpers import (
     bundled_app,
     drop_to_nobody,
     front_argv,
+    need,
     python_argv,
     read_within,
     wait_for,
@@ -442,8 +443,7 @@ def test_a_start_while_the_bytecode_is_compiled_waits_for_it(world: World) -> No
     manifest_bytes = (tree / MANIFEST_NAME).read_bytes()
     manifest = Manifest.from_bytes(manifest_bytes)
     pyc = tree / "site-packages" / "__pycache__" / f"{APP_NAME}.{sys.implementation.cache_tag}.pyc"
-    if not pyc.exists():
-        pytest.skip("no bytecode in the tree: sandrun's interpreter is not the app's X.Y")
+    need(pyc.exists(), "no bytecode in the tree: sandrun's interpreter is not the app's X.Y")
     pyc.unlink()  # as if the compile had not put it there yet
     mark = apps / f".{tree.name}{warm_exec.BYTECODE_PENDING_SUFFIX}"
     mark.touch(0o600)
@@ -484,8 +484,7 @@ def test_an_abandoned_bytecode_compile_is_finished_by_the_next_start(
     apps = world.store / "apps"
     tree = next(p for p in apps.iterdir() if p.is_dir() and not p.name.startswith("."))
     pyc = tree / "site-packages" / "__pycache__" / f"{APP_NAME}.{sys.implementation.cache_tag}.pyc"
-    if not pyc.exists():
-        pytest.skip("no bytecode in the tree: sandrun's interpreter is not the app's X.Y")
+    need(pyc.exists(), "no bytecode in the tree: sandrun's interpreter is not the app's X.Y")
     if missing_pyc:
         pyc.unlink()  # killed after it published some of the bytecode
     mark = apps / f".{tree.name}{warm_exec.BYTECODE_PENDING_SUFFIX}"
