@@ -71,11 +71,12 @@ peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 open(sys.argv[1], "w").write(f"{took} {peak} {code}")
 """
 PHASES = """\
-import atexit, functools, json, os, sys, time
+import functools, json, os, sys, time
 start = time.perf_counter()
 out = os.environ.pop("BENCH_PHASES")
 marks = []
-def timed(owner, name):
+at = {}
+def timed(owner, name, label=None):
     real = getattr(owner, name)
     @functools.wraps(real)
     def wrapper(*args, **kw):
@@ -83,34 +84,42 @@ def timed(owner, name):
         try:
             return real(*args, **kw)
         finally:
-            marks.append([name, t - start, time.perf_counter() - t])
+            marks.append([label or name, t - start, time.perf_counter() - t])
     setattr(owner, name, wrapper)
-from sandrun.bundle import verify
-from sandrun.launch import launcher, runner, store
-from sandrun.sandbox import seccomp
-imported = time.perf_counter() - start
-for owner, names in ((launcher, ["decide", "materialise", "_verified_bundle"]),
-                     (verify, ["verify_archive"]), (seccomp, ["compile_filter"]),
-                     (store.Store, ["install", "check_tree", "save_tree_snapshot"]),
-                     (store, ["_run_jobs", "_sync_file_system"])):
-    for name in names:
-        if hasattr(owner, name):
-            timed(owner, name)
+from sandrun import cli_exec
+real_options = cli_exec.options_of
+def options_of(*args, **kw):  # the cold path's imports happen here: then wrap the rest
+    try:
+        return real_options(*args, **kw)
+    finally:
+        at["imported"] = time.perf_counter() - start
+        from sandrun.bundle import archive, verify
+        from sandrun.launch import launcher, store
+        from sandrun.sandbox import seccomp
+        for owner, names in ((launcher, ["decide", "materialise"]),
+                             (verify.PendingVerification, ["__init__"]),
+                             (archive.BackgroundHashes, ["collect"]),
+                             (seccomp, ["compile_filter"]),
+                             (store.Store, ["install", "check_tree", "save_tree_snapshot"]),
+                             (store, ["_run_jobs", "_sync_file_system"])):
+            for name in names:
+                timed(owner, name, "verify_manifest" if name == "__init__" else None)
+cli_exec.options_of = options_of
 def save():
     with open(out, "w") as f:
-        json.dump({"imports": imported, "marks": marks,
+        json.dump({"imports": at.get("imported", 0.0), "marks": marks,
                    "at_launch": time.perf_counter() - start}, f)
-real_launch = runner.launch
-def launch(*args, **kw):
-    save()  # the launch may exec: what came before is on record
-    return real_launch(*args, **kw)
-runner.launch = launch
-from sandrun import cli_exec
 real_hand = cli_exec.hand_to_front
 def hand_to_front(*args, **kw):
     save()  # the cold path execs the native front, which launches
     return real_hand(*args, **kw)
 cli_exec.hand_to_front = hand_to_front
+from sandrun.launch import runner
+real_launch = runner.launch
+def launch(*args, **kw):
+    save()  # the launch may exec: what came before is on record
+    return real_launch(*args, **kw)
+runner.launch = launch
 from sandrun.__main__ import main
 sys.argv = [os.environ.pop("BENCH_SANDRUN_PY"), *sys.argv[1:]]  # the front is next to it
 sys.exit(main())
@@ -695,7 +704,7 @@ def cold_phases(corpus: Corpus) -> list[str]:
                 cwd=app.work, capture=False,
                 timeout=RUN_TIMEOUT)
         except BenchError as exc:
-            rows.append([app.key, f"failed: {failure(exc)}"] + [""] * 9)
+            rows.append([app.key, f"failed: {failure(exc)}"] + [""] * 10)
             continue
         total = time.perf_counter() - start
         data = json.loads(out.read_text())
@@ -707,21 +716,24 @@ def cold_phases(corpus: Corpus) -> list[str]:
         sync = marks.get("_sync_file_system", 0.0)
         install = marks.get("install", 0.0)
         rows.append([app.key, ms(total), ms(data["imports"]), ms(marks.get("decide", 0.0)),
-                     ms(marks.get("verify_archive", 0.0)), ms(marks.get("compile_filter", 0.0)),
+                     ms(marks.get("verify_manifest", 0.0)), ms(marks.get("collect", 0.0)),
+                     ms(marks.get("compile_filter", 0.0)),
                      ms(writing), ms(sync), ms(install - writing - sync),
                      ms(marks.get("check_tree", 0.0) + marks.get("save_tree_snapshot", 0.0)),
                      ms(total - at_launch)])
         shutil.rmtree(store, ignore_errors=True)
     return ["Where a cold `sandrun exec` spends its time (one run each, ms; the smallest, "
-            "middle and largest app): the interpreter start and sandrun's imports; "
-            "decide() (read and verify the bundle, profile, user, interpreter, the seccomp "
-            "filter's compilation and self-check); writing the tree (every CPU; its "
-            "bytecode is compiled after the launch); the one syncfs; the rest of the install "
-            "(mkdir, chmod, "
-            "rename); the tree check and snapshot; and from the launch to the app's exit.", "",
-            table(["app", "total", "start + imports", "decide", "of which verify",
-                   "of which seccomp", "write", "syncfs", "install, rest",
-                   "check + snapshot", "launch + app"], rows)]
+            "middle and largest app): the interpreter start, reading the bundle and forking "
+            "the child that hashes its entries (on the other CPU, from here on), and "
+            "sandrun's imports; decide() (the bundle's manifest and signature checked, the "
+            "trust policy, profile, user, interpreter, the seccomp filter's compilation "
+            "and self-check, then waiting for the child's hashes); writing the tree (its "
+            "bytecode is compiled after the launch); the one syncfs; the rest of the "
+            "install (mkdir, chmod, rename); the tree check and snapshot; and from the "
+            "launch to the app's exit.", "",
+            table(["app", "total", "start, read + imports", "decide", "of which manifest",
+                   "of which waiting for hashes", "of which seccomp", "write", "syncfs",
+                   "install, rest", "check + snapshot", "launch + app"], rows)]
 
 
 # ------------------------------------------------------------------ goal 2: supervisor RSS

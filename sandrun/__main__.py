@@ -98,9 +98,19 @@ def _warm_exec(parsed: ExecArgs) -> int | None:
 def _cold_exec(parsed: ExecArgs) -> int:
     """The cold launch of exec words the warm path parsed but could not serve
     (cli_exec.cold_exec, without click's ~50 ms)."""
-    from sandrun.cli_exec import cold_exec, options_of
+    from sandrun.launch.prefetch import prefetch_bundle
 
-    code = _reporting_errors(parsed, lambda: cold_exec(options_of(parsed)), as_click=True)
+    # Before the imports below (~80 ms): the bundle is hashed on another CPU meanwhile.
+    prefetched = prefetch_bundle(parsed.bundle)
+    try:
+        from sandrun.cli_exec import cold_exec, options_of
+
+        code = _reporting_errors(parsed, lambda: cold_exec(options_of(parsed),
+                                                           prefetched=prefetched),
+                                 as_click=True)
+    finally:
+        if prefetched is not None:
+            prefetched.cancel()
     assert code is not None
     return code
 

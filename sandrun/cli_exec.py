@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sandrun.launch.explain import ExplainSession
     from sandrun.launch.launcher import ExecOptions, LaunchPlan
+    from sandrun.launch.prefetch import PrefetchedBundle
     from sandrun.launch.warm_exec import ExecArgs
 
 
@@ -44,9 +45,11 @@ def progress(line: str) -> None:
     say(line)
 
 
-def cold_exec(options: ExecOptions, *, explain: bool = False) -> int:
+def cold_exec(options: ExecOptions, *, explain: bool = False,
+              prefetched: PrefetchedBundle | None = None) -> int:
     """Decide, refuse or install, and launch; the app's exit code (the launch may
-    replace this process: the native front or supervisor then exits with it)."""
+    replace this process: the native front or supervisor then exits with it).
+    `prefetched`: the bundle as launch.prefetch read it (decide() adopts it)."""
     import time
 
     from sandrun.launch import runner
@@ -58,7 +61,7 @@ def cold_exec(options: ExecOptions, *, explain: bool = False) -> int:
         save_record,
     )
 
-    plan = decide(options)
+    plan = decide(options, prefetched)
     plan.raise_for_refusals()
     materialise(plan, options, progress=progress if sys.stderr.isatty() else None,
                 defer_bytecode=True)

@@ -19,6 +19,7 @@ import hashlib
 import os
 import stat
 import struct
+import sys
 import time
 import unicodedata
 import zlib
@@ -114,7 +115,7 @@ class StrictArchive:
         self.size = len(data)
         # Data decompressed by sha256(), checked against its CRC-32 and size, kept for the
         # read() of the extraction that follows verification (inflating once, not twice).
-        self._contents: dict[ZipEntry, bytes] = {}
+        self._contents: dict[ZipEntry, bytes | memoryview] = {}
         self._contents_size = 0
 
     def __repr__(self) -> str:
@@ -145,8 +146,14 @@ class StrictArchive:
         """The decompressed data, checked against the declared size and CRC-32."""
         kept = self._contents.get(entry)
         if kept is not None:
-            return kept
+            return kept if isinstance(kept, bytes) else bytes(kept)
         return b"".join(self._chunks(entry))
+
+    def read_buffer(self, entry: ZipEntry) -> bytes | memoryview:
+        """read(), without copying data kept in shared memory (BackgroundHashes): for
+        writing it out."""
+        kept = self._contents.get(entry)
+        return kept if kept is not None else b"".join(self._chunks(entry))
 
     def sha256(self, entry: ZipEntry) -> tuple[str, int]:
         """sha256 hex digest and size of the decompressed data, same checks.
@@ -172,6 +179,19 @@ class StrictArchive:
         """Forget the data kept by sha256() (once it is extracted)."""
         self._contents = {}
         self._contents_size = 0
+
+    def hash_in_background(self) -> BackgroundHashes | None:
+        """sha256() of every readable entry, computed by a forked child on another CPU while
+        this process goes on (a launch imports and decides meanwhile); collect() waits.
+        None when that is not worth it or not safe: an archive with structural problems
+        (its verification fails anyway), one over MAX_TOTAL_SIZE (not hashed at all), or
+        a process with threads (fork would copy their locks held)."""
+        threading = sys.modules.get("threading")
+        if self.problems or self.total_size > MAX_TOTAL_SIZE or (
+                threading is not None and threading.active_count() > 1):
+            return None
+        return BackgroundHashes(
+            self, [i for i, e in enumerate(self.entries) if self.read_problem(e) is None])
 
     def _chunks(self, entry: ZipEntry) -> Iterator[bytes | memoryview]:
         refusal = self.read_problem(entry)
@@ -199,6 +219,111 @@ class StrictArchive:
             raise ArchiveError(f"{where}: CRC-32 mismatch (data has {crc:08x}, archive declares "
                                f"{entry.crc32:08x}): the entry was altered or corrupted",
                                REBUILD_HINT)
+
+
+_HASH_RECORD = struct.Struct("<B32sQ")  # state, sha256 digest, size
+_HASHED, _FAILED = 1, 2
+
+
+class BackgroundHashes:
+    """What sha256() returns for some entries, computed by a forked child.
+
+    Inflating and hashing is most of verifying a bundle, and neither needs this process:
+    the child does it on another CPU (no GIL to share). It writes one record per entry,
+    and the data sha256() would keep, into anonymous shared memory laid out beforehand
+    from the declared sizes; collect() reaps it and takes both over, so the extraction
+    writes what the child hashed without inflating it again. The child is a copy of this
+    process reading memory both already hold: it opens, runs and trusts nothing new. An
+    entry it could not hash is hashed again by collect(), which raises the ArchiveError
+    here; a child that died is replaced by hashing everything here."""
+
+    def __init__(self, archive: StrictArchive, indexes: list[int]) -> None:
+        import mmap
+
+        self._archive = archive
+        self._indexes = indexes
+        self._kept: dict[int, int] = {}  # entry index -> offset of its data
+        room = CONTENTS_LIMIT - archive._contents_size
+        used = 0
+        for index in indexes:
+            size = archive.entries[index].size
+            if used + size <= room:
+                self._kept[index] = used
+                used += size
+        self._data_start = len(archive.entries) * _HASH_RECORD.size
+        self._shared = mmap.mmap(-1, self._data_start + used or 1)  # MAP_SHARED
+        self._pid = os.fork()
+        if self._pid == 0:
+            self._hash_and_exit()
+
+    def _hash_and_exit(self) -> None:
+        code = 1
+        try:
+            import gc
+
+            gc.disable()  # nothing here makes cycles; a collection would copy pages
+            archive, shared = self._archive, self._shared
+            for index in self._indexes:
+                entry = archive.entries[index]
+                at = self._kept.get(index)
+                try:
+                    if at is None:
+                        digest = hashlib.sha256()
+                        size = 0
+                        for chunk in archive._chunks(entry):
+                            digest.update(chunk)
+                            size += len(chunk)
+                    else:
+                        data = b"".join(archive._chunks(entry))  # checks size and CRC-32
+                        size = len(data)
+                        start = self._data_start + at
+                        shared[start:start + size] = data
+                        digest = hashlib.sha256(data)
+                    record = _HASH_RECORD.pack(_HASHED, digest.digest(), size)
+                except ArchiveError:
+                    record = _HASH_RECORD.pack(_FAILED, b"", 0)
+                shared[index * _HASH_RECORD.size:(index + 1) * _HASH_RECORD.size] = record
+            code = 0
+        finally:
+            os._exit(code)
+
+    def collect(self) -> dict[int, tuple[str, int]]:
+        """Wait for the child: (sha256 hex, size) of every entry it hashed, as sha256()
+        returns them. An entry missing from the result was not hashed (it cannot be read,
+        or the child died): sha256() says why."""
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        archive, shared = self._archive, self._shared
+        hashes: dict[int, tuple[str, int]] = {}
+        if status != 0:
+            shared.close()
+            return hashes
+        # The kept data stays where the child wrote it: views of the mapping (it is
+        # unmapped when the last of them goes), no copy.
+        view = memoryview(shared)
+        for index in self._indexes:
+            state, digest, size = _HASH_RECORD.unpack_from(shared, index * _HASH_RECORD.size)
+            if state != _HASHED:
+                continue
+            entry = archive.entries[index]
+            at = self._kept.get(index)
+            if at is not None and entry not in archive._contents:
+                start = self._data_start + at
+                archive._contents[entry] = view[start:start + size]
+                archive._contents_size += size
+            hashes[index] = digest.hex(), size
+        view.release()
+        return hashes
+
+    def cancel(self) -> None:
+        """Kill and reap the child, if it still runs (the caller gave up)."""
+        if self._pid:
+            import signal
+
+            os.kill(self._pid, signal.SIGKILL)  # unreaped: it exists, if only as a zombie
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+            self._shared.close()
 
 
 def _inflate(raw: memoryview, entry: ZipEntry, where: str) -> Iterator[bytes]:

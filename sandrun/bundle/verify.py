@@ -18,6 +18,7 @@ from sandrun.bundle.archive import (
     ARCHIVE,
     MAX_TOTAL_SIZE,
     PREAMBLE,
+    BackgroundHashes,
     StrictArchive,
     ZipEntry,
     display_name,
@@ -76,8 +77,61 @@ def verify_archive(archive: StrictArchive) -> VerifyResult:
     """Structural problems plus every difference between the entries and the manifest."""
     problems = list(archive.problems)
     manifest = _load_manifest(archive, problems)
+    return _compare(archive, manifest, _hash_entries(archive, problems), problems)
 
-    hashes = _hash_entries(archive, problems)
+
+class PendingVerification:
+    """verify_archive() in two halves, for a launch: the manifest (loaded and checked) and
+    the signature now, the entries' hashes by a forked child on another CPU while the
+    caller decides the rest; result() waits and compares. Only a bundle whose structure
+    and manifest passed is hashed in the background (anything else fails anyway)."""
+
+    def __init__(self, archive: StrictArchive, hashing: BackgroundHashes | None = None
+                 ) -> None:
+        """`hashing`: the child archive.hash_in_background() started for this archive
+        earlier (prefetch), adopted instead of starting one."""
+        self.archive = archive
+        self._problems = list(archive.problems)
+        self.manifest = _load_manifest(archive, self._problems)
+        self.signature_status = signature_status(archive, self.manifest)
+        self._hashing = hashing
+        if self.manifest is None or self._problems:
+            self.cancel()  # fails anyway: result() reports it at once
+        elif hashing is None:
+            self._hashing = archive.hash_in_background()
+
+    @property
+    def in_background(self) -> bool:
+        """The entries are being hashed by the child (else result() hashes them itself)."""
+        return self._hashing is not None
+
+    def result(self) -> VerifyResult:
+        """The VerifyResult verify_archive() returns for the same archive."""
+        problems = self._problems
+        if self._hashing is None:
+            return _compare(self.archive, self.manifest, _hash_entries(self.archive, problems),
+                            problems, self.signature_status)
+        hashes = self._hashing.collect()
+        self._hashing = None
+        for index, entry in enumerate(self.archive.entries):
+            if index not in hashes and self.archive.read_problem(entry) is None:
+                try:  # the child did not hash it: this says why (or hashes it after all)
+                    hashes[index] = self.archive.sha256(entry)
+                except ArchiveError as exc:
+                    problems.append(_entry_problem(entry, exc))
+        return _compare(self.archive, self.manifest, hashes, problems, self.signature_status)
+
+    def cancel(self) -> None:
+        """Stop the child (the launch failed for another reason first)."""
+        if self._hashing is not None:
+            self._hashing.cancel()
+            self._hashing = None
+
+
+def _compare(archive: StrictArchive, manifest: Manifest | None,
+             hashes: dict[int, tuple[str, int]], problems: list[Problem],
+             status: SignatureStatus | None = None) -> VerifyResult:
+    """The entries (hashed) against the manifest; the VerifyResult."""
     names = [entry.name for entry in archive.entries]
     if manifest is not None:
         names += manifest.entries
@@ -127,7 +181,8 @@ def verify_archive(archive: StrictArchive) -> VerifyResult:
                                               f"{archive.preamble[:80]!r}, sha256 "
                                               f"{preamble_sha256} differs from the manifest's "
                                               f"{manifest.preamble_sha256}", REBUILD_HINT))
-    status = signature_status(archive, manifest)
+    if status is None:
+        status = signature_status(archive, manifest)
     problems.extend(status.problems)
     return VerifyResult(manifest, _ordered(problems), archive, status)
 

@@ -57,7 +57,7 @@ def compiles(name: str) -> bool:
     return UNCOMPILED_DIRS.isdisjoint(name.split("/")[:-1])
 
 
-def pyc_data(source: bytes, mtime: float, size: int, dfile: str) -> bytes | None:
+def pyc_data(source: bytes | memoryview, mtime: float, size: int, dfile: str) -> bytes | None:
     """The .pyc of `source` as py_compile writes it (timestamp-validated, optimisation
     level 0: what `python -I -B` loads), recording `dfile` as the file name; `mtime`
     and `size` are the written source's. None when the source does not compile (say,

@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 
     from sandrun.bundle.archive import StrictArchive
     from sandrun.bundle.signature import SignatureStatus
+    from sandrun.bundle.verify import PendingVerification, VerifyResult
     from sandrun.config.profile import Profile
+    from sandrun.launch.prefetch import PrefetchedBundle
     from sandrun.supply.trust import TrustPolicy
 
 
@@ -155,21 +157,48 @@ def prepare(options: ExecOptions) -> LaunchPlan:
     return plan
 
 
-def decide(options: ExecOptions) -> LaunchPlan:
+def decide(options: ExecOptions, prefetched: PrefetchedBundle | None = None) -> LaunchPlan:
     """Everything a launch depends on, decided without a side effect on the host.
 
     Refusals that do not prevent deciding the rest are collected in plan.refusals (so a
     dry run names every reason); what makes the rest meaningless (an unreadable or
     unverifiable bundle, an untrusted store) raises at once. Nothing is created here: no
-    user, no store dir, no tree, no state dir, no record. The steps, in order:
+    user, no store dir, no tree, no state dir, no record. The bundle is read and its
+    manifest and signature checked first; a forked child hashes its entries on another
+    CPU while the rest is decided, and a bundle failing verification is refused as that
+    before anything else is reported (as if it had been hashed first). `prefetched`: the
+    same bundle read and being hashed since the process started (cli_exec), adopted when
+    it is the bundle of these options.
     """
+    store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
+    if prefetched is not None and prefetched.path != options.bundle:
+        prefetched.cancel()
+        prefetched = None
+    bundle = _verified_bundle(options, store, prefetched)
+    try:
+        plan = _decide(options, store, bundle)
+    except BaseException as exc:
+        # A bundle that fails verification is refused as that, whatever else failed
+        # meanwhile (as when verification finished first); anything else stops the child.
+        if bundle.verifying is not None:
+            if isinstance(exc, SandrunError):
+                _finish_verification(options, bundle)
+            else:
+                bundle.verifying.cancel()
+        raise
+    _finish_verification(options, bundle)
+    _assess(plan)
+    return plan
+
+
+def _decide(options: ExecOptions, store: Store, bundle: _Bundle) -> LaunchPlan:
+    """decide() once the bundle is read: what its manifest, the profile and this host say.
+    The entries may still be being hashed (bundle.verifying): nothing here acts."""
     from sandrun.config.profile import project_dir
     from sandrun.supply.trust import DEFAULT_TRUST_PATH
 
     found = _Findings()
     privileged = os.geteuid() == 0
-    store = Store(Path(options.store) if options.store else default_store_path(), os.geteuid())
-    bundle = _verified_bundle(options, store)
     app = bundle.manifest.app_name
     policy, check_notes = _check_trust_and_audit(options, bundle, found)
     owner = found.attempt(_check_owner, options, store, bundle, found)
@@ -236,7 +265,6 @@ def decide(options: ExecOptions) -> LaunchPlan:
         from sandrun.launch.explain import permission_problems
 
         plan.notes += [f"permissions  {p}" for p in permission_problems(profile, user)]
-    _assess(plan)
     return plan
 
 
@@ -270,6 +298,7 @@ class _Bundle:
     installed: bool
     full_check: bool  # the installed tree is re-hashed in full (then snapshot again)
     signature: SignatureStatus
+    verifying: PendingVerification | None = None  # entries still being hashed
 
     @property
     def signer(self) -> str | None:
@@ -277,18 +306,27 @@ class _Bundle:
         return info.fingerprint if info is not None else None
 
 
-def _verified_bundle(options: ExecOptions, store: Store) -> _Bundle:
+def _verified_bundle(options: ExecOptions, store: Store,
+                     prefetched: PrefetchedBundle | None = None) -> _Bundle:
     """Read the bundle once (sandrun.launch.safefile: no link, no FIFO, size-limited) and
     verify it, or re-check its installed tree when the same bytes were installed before.
     Raises: nothing else is worth deciding about a bundle that fails here."""
     from sandrun.bundle.archive import parse_archive
     from sandrun.bundle.signature import signature_status
-    from sandrun.bundle.verify import verify_archive
+    from sandrun.bundle.verify import PendingVerification
 
-    data, sha256 = read_bundle(options.bundle)
-    archive = parse_archive(data, options.bundle)
+    if prefetched is not None:
+        sha256, archive = prefetched.sha256, prefetched.archive
+    else:
+        data, sha256 = read_bundle(options.bundle)
+        archive = parse_archive(data, options.bundle)
+    # (The caller cancels the prefetch's child when it ends, whoever adopted it.)
+    hashing = prefetched.hashing if prefetched is not None else None
     tree = store.tree(sha256)
     installed = store.has_tree(sha256)  # checks the store path: StoreError if untrusted
+    if installed and hashing is not None:  # the tree is checked instead
+        hashing.cancel()
+        hashing = None
     manifest_entry = next((e for e in archive.entries if e.name == MANIFEST_NAME), None)
     if installed and manifest_entry is not None and not archive.problems:
         # Same bytes as the bundle installed before (the dir is named by its sha256):
@@ -308,15 +346,32 @@ def _verified_bundle(options: ExecOptions, store: Store) -> _Bundle:
         store.check_tree(tree, manifest, manifest_bytes, full=full_check)
         return _Bundle(archive, manifest, manifest_bytes, sha256, tree, True, full_check,
                        signature_status(archive, manifest))
-    result = verify_archive(archive)
+    # The entries are hashed by a forked child while decide() goes on (another CPU):
+    # _finish_verification() waits for it before decide() returns.
+    verifying = PendingVerification(archive, hashing)
+    if not verifying.in_background or verifying.manifest is None:
+        _raise_unless_verified(options, verifying.result())
+    assert verifying.manifest is not None
+    manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
+    return _Bundle(archive, verifying.manifest, manifest_bytes, sha256, tree, False, False,
+                   verifying.signature_status,
+                   verifying if verifying.in_background else None)
+
+
+def _finish_verification(options: ExecOptions, bundle: _Bundle) -> None:
+    """Wait for the entries' hashes (if decide() did not have them yet); refuse a bundle
+    that fails verification."""
+    verifying, bundle.verifying = bundle.verifying, None
+    if verifying is not None:
+        _raise_unless_verified(options, verifying.result())
+
+
+def _raise_unless_verified(options: ExecOptions, result: VerifyResult) -> None:
     if not result.ok or result.manifest is None:
         raise VerificationError(f"bundle {options.bundle} failed verification",
                                 result.problems,
                                 "rebuild it with `sandrun bundle`; run `sandrun verify` "
                                 "for the full report")
-    manifest_bytes = archive.read(manifest_entry) if manifest_entry else b""
-    return _Bundle(archive, result.manifest, manifest_bytes, sha256, tree, False, False,
-                   result.signature_status)
 
 
 def _check_trust_and_audit(options: ExecOptions, bundle: _Bundle, found: _Findings

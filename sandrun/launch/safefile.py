@@ -53,7 +53,15 @@ def file_kind(mode: int) -> str:
 
 
 def read_bundle(path: str, max_size: int = MAX_BUNDLE_SIZE) -> tuple[bytes, str]:
-    """The bundle's bytes and their sha256 (hex), read once.
+    """The bundle's bytes and their sha256 (hex), read once (read_bundle_bytes)."""
+    data = read_bundle_bytes(path, max_size)
+    import hashlib  # here, not at the top: OpenSSL costs the warm path ~2 ms
+
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def read_bundle_bytes(path: str, max_size: int = MAX_BUNDLE_SIZE) -> bytes:
+    """The bundle's bytes, read once.
 
     Never follows a symlink at `path`; refuses a FIFO, socket, device or directory
     without blocking or reading it, and a file over `max_size` bytes before reading;
@@ -98,9 +106,7 @@ def read_bundle(path: str, max_size: int = MAX_BUNDLE_SIZE) -> tuple[bytes, str]
                           "check the file") from None
     finally:
         os.close(fd)
-    import hashlib  # here, not at the top: OpenSSL costs the warm path ~2 ms
-
-    return data, hashlib.sha256(data).hexdigest()
+    return data
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:

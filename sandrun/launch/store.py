@@ -787,7 +787,7 @@ class _TreeWriter:
 
     def write(self, index: int) -> None:
         entry = self.archive.entries[index]
-        data = self.archive.read(entry)
+        data = self.archive.read_buffer(entry)
         record = self.manifest.entries.get(entry.name)
         mode = 0o555 if record is not None and record.mode & 0o111 else 0o444
         st = self._write_file(entry.name, data, mode)
@@ -803,11 +803,11 @@ class _TreeWriter:
         self._write_file(name, pyc, 0o444)
         self.status[index] = _COMPILED
 
-    def _write_file(self, name: str, data: bytes, mode: int) -> os.stat_result:
+    def _write_file(self, name: str, data: bytes | memoryview, mode: int) -> os.stat_result:
         return _write_new_file(self.tmp, name, data, mode, self.final / name, self.final.parent)
 
 
-def _write_new_file(dir_fd: int, name: str, data: bytes, mode: int, shown: Path,
+def _write_new_file(dir_fd: int, name: str, data: bytes | memoryview, mode: int, shown: Path,
                     apps: Path) -> os.stat_result:
     """Create `name` (new, private until complete) under dir_fd with `data`, then `mode`;
     its stat (the source's mtime and size go into its .pyc). StoreError names `shown`

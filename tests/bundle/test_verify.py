@@ -7,7 +7,9 @@ problem names the entry (`where`) and says what is wrong (words of `what`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from bundlecraft import (
     TOOL,
     RawEntry,
     build_raw,
+    bundle_bytes,
     default_files,
     find,
     make_bundle,
@@ -28,10 +31,15 @@ from bundlecraft import (
     zip64_extra,
 )
 
-from sandrun.bundle.archive import ARCHIVE
+from sandrun.bundle.archive import ARCHIVE, BackgroundHashes, parse_archive
 from sandrun.bundle.archive import PREAMBLE as PREAMBLE_WHERE
 from sandrun.bundle.manifest import MANIFEST_NAME
-from sandrun.bundle.verify import VerifyResult, verify_bundle
+from sandrun.bundle.verify import (
+    PendingVerification,
+    VerifyResult,
+    verify_archive,
+    verify_bundle,
+)
 from sandrun.errors import ArchiveError, Problem, VerificationError
 
 EVIL = "site-packages/demo/evil.py"
@@ -313,3 +321,109 @@ def test_unsupported_method(tmp_path: Path) -> None:
     entries = raw_entries()
     find(entries, CORE).method = 12  # bzip2
     assert_reports(verify_raw(tmp_path, entries), CORE, "compression method 12 is not supported")
+
+
+# --- hashing in a forked child (a launch's verification) -------------------------------
+# decide() verifies with PendingVerification: the manifest now, the entries' hashes by a
+# child on another CPU while it decides the rest. Whatever the bundle, the result must be
+# exactly verify_archive()'s.
+
+
+def _crc_flipped() -> list[RawEntry]:
+    entries = raw_entries()
+    find(entries, MAIN).crc ^= 1  # the parser accepts it; reading it fails (in the child)
+    return entries
+
+
+def _content_changed() -> list[RawEntry]:
+    entries = raw_entries()
+    index = entries.index(find(entries, CORE))
+    entries[index] = entries[index].with_content(default_files()[CORE][0].replace(b"42", b"7"))
+    return entries
+
+
+def _tool_missing() -> list[RawEntry]:
+    entries = raw_entries()
+    remove(entries, TOOL)
+    return entries
+
+
+def _deflate_corrupted() -> list[RawEntry]:
+    entries = raw_entries()
+    core = find(entries, CORE)
+    core.payload = b"\xff" * len(core.payload)
+    return entries
+
+
+VARIANTS = {
+    "valid": raw_entries,
+    "crc flipped": _crc_flipped,
+    "content changed": _content_changed,
+    "deflate corrupted": _deflate_corrupted,
+    "entry added": lambda: with_extra("site-packages/zz.pth", b"import os\n"),
+    "entry missing": _tool_missing,
+    "manifest hash edited": lambda: entries_with_edited_record(sha256="0" * 64),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hashing_in_a_child_reports_what_verify_archive_does(tmp_path: Path,
+                                                             variant: str) -> None:
+    data = build_raw(VARIANTS[variant]())
+    expected = verify_archive(parse_archive(data))
+    pending = PendingVerification(parse_archive(data))
+    assert pending.in_background == (not pending.archive.problems)
+    assert pending.manifest == expected.manifest
+    result = pending.result()
+    assert result.problems == expected.problems
+    assert result.ok == (variant == "valid")
+    assert not pending.in_background
+
+
+def test_the_data_the_child_hashed_is_what_is_written(tmp_path: Path) -> None:
+    data = bundle_bytes()
+    serial = parse_archive(data)
+    archive = parse_archive(data)
+    hashing = archive.hash_in_background()
+    assert hashing is not None
+    hashes = hashing.collect()
+    for index, entry in enumerate(archive.entries):
+        assert hashes[index] == serial.sha256(entry)
+        assert archive.read(entry) == serial.read(entry)
+        kept = archive.read_buffer(entry)
+        assert isinstance(kept, memoryview) and bytes(kept) == serial.read(entry)
+    archive.drop_contents()  # the views go: the shared mapping with them
+
+
+def test_a_child_that_dies_is_replaced_by_hashing_here(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BackgroundHashes, "_hash_and_exit", lambda self: os._exit(1))
+    data = build_raw(_content_changed())
+    pending = PendingVerification(parse_archive(data))
+    assert pending.in_background
+    assert pending.result().problems == verify_archive(parse_archive(data)).problems
+
+
+def test_a_cancelled_child_is_killed_and_reaped() -> None:
+    hashing = parse_archive(bundle_bytes()).hash_in_background()
+    assert hashing is not None
+    pid = hashing._pid
+    hashing.cancel()
+    with pytest.raises(ChildProcessError):  # reaped: no zombie, no stray process
+        os.waitpid(pid, os.WNOHANG)
+    hashing.cancel()  # twice: nothing left to do
+
+
+def test_no_child_is_forked_beside_a_thread() -> None:
+    """fork() would copy the thread's locks held: hash in this process instead."""
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    try:
+        archive = parse_archive(bundle_bytes())
+        assert archive.hash_in_background() is None
+        pending = PendingVerification(archive)
+        assert not pending.in_background and pending.result().ok
+    finally:
+        release.set()
+        thread.join()

@@ -32,6 +32,8 @@ from helpers import (
 )
 from wheelcraft import make_wheel
 
+from sandrun.bundle.archive import parse_archive
+
 APP_USER = "sandrun-exectest"
 
 APP_SOURCE = '''\
@@ -337,6 +339,30 @@ def test_bad_bundles_are_refused(world: dict[str, Path], tmp_path: Path) -> None
     proc = run_sandrun("exec", "--store", str(world["store"]), str(tmp_path / "missing.pyz"))
     assert proc.returncode == 125 and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_bundle_failing_verification_is_refused_as_that_first(
+        world: dict[str, Path], tmp_path: Path) -> None:
+    """Its entries are hashed by a child while the launch decides the rest: whatever else
+    is wrong (here a usage error, exit 2), a bundle that fails verification is refused as
+    that, as when it was hashed first; nothing is installed."""
+    data = bytearray(world["bundle"].read_bytes())
+    archive = parse_archive(bytes(data))
+    entry = max(archive.entries, key=lambda e: e.compressed_size)
+    data[entry.data_offset + entry.compressed_size // 2] ^= 0xFF  # the zip structure holds
+    tampered = tmp_path / "tampered.pyz"
+    tampered.write_bytes(bytes(data))
+    store = tmp_path / "store"
+    proc = run_sandrun("exec", "--store", str(store), "--bind-tcp", "not-a-port",
+                       str(tampered))
+    assert proc.returncode == 125, proc.stderr
+    assert "failed verification" in proc.stderr and entry.name in proc.stderr
+    assert "not a TCP port" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (store / "apps").exists() or not any((store / "apps").iterdir())
+    # The same words with the intact bundle: the usage error it was hiding.
+    proc = run_sandrun("exec", "--store", str(store), "--bind-tcp", "not-a-port",
+                       str(world["bundle"]))
+    assert proc.returncode == 2 and "not a TCP port" in proc.stderr
 
 
 def test_non_root_runs_as_invoking_user_under_landlock(world: dict[str, Path]) -> None:
