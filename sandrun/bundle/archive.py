@@ -13,7 +13,6 @@ directly followed by an end record without comment. Offsets are absolute file of
 
 from __future__ import annotations
 
-import datetime
 import errno
 import hashlib
 import os
@@ -24,10 +23,12 @@ import time
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
 
 from sandrun.errors import ArchiveError, Problem
+
+TYPE_CHECKING = False  # not typing's: the cold start imports this before it forks
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 STORED = 0
 DEFLATED = 8
@@ -88,10 +89,16 @@ ZIP64_HINT = "sandrun bundles are plain zips: at most 65535 entries and 4 GiB"
 ZIP64_UNSUPPORTED = "zip64 is not supported"
 
 
-@dataclass(frozen=True)
 class ZipEntry:
-    """One entry as the central directory describes it (the authority for extraction)."""
+    """One entry as the central directory describes it (the authority for extraction).
 
+    A plain immutable class rather than a dataclass: a cold launch imports this module
+    before it forks the child that hashes the entries (launch.prefetch), and every
+    millisecond of imports before the fork is one the child starts later; `dataclasses`
+    alone costs ~15 ms."""
+
+    __slots__ = ("compressed_size", "crc32", "data_offset", "flags", "header_offset",
+                 "method", "mode", "name", "size")
     name: str
     mode: int  # st_mode from external_attr >> 16 (file type + permission bits)
     method: int
@@ -101,6 +108,34 @@ class ZipEntry:
     size: int
     header_offset: int
     data_offset: int  # -1 when the local header is missing or unreadable
+
+    def __init__(self, name: str, mode: int, method: int, flags: int, crc32: int,
+                 compressed_size: int, size: int, header_offset: int,
+                 data_offset: int) -> None:
+        for field, value in (("name", name), ("mode", mode), ("method", method),
+                             ("flags", flags), ("crc32", crc32),
+                             ("compressed_size", compressed_size), ("size", size),
+                             ("header_offset", header_offset), ("data_offset", data_offset)):
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ZipEntry is immutable (cannot set {name})")
+
+    def _key(self) -> tuple[str, int, int, int, int, int, int, int, int]:
+        return (self.name, self.mode, self.method, self.flags, self.crc32,
+                self.compressed_size, self.size, self.header_offset, self.data_offset)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ZipEntry) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "ZipEntry(" + ", ".join(
+            f"{name}={value!r}" for name, value in zip(
+                ("name", "mode", "method", "flags", "crc32", "compressed_size", "size",
+                 "header_offset", "data_offset"), self._key(), strict=True)) + ")"
 
 
 class StrictArchive:
@@ -601,13 +636,6 @@ def _find_end_record(data: bytes | bytearray) -> int:
                        REBUILD_HINT)
 
 
-@dataclass(frozen=True)
-class _Span:
-    start: int
-    end: int
-    name: str
-
-
 def parse_archive(data: bytes | bytearray, label: str | None = None) -> StrictArchive:
     """Parse an archive held in memory; see the module docstring. `label` (the file's
     name) prefixes the message when the data is no usable zip at all."""
@@ -653,7 +681,7 @@ def _parse_archive(data: bytes | bytearray) -> StrictArchive:
                      "(the central directory must be directly followed by the end record)")
 
     entries: list[ZipEntry] = []
-    spans: list[_Span] = []
+    spans: list[tuple[int, int, str]] = []  # start, end, entry name
     pos = cd_offset
     while pos < cd_end:
         if len(entries) >= MAX_ENTRIES:
@@ -721,7 +749,7 @@ def _parse_archive(data: bytes | bytearray) -> StrictArchive:
                 add(where, "entry data overlaps the central directory")
             elif span_end > size and data_offset + csize <= size:  # else already reported
                 add(where, "entry runs past the end of the file (truncated)")
-            spans.append(_Span(header_offset, span_end, name))
+            spans.append((header_offset, span_end, name))
     if len(entries) != count and len(entries) < MAX_ENTRIES:
         add(ARCHIVE, f"end record declares {count} entries but the central directory holds "
                      f"{len(entries)}")
@@ -732,24 +760,25 @@ def _parse_archive(data: bytes | bytearray) -> StrictArchive:
         add(ARCHIVE, f"total uncompressed size {total} exceeds the limit of {MAX_TOTAL_SIZE} "
                      "bytes")
 
-    spans.sort(key=lambda s: (s.start, s.end))
-    first = min([s.start for s in spans] + [cd_offset])
+    spans.sort(key=lambda s: (s[0], s[1]))
+    first = min([s[0] for s in spans] + [cd_offset])
     cursor = first
-    previous: _Span | None = None
-    for span in spans:
-        if span.start < cursor and previous is not None:
-            add(display_name(span.name), f"overlaps entry '{display_name(previous.name)}' "
-                                         f"(local header at offset {span.start})")
-        elif span.start > cursor:
-            after_what = (f"entry '{display_name(previous.name)}'" if previous
+    previous: str | None = None  # the name of the entry that reaches furthest so far
+    for start, end, name in spans:
+        if start < cursor and previous is not None:
+            add(display_name(name), f"overlaps entry '{display_name(previous)}' "
+                                    f"(local header at offset {start})")
+        elif start > cursor:
+            after_what = (f"entry '{display_name(previous)}'" if previous is not None
                           else "the preamble")
-            add(display_name(span.name), f"{span.start - cursor} bytes of data between "
-                                         f"{after_what} and this entry (data between entries)")
-        if previous is None or span.end > cursor:
-            previous = span
-        cursor = max(cursor, span.end)
+            add(display_name(name), f"{start - cursor} bytes of data between "
+                                    f"{after_what} and this entry (data between entries)")
+        if previous is None or end > cursor:
+            previous = name
+        cursor = max(cursor, end)
     if cursor < cd_offset:
-        last = f"the last entry '{display_name(previous.name)}'" if previous else "the preamble"
+        last = (f"the last entry '{display_name(previous)}'" if previous is not None
+                else "the preamble")
         add(ARCHIVE, f"{cd_offset - cursor} bytes of data between {last} and the central "
                      "directory (data between entries)")
     preamble = bytes(data[:first])
@@ -865,6 +894,8 @@ def date_time_from_epoch(epoch: int) -> tuple[int, int, int, int, int, int]:
 
 
 def _dos_date_time(date_time: tuple[int, int, int, int, int, int]) -> tuple[int, int]:
+    import datetime  # writing only (the launch imports this module early)
+
     try:
         year, month, day, hour, minute, second = date_time
         datetime.datetime(year, month, day, hour, minute, second)

@@ -11,8 +11,7 @@ when the launch ends (a child nobody collected is killed and reaped).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # not typing's: imported before the fork, every ms delays the child
 if TYPE_CHECKING:
     from sandrun.bundle.archive import BackgroundHashes, StrictArchive
 
