@@ -126,10 +126,16 @@ class ZipEntry:
                 self.compressed_size, self.size, self.header_offset, self.data_offset)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ZipEntry) and self._key() == other._key()
+        if not isinstance(other, ZipEntry):
+            return NotImplemented
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
         return hash(self._key())
+
+    def __reduce__(self) -> tuple[type[ZipEntry], tuple[str, int, int, int, int, int, int,
+                                                         int, int]]:
+        return (ZipEntry, self._key())  # copy and pickle (slots cannot be set back)
 
     def __repr__(self) -> str:
         return "ZipEntry(" + ", ".join(
@@ -225,7 +231,7 @@ class StrictArchive:
         if self.problems or self.total_size > MAX_TOTAL_SIZE or (
                 threading is not None and threading.active_count() > 1):
             return None
-        return BackgroundHashes(
+        return BackgroundHashes.start(
             self, [i for i, e in enumerate(self.entries) if self.read_problem(e) is None])
 
     def _chunks(self, entry: ZipEntry) -> Iterator[bytes | memoryview]:
@@ -258,6 +264,7 @@ class StrictArchive:
 
 _HASH_RECORD = struct.Struct("<B32sQ")  # state, sha256 digest, size
 _HASHED, _FAILED = 1, 2
+_CHILD_SIGNALS = {2, 1, 3, 15}  # SIGINT, SIGHUP, SIGQUIT, SIGTERM (no enum import here)
 
 
 class BackgroundHashes:
@@ -269,11 +276,21 @@ class BackgroundHashes:
     from the declared sizes; collect() reaps it and takes both over, so the extraction
     writes what the child hashed without inflating it again. The child is a copy of this
     process reading memory both already hold: it opens, runs and trusts nothing new. An
-    entry it could not hash is hashed again by collect(), which raises the ArchiveError
-    here; a child that died is replaced by hashing everything here."""
+    entry it could not hash is hashed again by the caller, which meets the ArchiveError
+    itself; a child that died is replaced by hashing everything here. Use start()."""
+
+    @classmethod
+    def start(cls, archive: StrictArchive, indexes: list[int]) -> BackgroundHashes | None:
+        """The child at work, or None when it cannot be started (no memory, no process
+        left under pids.max or RLIMIT_NPROC): the caller then hashes by itself."""
+        try:
+            return cls(archive, indexes)
+        except OSError:
+            return None
 
     def __init__(self, archive: StrictArchive, indexes: list[int]) -> None:
         import mmap
+        import signal
 
         self._archive = archive
         self._indexes = indexes
@@ -286,18 +303,48 @@ class BackgroundHashes:
                 self._kept[index] = used
                 used += size
         self._data_start = len(archive.entries) * _HASH_RECORD.size
-        self._shared = mmap.mmap(-1, self._data_start + used or 1)  # MAP_SHARED
-        self._pid = os.fork()
-        if self._pid == 0:
-            self._hash_and_exit()
+        self._shared: mmap.mmap | None = mmap.mmap(-1, self._data_start + used or 1)
+        # Until the child has reset them: a Ctrl-C (sent to the whole process group) must
+        # not raise KeyboardInterrupt in it before its try, unwinding the caller's stack.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    self._hash_and_exit(blocked)
+                finally:
+                    os._exit(1)  # never back into the caller's code
+        except BaseException:
+            self._shared.close()
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        # The child by its pidfd: no signal can reach a recycled pid, even if SIGCHLD was
+        # inherited ignored (the kernel then reaps it itself).
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except BaseException:
+            try:  # (not contextlib: ~7 ms of imports before the fork)
+                os.kill(pid, signal.SIGKILL)  # not reaped yet: still this child's pid
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            self._shared.close()
+            raise
+        self._pid = pid
 
-    def _hash_and_exit(self) -> None:
+    def _hash_and_exit(self, mask: Iterable[int]) -> None:
         code = 1
         try:
             import gc
+            import signal
 
+            for number in _CHILD_SIGNALS:  # die of them, as any process does
+                signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             gc.disable()  # nothing here makes cycles; a collection would copy pages
             archive, shared = self._archive, self._shared
+            assert shared is not None
             for index in self._indexes:
                 entry = archive.entries[index]
                 at = self._kept.get(index)
@@ -326,39 +373,52 @@ class BackgroundHashes:
         """Wait for the child: (sha256 hex, size) of every entry it hashed, as sha256()
         returns them. An entry missing from the result was not hashed (it cannot be read,
         or the child died): sha256() says why."""
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = 0
+        status = self._reap()
         archive, shared = self._archive, self._shared
+        self._shared = None  # from here the views below own the mapping (unmapped with them)
         hashes: dict[int, tuple[str, int]] = {}
+        if shared is None:
+            return hashes
         if status != 0:
             shared.close()
             return hashes
-        # The kept data stays where the child wrote it: views of the mapping (it is
-        # unmapped when the last of them goes), no copy.
         view = memoryview(shared)
         for index in self._indexes:
             state, digest, size = _HASH_RECORD.unpack_from(shared, index * _HASH_RECORD.size)
-            if state != _HASHED:
-                continue
             entry = archive.entries[index]
+            if state != _HASHED or size != entry.size:  # (_chunks checked it: belt and braces)
+                continue
             at = self._kept.get(index)
             if at is not None and entry not in archive._contents:
                 start = self._data_start + at
-                archive._contents[entry] = view[start:start + size]
+                archive._contents[entry] = view[start:start + size]  # no copy
                 archive._contents_size += size
             hashes[index] = digest.hex(), size
         view.release()
         return hashes
 
     def cancel(self) -> None:
-        """Kill and reap the child, if it still runs (the caller gave up)."""
+        """Kill and reap the child if it still runs (the caller gave up); idempotent."""
         if self._pid:
             import signal
 
-            os.kill(self._pid, signal.SIGKILL)  # unreaped: it exists, if only as a zombie
-            os.waitpid(self._pid, 0)
-            self._pid = 0
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            self._reap()
+        if self._shared is not None:
             self._shared.close()
+            self._shared = None
+
+    def _reap(self) -> int:
+        """The child's wait status (-1: reaped by the kernel, SIGCHLD ignored); once."""
+        if not self._pid:
+            return -1
+        try:
+            _, status = os.waitpid(self._pid, 0)
+        except ChildProcessError:
+            status = -1
+        self._pid = 0
+        os.close(self._pidfd)
+        return status
 
 
 def _inflate(raw: memoryview, entry: ZipEntry, where: str) -> Iterator[bytes]:

@@ -95,7 +95,7 @@ class PendingVerification:
         self.manifest = _load_manifest(archive, self._problems)
         self.signature_status = signature_status(archive, self.manifest)
         self._hashing = hashing
-        if self.manifest is None or self._problems:
+        if self.manifest is None or self._problems or self.signature_status.problems:
             self.cancel()  # fails anyway: result() reports it at once
         elif hashing is None:
             self._hashing = archive.hash_in_background()

@@ -179,9 +179,10 @@ def decide(options: ExecOptions, prefetched: PrefetchedBundle | None = None) -> 
         plan = _decide(options, store, bundle)
     except BaseException as exc:
         # A bundle that fails verification is refused as that, whatever else failed
-        # meanwhile (as when verification finished first); anything else stops the child.
+        # meanwhile on its unverified contents (as when verification finished first);
+        # Ctrl-C and exit stop the child.
         if bundle.verifying is not None:
-            if isinstance(exc, SandrunError):
+            if isinstance(exc, Exception):
                 _finish_verification(options, bundle)
             else:
                 bundle.verifying.cancel()
@@ -363,7 +364,12 @@ def _finish_verification(options: ExecOptions, bundle: _Bundle) -> None:
     that fails verification."""
     verifying, bundle.verifying = bundle.verifying, None
     if verifying is not None:
-        _raise_unless_verified(options, verifying.result())
+        try:
+            result = verifying.result()
+        except BaseException:
+            verifying.cancel()  # interrupted while waiting: the child goes too
+            raise
+        _raise_unless_verified(options, result)
 
 
 def _raise_unless_verified(options: ExecOptions, result: VerifyResult) -> None:
@@ -600,8 +606,14 @@ def _decide_profile(options: ExecOptions, archive: StrictArchive, app: str, stor
         raise BundleError(f"bundle {options.bundle} has no {PROFILE_NAME}",
                           "rebuild it with `sandrun bundle`, or pass the operator's profile "
                           "with -p")
-    requested = load_profile_text(archive.read(entry).decode("utf-8"),
-                                  f"{options.bundle}:{PROFILE_NAME}", None)
+    try:
+        text = archive.read(entry).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{options.bundle}:{PROFILE_NAME} is not UTF-8 ({exc.reason} at "
+                          f"byte {exc.start})", "rebuild the bundle with `sandrun bundle` "
+                          "from a UTF-8 profile, or pass the operator's profile with -p"
+                          ) from None
+    requested = load_profile_text(text, f"{options.bundle}:{PROFILE_NAME}", None)
     try:
         ceilings = consent.load_ceilings(store, app)
         extra = consent.check_consent(requested, ceilings)

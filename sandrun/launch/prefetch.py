@@ -46,9 +46,13 @@ class PrefetchedBundle:
 
     def cancel(self) -> None:
         """Stop the child if nothing collected its hashes (the launch failed before
-        verifying, or took another path); a no-op once decide() has them."""
+        verifying, or took another path), and let go of everything (the shared memory
+        goes with the last view of it); a no-op once decide() has them. Joins the
+        digest thread: nothing may fork beside it."""
         if self.hashing is not None:
             self.hashing.cancel()
+            self.hashing = None
+        self._digesting.join()
 
 
 def prefetch_bundle(path: str) -> PrefetchedBundle | None:
@@ -63,4 +67,10 @@ def prefetch_bundle(path: str) -> PrefetchedBundle | None:
         archive = parse_archive(data, path)
     except (SandrunError, OSError):
         return None
-    return PrefetchedBundle(path, archive, archive.hash_in_background())
+    hashing = archive.hash_in_background()
+    try:
+        return PrefetchedBundle(path, archive, hashing)
+    except Exception:  # no thread to be had: decide() reads and verifies by itself
+        if hashing is not None:
+            hashing.cancel()
+        return None

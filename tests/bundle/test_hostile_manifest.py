@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from bundlecraft import (
+    PROFILE,
     bundle_bytes,
     bundle_with_manifest_bytes,
     default_files,
@@ -320,6 +321,36 @@ def test_exec_refuses_bytecode_and_creates_nothing(exec_base: Path, case: str) -
     try:
         assert_refused_and_nothing_created(exec_base, bundle, "demo", name,
                                            "precompiled bytecode")
+    finally:
+        bundle.unlink()
+
+
+def test_exec_refuses_an_embedded_profile_that_is_not_utf8(exec_base: Path) -> None:
+    """Listed in the manifest (it verifies): refused as what it is, no traceback."""
+    files = default_files()
+    files[PROFILE] = (b'extends = "default"\n# \xff\xfe\n', 0o644)
+    bundle = write(exec_base, bundle_bytes(files), "latin.pyz")
+    try:
+        assert_refused_and_nothing_created(exec_base, bundle, "demo",
+                                           f"{PROFILE} is not UTF-8", "invalid start byte")
+    finally:
+        bundle.unlink()
+
+
+def test_exec_refuses_a_changed_embedded_profile_as_failing_verification(
+        exec_base: Path) -> None:
+    """The entries are hashed while the launch decides (it reads the profile meanwhile):
+    a profile changed after the build, here to bytes that do not even decode, is refused
+    as a bundle failing verification, not as a bad profile."""
+    files = default_files()
+    manifest = make_manifest(files)
+    files[PROFILE] = (files[PROFILE][0].replace(b"ul", b"\xff\xfe"), 0o644)  # same size
+    bundle = write(exec_base, bundle_bytes(files, manifest=manifest), "changed.pyz")
+    try:
+        assert_refused_and_nothing_created(exec_base, bundle, "demo", "failed verification",
+                                           f"{PROFILE}: content differs from manifest")
+        assert "not UTF-8" not in run_sandrun("exec", "--store", str(exec_base / "store"),
+                                              str(bundle)).stderr
     finally:
         bundle.unlink()
 

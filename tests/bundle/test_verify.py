@@ -6,8 +6,12 @@ problem names the entry (`where`) and says what is wrong (words of `what`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import errno
 import os
+import pickle
+import signal
 import stat
 import threading
 from pathlib import Path
@@ -397,7 +401,7 @@ def test_the_data_the_child_hashed_is_what_is_written(tmp_path: Path) -> None:
 
 def test_a_child_that_dies_is_replaced_by_hashing_here(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(BackgroundHashes, "_hash_and_exit", lambda self: os._exit(1))
+    monkeypatch.setattr(BackgroundHashes, "_hash_and_exit", lambda self, mask: os._exit(1))
     data = build_raw(_content_changed())
     pending = PendingVerification(parse_archive(data))
     assert pending.in_background
@@ -427,3 +431,60 @@ def test_no_child_is_forked_beside_a_thread() -> None:
     finally:
         release.set()
         thread.join()
+
+
+def _shared_mappings() -> int:
+    """Anonymous shared mappings of this process (mmap(-1, ...) shows as /dev/zero)."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if "/dev/zero" in line)
+
+
+def test_the_shared_memory_goes_with_the_kept_data() -> None:
+    before = _shared_mappings()
+    archive = parse_archive(bundle_bytes())
+    hashing = archive.hash_in_background()
+    assert hashing is not None and _shared_mappings() == before + 1
+    hashing.collect()
+    hashing.cancel()  # after collect: nothing to kill, the views keep the mapping
+    assert _shared_mappings() == before + 1
+    archive.drop_contents()  # the install is written: nothing holds the mapping
+    assert _shared_mappings() == before
+
+
+def test_a_child_reaped_by_the_kernel_is_replaced(tmp_path: Path) -> None:
+    """SIGCHLD inherited ignored: the kernel reaps the child, waitpid finds none; the
+    launch hashes by itself instead of failing (and never signals a recycled pid)."""
+    data = build_raw(_content_changed())
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        pending = PendingVerification(parse_archive(data))
+        assert pending.in_background
+        result = pending.result()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert result.problems == verify_archive(parse_archive(data)).problems
+
+
+def test_no_child_to_be_had_means_hashing_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork() failing (pids.max, RLIMIT_NPROC): verification goes on in this process."""
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    before = _shared_mappings()
+    archive = parse_archive(bundle_bytes())
+    assert archive.hash_in_background() is None
+    assert _shared_mappings() == before  # the mapping made for it is gone again
+    pending = PendingVerification(archive)
+    assert not pending.in_background and pending.result().ok
+
+
+def test_zip_entries_compare_hash_copy_and_pickle_by_value() -> None:
+    entry = parse_archive(bundle_bytes()).entries[0]
+    twin = parse_archive(bundle_bytes()).entries[0]
+    assert entry == twin and hash(entry) == hash(twin) and entry is not twin
+    assert entry != "not an entry" and copy.copy(entry) == entry
+    assert pickle.loads(pickle.dumps(entry)) == entry
+    assert repr(entry).startswith(f"ZipEntry(name={entry.name!r}, mode=")
+    with pytest.raises(AttributeError, match="immutable"):
+        entry.size = 1  # type: ignore[misc]
