@@ -203,18 +203,28 @@ class StrictArchive:
         that the extraction after verification writes exactly what was hashed without
         inflating it again (drop_contents() lets it go); larger ones are streamed."""
         kept = self._contents.get(entry)
-        if kept is None and self._contents_size + entry.size <= CONTENTS_LIMIT:
-            kept = b"".join(self._chunks(entry))  # raises before anything is kept
-            self._contents[entry] = kept
-            self._contents_size += len(kept)
         if kept is not None:
             return hashlib.sha256(kept).hexdigest(), len(kept)
+        digest, size, data = self._digest(
+            entry, keep=self._contents_size + entry.size <= CONTENTS_LIMIT)
+        if data is not None:
+            self._contents[entry] = data
+            self._contents_size += size
+        return digest.hex(), size
+
+    def _digest(self, entry: ZipEntry, *, keep: bool) -> tuple[bytes, int, bytes | None]:
+        """sha256 digest and size of the decompressed data (size and CRC-32 checked), and
+        the data itself when `keep` (else streamed); ArchiveError before anything is
+        returned. sha256() and the hashing child (BackgroundHashes) both use it."""
+        if keep:
+            data = b"".join(self._chunks(entry))
+            return hashlib.sha256(data).digest(), len(data), data
         digest = hashlib.sha256()
         size = 0
         for chunk in self._chunks(entry):
             digest.update(chunk)
             size += len(chunk)
-        return digest.hexdigest(), size
+        return digest.digest(), size, None
 
     def drop_contents(self) -> None:
         """Forget the data kept by sha256() (once it is extracted)."""
@@ -349,19 +359,11 @@ class BackgroundHashes:
                 entry = archive.entries[index]
                 at = self._kept.get(index)
                 try:
-                    if at is None:
-                        digest = hashlib.sha256()
-                        size = 0
-                        for chunk in archive._chunks(entry):
-                            digest.update(chunk)
-                            size += len(chunk)
-                    else:
-                        data = b"".join(archive._chunks(entry))  # checks size and CRC-32
-                        size = len(data)
+                    digest, size, data = archive._digest(entry, keep=at is not None)
+                    if at is not None and data is not None:
                         start = self._data_start + at
                         shared[start:start + size] = data
-                        digest = hashlib.sha256(data)
-                    record = _HASH_RECORD.pack(_HASHED, digest.digest(), size)
+                    record = _HASH_RECORD.pack(_HASHED, digest, size)
                 except ArchiveError:
                     record = _HASH_RECORD.pack(_FAILED, b"", 0)
                 shared[index * _HASH_RECORD.size:(index + 1) * _HASH_RECORD.size] = record
